@@ -1,0 +1,539 @@
+//! The checked, indexed tenant directory: one immutable snapshot that every decision reads.
+//!
+//! Building a [`Directory`] is where tenant data is validated (unknown tiers, a namespace claimed by
+//! two tenants, malformed quantities...), so a decision never meets half-valid data. Lookups are
+//! hash lookups whose cost does not grow with the number of tenants.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::model::{RateLimit, Scheduling, Status, TenantsFile};
+use crate::quantity::{self, QuantityError, Unit};
+
+/// Why tenant data was refused. Every message names the place in the tenants data.
+#[derive(Debug, Error)]
+pub enum DirectoryError {
+    #[error("tenants.{tenant}.tier: unknown tier `{tier}`")]
+    UnknownTier { tenant: String, tier: String },
+    #[error("tenants.{tenant}.client: unknown client `{client}`")]
+    UnknownClient { tenant: String, client: String },
+    #[error("namespace `{namespace}` is claimed by two tenants: `{first}` and `{second}`")]
+    NamespaceClaimedTwice { namespace: String, first: String, second: String },
+    #[error("tiers.{tier}.limits.{resource}: {source}")]
+    Quantity {
+        tier: String,
+        resource: String,
+        #[source]
+        source: QuantityError,
+    },
+    #[error(
+        "tiers.{tier}.limits: unknown resource `{resource}` (use ResourceQuota names such as `pods`, `requests.cpu`, `count/deployments.apps`)"
+    )]
+    UnknownLimit { tier: String, resource: String },
+    #[error("{place}: `{value}` is not a valid {what}")]
+    InvalidName { place: String, value: String, what: &'static str },
+    #[error(
+        "tenants.{tenant}.teams.{team}.namespaces: `{namespace}` is not one of tenant `{tenant}`'s namespaces"
+    )]
+    TeamNamespaceNotOwned { tenant: String, team: String, namespace: String },
+    #[error("tenants.{tenant}.teams: namespace `{namespace}` is in two teams: `{first}` and `{second}`")]
+    NamespaceInTwoTeams { tenant: String, namespace: String, first: String, second: String },
+}
+
+/// A tier with its limits parsed into integers.
+#[derive(Debug)]
+pub struct Tier {
+    pub name: Arc<str>,
+    pub limits: Limits,
+    pub rate_limit: Option<RateLimit>,
+    pub scheduling: Scheduling,
+}
+
+/// Quota limits in ResourceQuota names; CPU in millicores, everything else in whole units.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Limits(BTreeMap<String, i64>);
+
+impl Limits {
+    pub fn get(&self, resource: &str) -> Option<i64> {
+        self.0.get(resource).copied()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+}
+
+/// The quota names Tenantry counts, besides `count/<resource>[.<group>]`.
+pub const COUNTED_RESOURCES: &[&str] = &[
+    "namespaces",
+    "pods",
+    "services",
+    "persistentvolumeclaims",
+    "requests.cpu",
+    "requests.memory",
+    "requests.storage",
+    "limits.cpu",
+    "limits.memory",
+];
+
+/// Maps the aliases ResourceQuota accepts onto the names Tenantry counts under.
+pub fn canonical_resource(name: &str) -> Option<String> {
+    let canonical = match name {
+        "cpu" => "requests.cpu".to_string(),
+        "memory" => "requests.memory".to_string(),
+        "configmaps" | "secrets" | "replicationcontrollers" | "resourcequotas" => {
+            format!("count/{name}")
+        }
+        n if COUNTED_RESOURCES.contains(&n) => n.to_string(),
+        n => {
+            let rest = n.strip_prefix("count/")?;
+            let valid = !rest.is_empty()
+                && rest
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
+            if !valid {
+                return None;
+            }
+            n.to_string()
+        }
+    };
+    Some(canonical)
+}
+
+/// A white-label client.
+#[derive(Debug)]
+pub struct Client {
+    pub id: Arc<str>,
+    pub display_name: Option<String>,
+}
+
+/// A team inside a tenant.
+#[derive(Debug)]
+pub struct Team {
+    pub name: Arc<str>,
+    pub namespaces: Vec<String>,
+}
+
+/// A tenant, with its tier and client resolved.
+#[derive(Debug)]
+pub struct Tenant {
+    pub id: Arc<str>,
+    pub tier: Arc<Tier>,
+    pub status: Status,
+    pub client: Option<Arc<Client>>,
+    pub namespaces: Vec<String>,
+    pub teams: Vec<Team>,
+}
+
+impl Tenant {
+    pub fn is_suspended(&self) -> bool {
+        self.status == Status::Suspended
+    }
+}
+
+/// Who owns a namespace, and how that was decided.
+#[derive(Debug, Clone)]
+pub struct NamespaceOwner<'a> {
+    pub tenant: &'a Arc<Tenant>,
+    pub team: Option<&'a Arc<str>>,
+    /// Owned because the name starts with `<tenant>-`, not because the directory lists it.
+    pub by_prefix: bool,
+}
+
+/// Membership of an identity in a tenant, and in one of its teams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub tenant: Arc<str>,
+    pub team: Option<Arc<str>>,
+}
+
+#[derive(Debug)]
+struct NamespaceEntry {
+    tenant: Arc<str>,
+    team: Option<Arc<str>>,
+}
+
+/// One immutable, validated snapshot of all tenant data.
+#[derive(Debug)]
+pub struct Directory {
+    version: u64,
+    source: TenantsFile,
+    tiers: HashMap<Arc<str>, Arc<Tier>>,
+    clients: HashMap<Arc<str>, Arc<Client>>,
+    tenants: HashMap<Arc<str>, Arc<Tenant>>,
+    namespaces: HashMap<String, NamespaceEntry>,
+    users: HashMap<String, Vec<Membership>>,
+    groups: HashMap<String, Vec<Membership>>,
+    serviceaccounts: HashMap<String, Vec<Membership>>,
+}
+
+impl Directory {
+    /// Checks and indexes tenant data. `version` orders snapshots from the same source.
+    pub fn build(file: TenantsFile, version: u64) -> Result<Directory, DirectoryError> {
+        let mut tiers = HashMap::new();
+        for (name, spec) in &file.tiers {
+            check_label_value(name, || format!("tiers.{name}"), "tier name")?;
+            let mut limits = BTreeMap::new();
+            for (resource, value) in &spec.limits {
+                let canonical =
+                    canonical_resource(resource).ok_or_else(|| DirectoryError::UnknownLimit {
+                        tier: name.clone(),
+                        resource: resource.clone(),
+                    })?;
+                let parsed = quantity::parse(&value.to_string(), Unit::of_resource(&canonical))
+                    .map_err(|source| DirectoryError::Quantity {
+                        tier: name.clone(),
+                        resource: resource.clone(),
+                        source,
+                    })?;
+                limits.insert(canonical, parsed);
+            }
+            let name: Arc<str> = name.as_str().into();
+            let tier = Tier {
+                name: name.clone(),
+                limits: Limits(limits),
+                rate_limit: spec.rate_limit,
+                scheduling: spec.scheduling.clone(),
+            };
+            tiers.insert(name, Arc::new(tier));
+        }
+
+        let mut clients = HashMap::new();
+        for (id, spec) in &file.clients {
+            check_label_value(id, || format!("clients.{id}"), "client id")?;
+            let id: Arc<str> = id.as_str().into();
+            let client = Client { id: id.clone(), display_name: spec.display_name.clone() };
+            clients.insert(id, Arc::new(client));
+        }
+
+        let mut tenants = HashMap::new();
+        let mut namespaces: HashMap<String, NamespaceEntry> = HashMap::new();
+        let mut users: HashMap<String, Vec<Membership>> = HashMap::new();
+        let mut groups: HashMap<String, Vec<Membership>> = HashMap::new();
+        let mut serviceaccounts: HashMap<String, Vec<Membership>> = HashMap::new();
+
+        for (id, spec) in &file.tenants {
+            check_dns_label(id, || format!("tenants.{id}"), "tenant id (a DNS label)")?;
+            let tenant_id: Arc<str> = id.as_str().into();
+            let tier = tiers
+                .get(spec.tier.as_str())
+                .ok_or_else(|| DirectoryError::UnknownTier {
+                    tenant: id.clone(),
+                    tier: spec.tier.clone(),
+                })?
+                .clone();
+            let client = match &spec.client {
+                None => None,
+                Some(c) => Some(
+                    clients
+                        .get(c.as_str())
+                        .ok_or_else(|| DirectoryError::UnknownClient {
+                            tenant: id.clone(),
+                            client: c.clone(),
+                        })?
+                        .clone(),
+                ),
+            };
+            for ns in &spec.namespaces {
+                check_dns_label(ns, || format!("tenants.{id}.namespaces"), "namespace name")?;
+                if let Some(other) = namespaces.get(ns) {
+                    return Err(DirectoryError::NamespaceClaimedTwice {
+                        namespace: ns.clone(),
+                        first: other.tenant.to_string(),
+                        second: id.clone(),
+                    });
+                }
+                namespaces
+                    .insert(ns.clone(), NamespaceEntry { tenant: tenant_id.clone(), team: None });
+            }
+            let member = Membership { tenant: tenant_id.clone(), team: None };
+            index_members(
+                &mut users,
+                &mut groups,
+                &mut serviceaccounts,
+                (&spec.members.users, &spec.members.groups, &spec.members.serviceaccounts),
+                &member,
+                || format!("tenants.{id}.members.serviceaccounts"),
+            )?;
+
+            let mut teams = Vec::new();
+            for (team_name, team) in &spec.teams {
+                check_label_value(team_name, || format!("tenants.{id}.teams.{team_name}"), "team name")?;
+                let team_id: Arc<str> = team_name.as_str().into();
+                for ns in &team.namespaces {
+                    let entry = namespaces
+                        .get_mut(ns)
+                        .filter(|e| e.tenant == tenant_id)
+                        .ok_or_else(|| DirectoryError::TeamNamespaceNotOwned {
+                            tenant: id.clone(),
+                            team: team_name.clone(),
+                            namespace: ns.clone(),
+                        })?;
+                    if let Some(first) = &entry.team {
+                        return Err(DirectoryError::NamespaceInTwoTeams {
+                            tenant: id.clone(),
+                            namespace: ns.clone(),
+                            first: first.to_string(),
+                            second: team_name.clone(),
+                        });
+                    }
+                    entry.team = Some(team_id.clone());
+                }
+                let member = Membership { tenant: tenant_id.clone(), team: Some(team_id.clone()) };
+                index_members(
+                    &mut users,
+                    &mut groups,
+                    &mut serviceaccounts,
+                    (&team.users, &team.groups, &team.serviceaccounts),
+                    &member,
+                    || format!("tenants.{id}.teams.{team_name}.serviceaccounts"),
+                )?;
+                teams.push(Team { name: team_id, namespaces: team.namespaces.clone() });
+            }
+
+            let tenant = Tenant {
+                id: tenant_id.clone(),
+                tier,
+                status: spec.status,
+                client,
+                namespaces: spec.namespaces.clone(),
+                teams,
+            };
+            tenants.insert(tenant_id, Arc::new(tenant));
+        }
+
+        Ok(Directory {
+            version,
+            source: file,
+            tiers,
+            clients,
+            tenants,
+            namespaces,
+            users,
+            groups,
+            serviceaccounts,
+        })
+    }
+
+    /// An empty directory: no tenants, so no namespace is owned.
+    pub fn empty() -> Directory {
+        #[allow(clippy::expect_used)] // an empty file has nothing that can fail validation
+        Directory::build(TenantsFile::default(), 0).expect("the empty directory is valid")
+    }
+
+    /// Orders snapshots of one source; increases with every change.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The data this snapshot was built from, for `tenants show` and export.
+    pub fn source(&self) -> &TenantsFile {
+        &self.source
+    }
+
+    pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.get(id)
+    }
+
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.tenants.values()
+    }
+
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn tier(&self, name: &str) -> Option<&Arc<Tier>> {
+        self.tiers.get(name)
+    }
+
+    pub fn client(&self, id: &str) -> Option<&Arc<Client>> {
+        self.clients.get(id)
+    }
+
+    /// The tenant owning `namespace`: listed in the directory, or else named `<tenant>-…`
+    /// (self-service namespaces; the longest matching tenant id wins).
+    pub fn namespace_owner(&self, namespace: &str) -> Option<NamespaceOwner<'_>> {
+        if let Some(entry) = self.namespaces.get(namespace) {
+            let tenant = self.tenants.get(&entry.tenant)?;
+            return Some(NamespaceOwner { tenant, team: entry.team.as_ref(), by_prefix: false });
+        }
+        // Longest prefix first: with tenants `acme` and `acme-labs`, `acme-labs-x` is acme-labs'.
+        namespace.rmatch_indices('-').find_map(|(at, _)| {
+            let tenant = self.tenants.get(&namespace[..at])?;
+            Some(NamespaceOwner { tenant, team: None, by_prefix: true })
+        })
+    }
+
+    pub fn user_memberships(&self, name: &str) -> &[Membership] {
+        self.users.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn group_memberships(&self, name: &str) -> &[Membership] {
+        self.groups.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// Memberships of the service account `namespace:name`.
+    pub fn serviceaccount_memberships(&self, namespace: &str, name: &str) -> &[Membership] {
+        // Keys are `namespace:name`; a short stack key avoids an allocation in the common case.
+        let mut key = String::with_capacity(namespace.len() + name.len() + 1);
+        key.push_str(namespace);
+        key.push(':');
+        key.push_str(name);
+        self.serviceaccounts.get(&key).map_or(&[], Vec::as_slice)
+    }
+}
+
+type MemberLists<'a> = (&'a Vec<String>, &'a Vec<String>, &'a Vec<String>);
+
+fn index_members(
+    users: &mut HashMap<String, Vec<Membership>>,
+    groups: &mut HashMap<String, Vec<Membership>>,
+    serviceaccounts: &mut HashMap<String, Vec<Membership>>,
+    (user_names, group_names, sa_names): MemberLists<'_>,
+    member: &Membership,
+    sa_place: impl Fn() -> String,
+) -> Result<(), DirectoryError> {
+    for user in user_names {
+        users.entry(user.clone()).or_default().push(member.clone());
+    }
+    for group in group_names {
+        groups.entry(group.clone()).or_default().push(member.clone());
+    }
+    for sa in sa_names {
+        let valid = sa.split_once(':').is_some_and(|(ns, name)| {
+            is_dns_label(ns) && !name.is_empty() && !name.contains(':')
+        });
+        if !valid {
+            return Err(DirectoryError::InvalidName {
+                place: sa_place(),
+                value: sa.clone(),
+                what: "service account (expected `namespace:name`)",
+            });
+        }
+        serviceaccounts.entry(sa.clone()).or_default().push(member.clone());
+    }
+    Ok(())
+}
+
+/// RFC 1123 label: what namespaces and tenant ids must be.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A Kubernetes label value: what the stamped tier, team and client labels must be.
+pub fn is_label_value(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
+}
+
+fn check_dns_label(
+    value: &str,
+    place: impl Fn() -> String,
+    what: &'static str,
+) -> Result<(), DirectoryError> {
+    if is_dns_label(value) {
+        Ok(())
+    } else {
+        Err(DirectoryError::InvalidName { place: place(), value: value.to_string(), what })
+    }
+}
+
+fn check_label_value(
+    value: &str,
+    place: impl Fn() -> String,
+    what: &'static str,
+) -> Result<(), DirectoryError> {
+    if is_label_value(value) {
+        Ok(())
+    } else {
+        Err(DirectoryError::InvalidName { place: place(), value: value.to_string(), what })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Directory, DirectoryError> {
+        let file: TenantsFile = serde_saphyr::from_str(yaml).unwrap();
+        Directory::build(file, 1)
+    }
+
+    const BASE: &str = r#"
+tiers:
+  free:
+    limits: { pods: 10, requests.cpu: "2", requests.memory: 4Gi, configmaps: 5 }
+tenants:
+  acme:
+    tier: free
+    namespaces: [acme-dev, acme-prod]
+    members: { users: [alice], groups: [acme-devs], serviceaccounts: ["acme-prod:deployer"] }
+    teams:
+      backend: { namespaces: [acme-dev], users: [bob] }
+  acme-labs:
+    tier: free
+    namespaces: [labs]
+"#;
+
+    #[test]
+    fn indexes_namespaces_members_and_teams() {
+        let d = parse(BASE).unwrap();
+        let owner = d.namespace_owner("acme-dev").unwrap();
+        assert_eq!(&*owner.tenant.id, "acme");
+        assert_eq!(owner.team.map(|t| &**t), Some("backend"));
+        assert!(!owner.by_prefix);
+        assert_eq!(d.user_memberships("alice")[0].tenant.as_ref(), "acme");
+        assert_eq!(d.user_memberships("bob")[0].team.as_deref(), Some("backend"));
+        assert_eq!(d.group_memberships("acme-devs").len(), 1);
+        assert_eq!(d.serviceaccount_memberships("acme-prod", "deployer").len(), 1);
+        assert!(d.user_memberships("mallory").is_empty());
+        let limits = &d.tenant("acme").unwrap().tier.limits;
+        assert_eq!(limits.get("requests.cpu"), Some(2000));
+        assert_eq!(limits.get("requests.memory"), Some(4 << 30));
+        assert_eq!(limits.get("count/configmaps"), Some(5));
+        assert_eq!(limits.get("services"), None);
+    }
+
+    #[test]
+    fn self_service_namespaces_belong_to_the_longest_matching_tenant() {
+        let d = parse(BASE).unwrap();
+        let owner = d.namespace_owner("acme-feature-x").unwrap();
+        assert_eq!(&*owner.tenant.id, "acme");
+        assert!(owner.by_prefix);
+        assert_eq!(&*d.namespace_owner("acme-labs-x").unwrap().tenant.id, "acme-labs");
+        assert!(d.namespace_owner("acme").is_none());
+        assert!(d.namespace_owner("kube-system").is_none());
+        assert!(d.namespace_owner("globex-dev").is_none());
+    }
+
+    #[test]
+    fn bad_data_is_refused_with_its_place() {
+        let cases = [
+            (BASE.replace("tier: free\n    namespaces: [labs]", "tier: gold\n    namespaces: [labs]"),
+             "tenants.acme-labs.tier: unknown tier `gold`"),
+            (BASE.replace("[labs]", "[acme-dev]"),
+             "namespace `acme-dev` is claimed by two tenants: `acme` and `acme-labs`"),
+            (BASE.replace("4Gi", "4GB"),
+             "tiers.free.limits.requests.memory: `4GB` is not a Kubernetes quantity"),
+            (BASE.replace("pods: 10", "pod: 10"), "tiers.free.limits: unknown resource `pod`"),
+            (BASE.replace("acme-prod:deployer", "deployer"),
+             "tenants.acme.members.serviceaccounts: `deployer` is not a valid service account"),
+            (BASE.replace("backend: { namespaces: [acme-dev]", "backend: { namespaces: [labs]"),
+             "tenants.acme.teams.backend.namespaces: `labs` is not one of tenant `acme`'s namespaces"),
+            (BASE.replace("  acme-labs:", "  Acme_Labs:"), "tenants.Acme_Labs: `Acme_Labs` is not a valid tenant id"),
+        ];
+        for (yaml, want) in cases {
+            let err = parse(&yaml).unwrap_err().to_string();
+            assert!(err.starts_with(want), "got {err:?}, want {want:?}");
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! The Cedar policy engine shared by the webhook and the enforcer.
+//!
+//! Loading is strict and all-or-nothing: every `*.cedar` file is parsed, every policy must carry
+//! a unique `@id` (and a `@message` if it forbids), and the whole set is validated against
+//! `tenantry.cedarschema` in strict mode. Any problem is reported as `file:line:column: reason`
+//! and nothing is returned, so a broken file can never replace a good loaded set.
+//!
+//! Evaluation is sliced: a policy whose scope names one tenant (`principal in Tenant::"acme"`,
+//! `resource in Tenant::"acme"`, or one of its teams) is only evaluated for requests involving that
+//! tenant, so the cost of a decision does not grow with the number of tenants.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Decision, Entities, Entity, EntityUid, Policy, PolicyId, PolicySet,
+    PrincipalConstraint, Request, ResourceConstraint, Schema, ValidationMode, Validator,
+};
+use miette::Diagnostic;
+use thiserror::Error;
+
+/// The schema file every policy directory carries.
+pub const SCHEMA_FILE: &str = "tenantry.cedarschema";
+
+/// A source file and its text, so errors can point into it.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// One problem in a policy or schema file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.path.display(), self.line, self.column, self.message)
+    }
+}
+
+/// Why a policy directory was refused.
+#[derive(Debug, Error)]
+pub enum PolicyError {
+    #[error("cannot read policies from `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no `{SCHEMA_FILE}` in `{0}`")]
+    NoSchema(PathBuf),
+    #[error("no `*.cedar` policy files in `{0}`")]
+    NoPolicies(PathBuf),
+    #[error("{}", render_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn render_problems(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
+    lines.join("\n")
+}
+
+/// Where a policy came from and what it says when it denies.
+#[derive(Debug, Clone)]
+pub struct PolicyInfo {
+    pub id: String,
+    pub path: PathBuf,
+    pub line: usize,
+    pub message: Option<String>,
+    pub effect_forbid: bool,
+}
+
+/// The outcome of one authorization: allowed, or the forbids that matched with their messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    /// `(policy id, @message)` of each forbid that matched, in id order.
+    pub denied_by: Vec<(String, String)>,
+    /// Policies that failed to evaluate. Any error denies: a forbid that cannot be evaluated
+    /// must not turn into an allow.
+    pub errors: Vec<String>,
+}
+
+/// A validated policy set with its schema, ready to evaluate.
+#[derive(Debug)]
+pub struct PolicyEngine {
+    schema: Schema,
+    action_entities: Vec<Entity>,
+    shared: PolicySet,
+    by_tenant: HashMap<String, PolicySet>,
+    info: HashMap<String, PolicyInfo>,
+    files: Vec<SourceFile>,
+}
+
+impl PolicyEngine {
+    /// Loads `dir/tenantry.cedarschema` and every `dir/*.cedar` (sorted by name).
+    pub fn load_dir(dir: &Path) -> Result<PolicyEngine, PolicyError> {
+        let (schema, policies) = read_dir(dir)?;
+        PolicyEngine::from_sources(&schema, &policies)
+    }
+
+    /// Builds an engine from sources already in memory (the embedded default, tests).
+    pub fn from_sources(
+        schema: &SourceFile,
+        policies: &[SourceFile],
+    ) -> Result<PolicyEngine, PolicyError> {
+        let schema_parsed = parse_schema(schema)?;
+        let mut problems = Vec::new();
+        let mut all = PolicySet::new();
+        let mut info: HashMap<String, PolicyInfo> = HashMap::new();
+        let mut text_of: HashMap<String, usize> = HashMap::new();
+
+        for (index, file) in policies.iter().enumerate() {
+            let set = match PolicySet::from_str(&file.text) {
+                Ok(set) => set,
+                Err(errs) => {
+                    for e in errs.iter() {
+                        problems.push(problem(file, e, e.to_string()));
+                    }
+                    continue;
+                }
+            };
+            // The parser names policies `policy0`, `policy1`, … in source order.
+            let mut in_file: Vec<(usize, &Policy)> = set
+                .policies()
+                .map(|p| {
+                    let id: &str = p.id().as_ref();
+                    let n = id.trim_start_matches("policy").parse().unwrap_or(0);
+                    (n, p)
+                })
+                .collect();
+            in_file.sort_by_key(|(n, _)| *n);
+            for (n, policy) in in_file {
+                let id = policy.annotation("id").map(str::to_string);
+                let (line, column) = policy_position(&file.text, id.as_deref(), n);
+                let at = |message: String| Problem { path: file.path.clone(), line, column, message };
+                let Some(id) = id else {
+                    problems.push(at(format!(
+                        "policy #{} of this file has no `@id(\"…\")` annotation",
+                        n + 1
+                    )));
+                    continue;
+                };
+                let forbid = policy.effect() == cedar_policy::Effect::Forbid;
+                let message = policy.annotation("message").map(str::to_string);
+                if forbid && message.is_none() {
+                    problems.push(at(format!(
+                        "forbid policy `{id}` has no `@message(\"…\")`: users would be denied without a reason"
+                    )));
+                    continue;
+                }
+                if let Some(first) = info.get(&id) {
+                    problems.push(at(format!(
+                        "duplicate policy id `{id}` (first defined at {}:{})",
+                        first.path.display(),
+                        first.line
+                    )));
+                    continue;
+                }
+                let renamed = policy.new_id(PolicyId::new(&id));
+                if let Err(e) = all.add(renamed) {
+                    problems.push(at(e.to_string()));
+                    continue;
+                }
+                text_of.insert(id.clone(), index);
+                info.insert(
+                    id.clone(),
+                    PolicyInfo { id, path: file.path.clone(), line, message, effect_forbid: forbid },
+                );
+            }
+        }
+        if !problems.is_empty() {
+            return Err(PolicyError::Invalid(problems));
+        }
+
+        let result = Validator::new(schema_parsed.clone()).validate(&all, ValidationMode::Strict);
+        for e in result.validation_errors() {
+            let pid: &str = e.policy_id().as_ref();
+            let file = text_of.get(pid).and_then(|i| policies.get(*i));
+            match file {
+                Some(file) => problems.push(problem(file, e, e.to_string())),
+                None => problems.push(Problem {
+                    path: PathBuf::from("<policies>"),
+                    line: 0,
+                    column: 0,
+                    message: e.to_string(),
+                }),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(PolicyError::Invalid(problems));
+        }
+
+        let action_entities = schema_parsed
+            .action_entities()
+            .map_err(|e| {
+                PolicyError::Invalid(vec![Problem {
+                    path: schema.path.clone(),
+                    line: 1,
+                    column: 1,
+                    message: e.to_string(),
+                }])
+            })?
+            .into_iter()
+            .collect();
+
+        let (shared, by_tenant) = slice(&all);
+        let mut files = policies.to_vec();
+        files.push(schema.clone());
+        Ok(PolicyEngine { schema: schema_parsed, action_entities, shared, by_tenant, info, files })
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// The action entities the schema declares; requests need them for `action in …`.
+    pub fn action_entities(&self) -> &[Entity] {
+        &self.action_entities
+    }
+
+    pub fn policy(&self, id: &str) -> Option<&PolicyInfo> {
+        self.info.get(id)
+    }
+
+    pub fn policies(&self) -> impl Iterator<Item = &PolicyInfo> {
+        self.info.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.info.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.info.is_empty()
+    }
+
+    /// The files the engine was built from.
+    pub fn files(&self) -> &[SourceFile] {
+        &self.files
+    }
+
+    /// Evaluates `request` with the policies that apply to `tenants` (the resource's owner and the
+    /// principal's tenants; usually one). Total: every outcome is a [`Verdict`].
+    pub fn authorize(&self, tenants: &[&str], request: &Request, entities: &Entities) -> Verdict {
+        let merged;
+        let set = match tenants {
+            [] => &self.shared,
+            [one] => self.by_tenant.get(*one).unwrap_or(&self.shared),
+            many => {
+                let specific: BTreeSet<&str> =
+                    many.iter().copied().filter(|t| self.by_tenant.contains_key(*t)).collect();
+                match specific.len() {
+                    0 => &self.shared,
+                    1 => specific.first().and_then(|t| self.by_tenant.get(*t)).unwrap_or(&self.shared),
+                    _ => {
+                        merged = merge(specific.iter().filter_map(|t| self.by_tenant.get(*t)));
+                        &merged
+                    }
+                }
+            }
+        };
+        let response = Authorizer::new().is_authorized(request, set, entities);
+        let diagnostics = response.diagnostics();
+        let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
+        let mut denied_by = Vec::new();
+        if response.decision() == Decision::Deny {
+            for id in diagnostics.reason() {
+                let id = id.to_string();
+                let message = self
+                    .info
+                    .get(&id)
+                    .and_then(|i| i.message.clone())
+                    .unwrap_or_else(|| format!("denied by policy `{id}`"));
+                denied_by.push((id, message));
+            }
+            denied_by.sort();
+        }
+        Verdict { allowed: response.decision() == Decision::Allow && errors.is_empty(), denied_by, errors }
+    }
+}
+
+/// Splits a policy set into the shared part and one complete set per tenant named in a scope.
+fn slice(all: &PolicySet) -> (PolicySet, HashMap<String, PolicySet>) {
+    let mut shared = Vec::new();
+    let mut specific: HashMap<String, Vec<Policy>> = HashMap::new();
+    for policy in all.policies() {
+        match scoped_tenant(policy) {
+            Some(tenant) => specific.entry(tenant).or_default().push(policy.clone()),
+            None => shared.push(policy.clone()),
+        }
+    }
+    let shared_set = merge_policies(shared.iter().cloned());
+    let by_tenant = specific
+        .into_iter()
+        .map(|(tenant, own)| (tenant, merge_policies(shared.iter().cloned().chain(own))))
+        .collect();
+    (shared_set, by_tenant)
+}
+
+fn merge<'a>(sets: impl Iterator<Item = &'a PolicySet>) -> PolicySet {
+    let mut out = PolicySet::new();
+    for set in sets {
+        for p in set.policies() {
+            // Shared policies appear in every tenant's set; the first copy wins.
+            let _ = out.add(p.clone());
+        }
+    }
+    out
+}
+
+fn merge_policies(policies: impl Iterator<Item = Policy>) -> PolicySet {
+    let mut out = PolicySet::new();
+    for p in policies {
+        let _ = out.add(p);
+    }
+    out
+}
+
+/// The tenant a policy's scope is limited to, if any.
+fn scoped_tenant(policy: &Policy) -> Option<String> {
+    let from_principal = match policy.principal_constraint() {
+        PrincipalConstraint::In(uid) | PrincipalConstraint::Eq(uid) | PrincipalConstraint::IsIn(_, uid) => {
+            tenant_of(&uid)
+        }
+        _ => None,
+    };
+    from_principal.or_else(|| match policy.resource_constraint() {
+        ResourceConstraint::In(uid) | ResourceConstraint::Eq(uid) | ResourceConstraint::IsIn(_, uid) => {
+            tenant_of(&uid)
+        }
+        _ => None,
+    })
+}
+
+fn tenant_of(uid: &EntityUid) -> Option<String> {
+    let id: &str = uid.id().unescaped();
+    match uid.type_name().basename() {
+        "Tenant" => Some(id.to_string()),
+        // Team ids are `tenant/team`.
+        "Team" => id.split_once('/').map(|(t, _)| t.to_string()),
+        _ => None,
+    }
+}
+
+fn parse_schema(file: &SourceFile) -> Result<Schema, PolicyError> {
+    match Schema::from_cedarschema_str(&file.text) {
+        Ok((schema, _warnings)) => Ok(schema),
+        Err(e) => Err(PolicyError::Invalid(vec![problem(file, &e, e.to_string())])),
+    }
+}
+
+/// Reads the schema and policy files of a directory.
+pub fn read_dir(dir: &Path) -> Result<(SourceFile, Vec<SourceFile>), PolicyError> {
+    let read = |path: PathBuf| -> Result<SourceFile, PolicyError> {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| PolicyError::Read { path: path.clone(), source })?;
+        Ok(SourceFile { path, text })
+    };
+    let schema_path = dir.join(SCHEMA_FILE);
+    if !schema_path.is_file() {
+        return Err(PolicyError::NoSchema(dir.to_path_buf()));
+    }
+    let schema = read(schema_path)?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|source| PolicyError::Read { path: dir.to_path_buf(), source })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(PolicyError::NoPolicies(dir.to_path_buf()));
+    }
+    let policies = paths.into_iter().map(read).collect::<Result<Vec<_>, _>>()?;
+    Ok((schema, policies))
+}
+
+/// Formats Cedar policy text the way `tenantry policy fmt` writes it.
+pub fn format_policies(text: &str) -> Result<String, String> {
+    let config = cedar_policy_formatter::Config { line_width: 100, indent_width: 2 };
+    cedar_policy_formatter::policies_str_to_pretty(text, &config).map_err(|e| format!("{e:?}"))
+}
+
+fn problem(file: &SourceFile, diagnostic: &dyn Diagnostic, message: String) -> Problem {
+    let offset = diagnostic
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map(|l| l.offset())
+        .unwrap_or(0);
+    let (line, column) = line_col(&file.text, offset);
+    let help = diagnostic.help().map(|h| format!(" ({h})")).unwrap_or_default();
+    Problem { path: file.path.clone(), line, column, message: format!("{message}{help}") }
+}
+
+/// Where a policy starts: at its `@id` annotation, or else at its effect keyword.
+fn policy_position(text: &str, id: Option<&str>, index: usize) -> (usize, usize) {
+    let by_id = id.and_then(|id| {
+        text.find(&format!("@id(\"{id}\")")).or_else(|| text.find(&format!("@id(\"{id}")))
+    });
+    let offset = by_id.or_else(|| {
+        let mut starts = text.match_indices("permit").chain(text.match_indices("forbid")).filter(
+            |(at, _)| text[..*at].lines().last().is_none_or(|l| !l.trim_start().starts_with("//")),
+        );
+        let mut all: Vec<usize> = starts.by_ref().map(|(at, _)| at).collect();
+        all.sort_unstable();
+        all.get(index).copied()
+    });
+    line_col(text, offset.unwrap_or(0))
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}

@@ -1,0 +1,541 @@
+//! The PostgreSQL tenant source: migrations, snapshot loading, LISTEN/NOTIFY, and the writes
+//! behind `tenantry tenants …`.
+//!
+//! A snapshot is read in one `REPEATABLE READ` transaction, so it is never a mix of two states.
+//! Every change to a directory table bumps `directory_version` and notifies
+//! `tenantry_directory`; the watcher reloads on notification and also re-checks the version on a
+//! timer, because a notification sent while the listener was reconnecting is lost.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::directory::{Directory, DirectoryError};
+use crate::model::{
+    ClientSpec, Members, QuantitySpec, RateLimit, Scheduling, Status, TeamSpec, TenantSpec,
+    TenantsFile, TierSpec,
+};
+use crate::source::redact_url;
+use crate::store::DirectoryStore;
+
+/// The channel every directory change is announced on.
+pub const CHANNEL: &str = "tenantry_directory";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Error)]
+pub enum PostgresError {
+    #[error("cannot connect to PostgreSQL at `{url}`: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("PostgreSQL failed while {doing}: {source}")]
+    Query {
+        doing: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot apply database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the database has no Tenantry tables yet: run `tenantry migrate --tenants <url>` first")]
+    NotMigrated,
+    #[error("unknown tenant `{0}`")]
+    UnknownTenant(String),
+    #[error("unknown tier `{0}`")]
+    UnknownTier(String),
+    #[error("column `{column}` holds invalid JSON: {source}")]
+    Json {
+        column: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the directory in PostgreSQL is invalid: {0}")]
+    Invalid(#[from] DirectoryError),
+    #[error("namespace `{namespace}` already belongs to tenant `{owner}`")]
+    NamespaceTaken { namespace: String, owner: String },
+}
+
+fn query_error(doing: &'static str) -> impl FnOnce(sqlx::Error) -> PostgresError {
+    move |source| {
+        // 42P01: undefined_table
+        let missing_table = source
+            .as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|code| code == "42P01");
+        if missing_table {
+            PostgresError::NotMigrated
+        } else {
+            PostgresError::Query { doing, source }
+        }
+    }
+}
+
+/// A connection pool to the tenant database.
+#[derive(Clone, Debug)]
+pub struct PostgresSource {
+    pool: PgPool,
+}
+
+impl PostgresSource {
+    /// Connects with a small pool: a webhook or enforcer needs one connection for LISTEN and one
+    /// for reloads, never one per request.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, PostgresError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(timeout)
+            .connect(url)
+            .await
+            .map_err(|source| PostgresError::Connect { url: redact_url(url), source })?;
+        Ok(PostgresSource { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Creates or upgrades the tables. Safe to run repeatedly and from several replicas.
+    pub async fn migrate(&self) -> Result<(), PostgresError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The current directory version, cheap enough to poll.
+    pub async fn version(&self) -> Result<u64, PostgresError> {
+        let v: i64 = sqlx::query_scalar("SELECT version FROM directory_version")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_error("reading the directory version"))?;
+        Ok(v as u64)
+    }
+
+    /// Reads one consistent snapshot and validates it.
+    pub async fn load(&self) -> Result<Directory, PostgresError> {
+        let mut tx = self.pool.begin().await.map_err(query_error("starting a transaction"))?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("starting a snapshot"))?;
+        let (file, version) = read_file(&mut tx).await?;
+        tx.commit().await.map_err(query_error("ending the snapshot"))?;
+        Ok(Directory::build(file, version)?)
+    }
+
+    /// Loads a tenants file into the database: tiers, clients and the listed tenants are created
+    /// or replaced; tenants not in the file are left alone. Running it twice changes nothing.
+    /// The result is validated as a whole before it commits.
+    pub async fn import(&self, file: &TenantsFile) -> Result<(), PostgresError> {
+        Directory::build(file.clone(), 0)?;
+        let mut tx = self.pool.begin().await.map_err(query_error("starting the import"))?;
+        for (name, tier) in &file.tiers {
+            write_tier(&mut tx, name, tier).await?;
+        }
+        for (id, client) in &file.clients {
+            sqlx::query(
+                "INSERT INTO clients (id, display_name) VALUES ($1, $2)
+                 ON CONFLICT (id) DO UPDATE SET display_name = EXCLUDED.display_name",
+            )
+            .bind(id)
+            .bind(&client.display_name)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("writing a client"))?;
+        }
+        for (id, tenant) in &file.tenants {
+            write_tenant(&mut tx, id, tenant).await?;
+        }
+        let (merged, _) = read_file(&mut tx).await?;
+        Directory::build(merged, 0)?;
+        tx.commit().await.map_err(query_error("committing the import"))?;
+        Ok(())
+    }
+
+    /// Moves a tenant to another tier.
+    pub async fn set_tier(&self, tenant: &str, tier: &str) -> Result<(), PostgresError> {
+        let exists: Option<String> = sqlx::query_scalar("SELECT name FROM tiers WHERE name = $1")
+            .bind(tier)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("looking up the tier"))?;
+        if exists.is_none() {
+            return Err(PostgresError::UnknownTier(tier.to_string()));
+        }
+        self.update_tenant("UPDATE tenants SET tier = $2 WHERE id = $1", tenant, tier).await
+    }
+
+    /// Suspends or resumes a tenant.
+    pub async fn set_status(&self, tenant: &str, status: Status) -> Result<(), PostgresError> {
+        self.update_tenant("UPDATE tenants SET status = $2 WHERE id = $1", tenant, status.as_str())
+            .await
+    }
+
+    async fn update_tenant(
+        &self,
+        sql: &'static str,
+        tenant: &str,
+        value: &str,
+    ) -> Result<(), PostgresError> {
+        let done = sqlx::query(sql)
+            .bind(tenant)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("updating the tenant"))?;
+        if done.rows_affected() == 0 {
+            return Err(PostgresError::UnknownTenant(tenant.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Keeps `store` current until the task is dropped: LISTEN for changes, reload on each,
+    /// re-check the version every `resync`, reconnect with backoff after failures. Failures are
+    /// recorded in the store (which keeps serving the last good snapshot), never swallowed.
+    pub async fn watch(self, store: Arc<DirectoryStore>, resync: Duration) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = Instant::now();
+            let err = self.follow(&store, resync).await;
+            warn!(error = %err, "tenant directory watch failed; serving the last snapshot");
+            store.record_failure(err.to_string());
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn follow(&self, store: &DirectoryStore, resync: Duration) -> PostgresError {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(l) => l,
+            Err(e) => return query_error("connecting the listener")(e),
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            return query_error("subscribing to directory changes")(e);
+        }
+        // Anything committed before LISTEN took effect is caught by this load.
+        if let Err(e) = self.reload(store).await {
+            return e;
+        }
+        let mut tick = tokio::time::interval(resync);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                note = listener.try_recv() => match note {
+                    Ok(Some(n)) => {
+                        debug!(payload = n.payload(), "directory change notified");
+                        // Fold a burst of notifications (one per statement) into one reload.
+                        while listener.next_buffered().is_some() {}
+                        if let Err(e) = self.reload(store).await { return e; }
+                    }
+                    // The connection dropped and will be re-established on the next call; what
+                    // was notified meanwhile is lost, so catch up now.
+                    Ok(None) => {
+                        if let Err(e) = self.reload(store).await { return e; }
+                    }
+                    Err(e) => return query_error("waiting for directory changes")(e),
+                },
+                _ = tick.tick() => {
+                    match self.version().await {
+                        Ok(v) if v != store.current().version() => {
+                            info!(version = v, "resync found a missed change");
+                            if let Err(e) = self.reload(store).await { return e; }
+                        }
+                        Ok(_) => store.record_fresh(),
+                        Err(e) => return e,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reload(&self, store: &DirectoryStore) -> Result<(), PostgresError> {
+        let directory = self.load().await?;
+        if directory.version() != store.current().version() {
+            info!(version = directory.version(), tenants = directory.tenant_count(), "tenant directory loaded");
+        }
+        store.publish(directory);
+        Ok(())
+    }
+}
+
+async fn write_tier(
+    tx: &mut Transaction<'_, Postgres>,
+    name: &str,
+    tier: &TierSpec,
+) -> Result<(), PostgresError> {
+    let json = |v: serde_json::Result<String>| {
+        v.map_err(|source| PostgresError::Json { column: "tiers", source })
+    };
+    let node_selector = json(serde_json::to_string(&tier.scheduling.node_selector))?;
+    let tolerations = json(serde_json::to_string(&tier.scheduling.tolerations))?;
+    sqlx::query(
+        "INSERT INTO tiers (name, rate_limit_rps, rate_limit_burst, priority_class, node_selector, tolerations)
+         VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)
+         ON CONFLICT (name) DO UPDATE SET
+           rate_limit_rps = EXCLUDED.rate_limit_rps, rate_limit_burst = EXCLUDED.rate_limit_burst,
+           priority_class = EXCLUDED.priority_class, node_selector = EXCLUDED.node_selector,
+           tolerations = EXCLUDED.tolerations",
+    )
+    .bind(name)
+    .bind(tier.rate_limit.map(|r| r.requests_per_second as i32))
+    .bind(tier.rate_limit.map(|r| r.burst as i32))
+    .bind(&tier.scheduling.priority_class)
+    .bind(node_selector)
+    .bind(tolerations)
+    .execute(&mut **tx)
+    .await
+    .map_err(query_error("writing a tier"))?;
+    sqlx::query("DELETE FROM tier_limits WHERE tier = $1")
+        .bind(name)
+        .execute(&mut **tx)
+        .await
+        .map_err(query_error("replacing tier limits"))?;
+    for (resource, quantity) in &tier.limits {
+        sqlx::query("INSERT INTO tier_limits (tier, resource, quantity) VALUES ($1, $2, $3)")
+            .bind(name)
+            .bind(resource)
+            .bind(quantity.to_string())
+            .execute(&mut **tx)
+            .await
+            .map_err(query_error("writing a tier limit"))?;
+    }
+    Ok(())
+}
+
+async fn write_tenant(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &str,
+    tenant: &TenantSpec,
+) -> Result<(), PostgresError> {
+    sqlx::query(
+        "INSERT INTO tenants (id, tier, status, client) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO UPDATE SET tier = EXCLUDED.tier, status = EXCLUDED.status,
+           client = EXCLUDED.client",
+    )
+    .bind(id)
+    .bind(&tenant.tier)
+    .bind(tenant.status.as_str())
+    .bind(&tenant.client)
+    .execute(&mut **tx)
+    .await
+    .map_err(query_error("writing a tenant"))?;
+    for table in ["DELETE FROM members WHERE tenant = $1", "DELETE FROM teams WHERE tenant = $1"] {
+        sqlx::query(table)
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(query_error("replacing tenant members"))?;
+    }
+    sqlx::query("DELETE FROM tenant_namespaces WHERE tenant = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(query_error("replacing tenant namespaces"))?;
+    for ns in &tenant.namespaces {
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT tenant FROM tenant_namespaces WHERE namespace = $1")
+                .bind(ns)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(query_error("checking namespace ownership"))?;
+        if let Some(owner) = owner {
+            return Err(PostgresError::NamespaceTaken { namespace: ns.clone(), owner });
+        }
+        sqlx::query("INSERT INTO tenant_namespaces (namespace, tenant) VALUES ($1, $2)")
+            .bind(ns)
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(query_error("writing a tenant namespace"))?;
+    }
+    write_members(tx, id, "", &tenant.members).await?;
+    for (team, spec) in &tenant.teams {
+        sqlx::query("INSERT INTO teams (tenant, name) VALUES ($1, $2)")
+            .bind(id)
+            .bind(team)
+            .execute(&mut **tx)
+            .await
+            .map_err(query_error("writing a team"))?;
+        for ns in &spec.namespaces {
+            sqlx::query("INSERT INTO team_namespaces (namespace, tenant, team) VALUES ($1, $2, $3)")
+                .bind(ns)
+                .bind(id)
+                .bind(team)
+                .execute(&mut **tx)
+                .await
+                .map_err(query_error("writing a team namespace"))?;
+        }
+        let members = Members {
+            users: spec.users.clone(),
+            groups: spec.groups.clone(),
+            serviceaccounts: spec.serviceaccounts.clone(),
+        };
+        write_members(tx, id, team, &members).await?;
+    }
+    Ok(())
+}
+
+async fn write_members(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+    team: &str,
+    members: &Members,
+) -> Result<(), PostgresError> {
+    let kinds = [
+        ("user", &members.users),
+        ("group", &members.groups),
+        ("serviceaccount", &members.serviceaccounts),
+    ];
+    for (kind, names) in kinds {
+        for name in names {
+            sqlx::query(
+                "INSERT INTO members (tenant, team, kind, name) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(tenant)
+            .bind(team)
+            .bind(kind)
+            .bind(name)
+            .execute(&mut **tx)
+            .await
+            .map_err(query_error("writing a member"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads every directory table into the file form, plus the version it corresponds to.
+async fn read_file(
+    tx: &mut Transaction<'_, Postgres>,
+) -> Result<(TenantsFile, u64), PostgresError> {
+    let version: i64 = sqlx::query_scalar("SELECT version FROM directory_version")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(query_error("reading the directory version"))?;
+    let mut file = TenantsFile::default();
+
+    let rows = sqlx::query(
+        "SELECT name, rate_limit_rps, rate_limit_burst, priority_class,
+                node_selector::text AS node_selector, tolerations::text AS tolerations
+         FROM tiers",
+    )
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(query_error("reading tiers"))?;
+    for row in rows {
+        let rps: Option<i32> = row.get("rate_limit_rps");
+        let burst: Option<i32> = row.get("rate_limit_burst");
+        let node_selector: String = row.get("node_selector");
+        let tolerations: String = row.get("tolerations");
+        let tier = TierSpec {
+            limits: BTreeMap::new(),
+            rate_limit: rps.zip(burst).map(|(r, b)| RateLimit {
+                requests_per_second: r.max(0) as u32,
+                burst: b.max(0) as u32,
+            }),
+            scheduling: Scheduling {
+                priority_class: row.get("priority_class"),
+                node_selector: serde_json::from_str(&node_selector)
+                    .map_err(|source| PostgresError::Json { column: "tiers.node_selector", source })?,
+                tolerations: serde_json::from_str(&tolerations)
+                    .map_err(|source| PostgresError::Json { column: "tiers.tolerations", source })?,
+            },
+        };
+        file.tiers.insert(row.get("name"), tier);
+    }
+    let limits: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT tier, resource, quantity FROM tier_limits")
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(query_error("reading tier limits"))?;
+    for (tier, resource, quantity) in limits {
+        if let Some(t) = file.tiers.get_mut(&tier) {
+            t.limits.insert(resource, QuantitySpec::Text(quantity));
+        }
+    }
+    let clients: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT id, display_name FROM clients")
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(query_error("reading clients"))?;
+    for (id, display_name) in clients {
+        file.clients.insert(id, ClientSpec { display_name });
+    }
+    let tenants: Vec<(String, String, String, Option<String>)> =
+        sqlx::query_as("SELECT id, tier, status, client FROM tenants")
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(query_error("reading tenants"))?;
+    for (id, tier, status, client) in tenants {
+        let spec = TenantSpec {
+            tier,
+            // The CHECK constraint admits only the two statuses; anything else is suspended
+            // rather than active, because "could not read" must never mean "no restriction".
+            status: status.parse().unwrap_or(Status::Suspended),
+            client,
+            namespaces: Vec::new(),
+            members: Members::default(),
+            teams: BTreeMap::new(),
+        };
+        file.tenants.insert(id, spec);
+    }
+    let namespaces: Vec<(String, String)> =
+        sqlx::query_as("SELECT namespace, tenant FROM tenant_namespaces ORDER BY namespace")
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(query_error("reading tenant namespaces"))?;
+    for (ns, tenant) in namespaces {
+        if let Some(t) = file.tenants.get_mut(&tenant) {
+            t.namespaces.push(ns);
+        }
+    }
+    let teams: Vec<(String, String)> = sqlx::query_as("SELECT tenant, name FROM teams")
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(query_error("reading teams"))?;
+    for (tenant, name) in teams {
+        if let Some(t) = file.tenants.get_mut(&tenant) {
+            t.teams.insert(name, TeamSpec::default());
+        }
+    }
+    let team_namespaces: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT namespace, tenant, team FROM team_namespaces ORDER BY namespace",
+    )
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(query_error("reading team namespaces"))?;
+    for (ns, tenant, team) in team_namespaces {
+        if let Some(t) = file.tenants.get_mut(&tenant).and_then(|t| t.teams.get_mut(&team)) {
+            t.namespaces.push(ns);
+        }
+    }
+    let members: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT tenant, team, kind, name FROM members ORDER BY tenant, team, kind, name",
+    )
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(query_error("reading members"))?;
+    for (tenant, team, kind, name) in members {
+        let Some(t) = file.tenants.get_mut(&tenant) else { continue };
+        let (users, groups, sas) = if team.is_empty() {
+            let m = &mut t.members;
+            (&mut m.users, &mut m.groups, &mut m.serviceaccounts)
+        } else {
+            let Some(m) = t.teams.get_mut(&team) else { continue };
+            (&mut m.users, &mut m.groups, &mut m.serviceaccounts)
+        };
+        match kind.as_str() {
+            "user" => users.push(name),
+            "group" => groups.push(name),
+            _ => sas.push(name),
+        }
+    }
+    Ok((file, version as u64))
+}
