@@ -76,6 +76,8 @@ pub struct PolicyInfo {
     pub line: usize,
     pub message: Option<String>,
     pub effect_forbid: bool,
+    /// Every annotation, e.g. `@quota("pods")`, which the webhook uses to explain a denial.
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// The outcome of one authorization: allowed, or the forbids that matched with their messages.
@@ -173,7 +175,17 @@ impl PolicyEngine {
                 text_of.insert(id.clone(), index);
                 info.insert(
                     id.clone(),
-                    PolicyInfo { id, path: file.path.clone(), line, message, effect_forbid: forbid },
+                    PolicyInfo {
+                        id,
+                        path: file.path.clone(),
+                        line,
+                        message,
+                        effect_forbid: forbid,
+                        annotations: policy
+                            .annotations()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    },
                 );
             }
         }
@@ -423,4 +435,76 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
     (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+    }
+
+    fn with_extra(extra: &str) -> Result<PolicyEngine, PolicyError> {
+        let (schema, mut policies) = read_dir(&shipped()).unwrap();
+        policies.push(SourceFile { path: "extra.cedar".into(), text: extra.to_string() });
+        PolicyEngine::from_sources(&schema, &policies)
+    }
+
+    #[test]
+    fn shipped_policies_validate_strictly() {
+        let engine = PolicyEngine::load_dir(&shipped()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(engine.policy("cross-tenant-write").is_some());
+        assert!(engine.policies().all(|p| !p.effect_forbid || p.message.is_some()));
+    }
+
+    #[test]
+    fn type_errors_are_reported_with_file_and_line() {
+        let err = with_extra(
+            "\n@id(\"typo\")\n@message(\"m\")\nforbid (principal, action == Action::\"create\", resource)\nwhen { resource.kidn == \"Pod\" };\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("extra.cedar:5:"), "{text}");
+        assert!(text.contains("kidn"), "{text}");
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_with_file_and_line() {
+        let err = with_extra("@id(\"x\")\npermit (principal, action, resource\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("extra.cedar:"), "{text}");
+    }
+
+    #[test]
+    fn ids_and_messages_are_required_and_unique() {
+        let missing_id = with_extra("permit (principal, action, resource);").unwrap_err();
+        assert!(missing_id.to_string().contains("has no `@id"), "{missing_id}");
+        let missing_message =
+            with_extra("@id(\"quiet\")\nforbid (principal, action, resource);").unwrap_err();
+        assert!(missing_message.to_string().contains("no `@message"), "{missing_message}");
+        let duplicate =
+            with_extra("@id(\"baseline\")\npermit (principal, action, resource);").unwrap_err();
+        assert!(duplicate.to_string().contains("duplicate policy id `baseline`"), "{duplicate}");
+    }
+
+    #[test]
+    fn tenant_scoped_policies_are_sliced_out_of_the_shared_set() {
+        let engine = with_extra(
+            "@id(\"acme-only\")\n@message(\"no\")\nforbid (principal in Tenant::\"acme\", action, resource);\n",
+        )
+        .unwrap();
+        let shared_ids: Vec<String> = engine.shared.policies().map(|p| p.id().to_string()).collect();
+        assert!(!shared_ids.contains(&"acme-only".to_string()));
+        let acme = &engine.by_tenant["acme"];
+        assert!(acme.policy(&PolicyId::new("acme-only")).is_some());
+        assert!(acme.policy(&PolicyId::new("baseline")).is_some());
+    }
+
+    #[test]
+    fn formatting_is_stable() {
+        let text = std::fs::read_to_string(shipped().join("baseline.cedar")).unwrap();
+        let once = format_policies(&text).unwrap();
+        assert_eq!(format_policies(&once).unwrap(), once);
+    }
 }

@@ -1,0 +1,526 @@
+//! Pods: the enforcer sidecar Tenantry injects, the tier scheduling it applies, and the facts the
+//! policies need (host namespaces, whether the sidecar and scheduling are as Tenantry set them).
+//!
+//! Mutation and validation share these functions: validation asks "would mutation still change
+//! this pod?", so a pod that reaches validation without the sidecar, with an altered one, or with
+//! scheduling the tier does not grant, is caught however it got there.
+
+use serde_json::{Map, Value, json};
+use tenantry_tenancy::directory::Tier;
+use tenantry_tenancy::model::Toleration;
+use tenantry_tenancy::quantity::{self, QuantityError, Unit};
+use thiserror::Error;
+
+/// The injected container's name.
+pub const ENFORCER: &str = "tenantry-enforcer";
+/// `"false"` asks to skip injection; the `enforcer-opt-out` policy decides whether that stands.
+pub const INJECT_ANNOTATION: &str = "tenantry.dev/inject";
+/// The application port the enforcer forwards to.
+pub const APP_PORT_ANNOTATION: &str = "tenantry.dev/app-port";
+/// Labels, selectors and tolerations under this prefix are Tenantry's to set.
+pub const PREFIX: &str = "tenantry.dev/";
+
+/// How the enforcer is added to a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SidecarMode {
+    /// An init container with `restartPolicy: Always` (Kubernetes ≥ 1.29): starts before and
+    /// stops after the application, and does not keep Jobs alive.
+    #[default]
+    Native,
+    /// A plain container, for clusters without native sidecars.
+    Container,
+}
+
+impl std::str::FromStr for SidecarMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "native" => Ok(SidecarMode::Native),
+            "container" => Ok(SidecarMode::Container),
+            _ => Err(format!("`{s}` is not a sidecar mode (native, container)")),
+        }
+    }
+}
+
+/// What the webhook injects. Defaults suit the shipped `deploy/` manifests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectionConfig {
+    pub image: String,
+    pub mode: SidecarMode,
+    /// The enforcer's listening port; Services target it.
+    pub proxy_port: u16,
+    pub admin_port: u16,
+    /// Used when a pod has no `tenantry.dev/app-port` and declares no container port.
+    pub default_app_port: u16,
+    /// `TENANTRY_TENANTS` for the sidecar (a Postgres URL or a mounted file path).
+    pub tenants: Option<String>,
+    /// `TENANTRY_REDIS` for the sidecar.
+    pub redis: Option<String>,
+}
+
+impl Default for InjectionConfig {
+    fn default() -> Self {
+        InjectionConfig {
+            image: "ghcr.io/tenantry/tenantry-enforcer:0.1.0".to_string(),
+            mode: SidecarMode::Native,
+            proxy_port: 15001,
+            admin_port: 15021,
+            default_app_port: 8080,
+            tenants: None,
+            redis: None,
+        }
+    }
+}
+
+/// Where the enforcer stands in a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnforcerState {
+    Injected,
+    Missing,
+    Altered,
+    OptedOut,
+    NotApplicable,
+}
+
+impl EnforcerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnforcerState::Injected => "injected",
+            EnforcerState::Missing => "missing",
+            EnforcerState::Altered => "altered",
+            EnforcerState::OptedOut => "opted-out",
+            EnforcerState::NotApplicable => "not-applicable",
+        }
+    }
+}
+
+/// Whether a pod's scheduling is what its tier grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedulingState {
+    Tier,
+    Altered,
+    NotApplicable,
+}
+
+impl SchedulingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchedulingState::Tier => "tier",
+            SchedulingState::Altered => "altered",
+            SchedulingState::NotApplicable => "not-applicable",
+        }
+    }
+}
+
+/// The pod spec inside an object: a Pod's own, or a workload's template.
+pub fn pod_spec<'a>(kind: &str, object: &'a Value) -> Option<&'a Value> {
+    let spec = object.get("spec")?;
+    match kind {
+        "Pod" => Some(spec),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "ReplicationController"
+        | "PodTemplate" => spec.pointer("/template/spec").or_else(|| object.pointer("/template/spec")),
+        "CronJob" => spec.pointer("/jobTemplate/spec/template/spec"),
+        _ => None,
+    }
+}
+
+/// The annotations of a pod (metadata of the object itself).
+fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    object.pointer("/metadata/annotations")?.get(key)?.as_str()
+}
+
+pub fn opted_out(pod: &Value) -> bool {
+    annotation(pod, INJECT_ANNOTATION) == Some("false")
+}
+
+/// The port the enforcer forwards to: the annotation, else the first declared container port.
+pub fn app_port(pod: &Value, config: &InjectionConfig) -> Result<u16, String> {
+    if let Some(raw) = annotation(pod, APP_PORT_ANNOTATION) {
+        return raw.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+            format!("annotation {APP_PORT_ANNOTATION}: `{raw}` is not a port number")
+        });
+    }
+    let declared = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| c.get("name").and_then(Value::as_str) != Some(ENFORCER))
+        .flat_map(|c| c.get("ports").and_then(Value::as_array).into_iter().flatten())
+        .find_map(|p| p.get("containerPort").and_then(Value::as_u64))
+        .and_then(|p| u16::try_from(p).ok());
+    Ok(declared.unwrap_or(config.default_app_port))
+}
+
+/// The enforcer container for a pod of `tenant` in `tier`, exactly as injected.
+pub fn sidecar(config: &InjectionConfig, tenant: &str, tier: &str, app_port: u16) -> Value {
+    let mut env = vec![
+        json!({"name": "TENANTRY_TENANT", "value": tenant}),
+        json!({"name": "TENANTRY_TIER", "value": tier}),
+        json!({"name": "TENANTRY_LISTEN", "value": format!("0.0.0.0:{}", config.proxy_port)}),
+        json!({"name": "TENANTRY_UPSTREAM", "value": format!("127.0.0.1:{app_port}")}),
+        json!({"name": "TENANTRY_ADMIN_LISTEN", "value": format!("0.0.0.0:{}", config.admin_port)}),
+    ];
+    if let Some(tenants) = &config.tenants {
+        env.push(json!({"name": "TENANTRY_TENANTS", "value": tenants}));
+    }
+    if let Some(redis) = &config.redis {
+        env.push(json!({"name": "TENANTRY_REDIS", "value": redis}));
+    }
+    let mut container = json!({
+        "name": ENFORCER,
+        "image": config.image,
+        "args": ["run"],
+        "env": env,
+        "ports": [
+            {"name": "tenantry-proxy", "containerPort": config.proxy_port, "protocol": "TCP"},
+            {"name": "tenantry-admin", "containerPort": config.admin_port, "protocol": "TCP"},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": config.admin_port}},
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "32Mi"},
+            "limits": {"memory": "64Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    });
+    if config.mode == SidecarMode::Native {
+        container["restartPolicy"] = json!("Always");
+    }
+    container
+}
+
+fn list_key(mode: SidecarMode) -> &'static str {
+    match mode {
+        SidecarMode::Native => "initContainers",
+        SidecarMode::Container => "containers",
+    }
+}
+
+fn find_enforcer(spec: &Value, list: &str) -> Option<usize> {
+    spec.get(list)?
+        .as_array()?
+        .iter()
+        .position(|c| c.get("name").and_then(Value::as_str) == Some(ENFORCER))
+}
+
+/// `expected` holds every field of `actual` that Tenantry set. The API server adds defaults
+/// (`imagePullPolicy`, probe timeouts, …) between mutation and validation; those are fine.
+pub fn conforms(expected: &Value, actual: &Value) -> bool {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => {
+            e.iter().all(|(k, v)| a.get(k).is_some_and(|av| conforms(v, av)))
+        }
+        (Value::Array(e), Value::Array(a)) => {
+            e.len() == a.len() && e.iter().zip(a).all(|(ev, av)| conforms(ev, av))
+        }
+        _ => expected == actual,
+    }
+}
+
+/// The enforcer state of a pod being created, against the container it should have.
+pub fn enforcer_state_on_create(pod: &Value, expected: &Value, mode: SidecarMode) -> EnforcerState {
+    let Some(spec) = pod.get("spec") else { return EnforcerState::Missing };
+    let wrong_list = list_key(match mode {
+        SidecarMode::Native => SidecarMode::Container,
+        SidecarMode::Container => SidecarMode::Native,
+    });
+    if find_enforcer(spec, wrong_list).is_some() {
+        return EnforcerState::Altered;
+    }
+    let list = list_key(mode);
+    match find_enforcer(spec, list) {
+        None if opted_out(pod) => EnforcerState::OptedOut,
+        None => EnforcerState::Missing,
+        Some(i) if conforms(expected, &spec[list][i]) => EnforcerState::Injected,
+        Some(_) => EnforcerState::Altered,
+    }
+}
+
+/// The enforcer state of a pod being updated: the sidecar it was created with must be untouched.
+/// Pods created before Tenantry (no sidecar then, none now) are left alone.
+pub fn enforcer_state_on_update(new: &Value, old: &Value) -> EnforcerState {
+    let container = |pod: &Value| {
+        let spec = pod.get("spec")?;
+        ["initContainers", "containers"]
+            .iter()
+            .find_map(|list| find_enforcer(spec, list).map(|i| spec[*list][i].clone()))
+    };
+    match (container(old), container(new)) {
+        (None, None) => EnforcerState::NotApplicable,
+        (Some(o), Some(n)) if o == n => EnforcerState::Injected,
+        _ => EnforcerState::Altered,
+    }
+}
+
+/// Puts the enforcer into `pod` (replacing any container of that name the pod brought itself).
+/// Returns whether the pod changed.
+pub fn inject(pod: &mut Value, expected: &Value, mode: SidecarMode) -> bool {
+    if enforcer_state_on_create(pod, expected, mode) == EnforcerState::Injected {
+        return false;
+    }
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return false };
+    for list in ["initContainers", "containers"] {
+        if let Some(items) = spec.get_mut(list).and_then(Value::as_array_mut) {
+            items.retain(|c| c.get("name").and_then(Value::as_str) != Some(ENFORCER));
+        }
+    }
+    let list = spec.entry(list_key(mode)).or_insert_with(|| Value::Array(Vec::new()));
+    if !list.is_array() {
+        *list = Value::Array(Vec::new());
+    }
+    if let Some(items) = list.as_array_mut() {
+        // First, so it is up before other init containers and the application start.
+        items.insert(0, expected.clone());
+    }
+    true
+}
+
+fn toleration_json(t: &Toleration) -> Value {
+    serde_json::to_value(t).unwrap_or(Value::Null)
+}
+
+/// A toleration only the tier may grant: one for Tenantry's own taints, or a wildcard that
+/// tolerates every taint (and so every dedicated pool).
+fn is_reserved_toleration(t: &Value) -> bool {
+    let key = t.get("key").and_then(Value::as_str).unwrap_or("");
+    key.starts_with(PREFIX) || (key.is_empty() && t.get("operator").and_then(Value::as_str) == Some("Exists"))
+}
+
+/// Whether a pod being created is scheduled as its tier says.
+pub fn scheduling_state_on_create(spec: &Value, tier: &Tier) -> SchedulingState {
+    let s = &tier.scheduling;
+    if let Some(class) = &s.priority_class {
+        if spec.get("priorityClassName").and_then(Value::as_str) != Some(class) {
+            return SchedulingState::Altered;
+        }
+    }
+    let selector = spec.get("nodeSelector").and_then(Value::as_object);
+    let selector_ok = s
+        .node_selector
+        .iter()
+        .all(|(k, v)| selector.and_then(|m| m.get(k)).and_then(Value::as_str) == Some(v.as_str()))
+        && selector.into_iter().flatten().all(|(k, _)| {
+            !k.starts_with(PREFIX) || s.node_selector.contains_key(k)
+        });
+    if !selector_ok {
+        return SchedulingState::Altered;
+    }
+    let granted: Vec<Value> = s.tolerations.iter().map(toleration_json).collect();
+    let present: Vec<&Value> =
+        spec.get("tolerations").and_then(Value::as_array).into_iter().flatten().collect();
+    let all_granted_present = granted.iter().all(|g| present.iter().any(|p| conforms(g, p)));
+    let no_reserved_extra = present
+        .iter()
+        .all(|p| !is_reserved_toleration(p) || granted.iter().any(|g| conforms(g, p)));
+    if all_granted_present && no_reserved_extra {
+        SchedulingState::Tier
+    } else {
+        SchedulingState::Altered
+    }
+}
+
+/// Pods may gain tolerations on update; none of the added ones may be reserved.
+pub fn scheduling_state_on_update(new_spec: &Value, old_spec: &Value) -> SchedulingState {
+    let old: Vec<&Value> =
+        old_spec.get("tolerations").and_then(Value::as_array).into_iter().flatten().collect();
+    let added_reserved = new_spec
+        .get("tolerations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|t| !old.contains(&t) && is_reserved_toleration(t));
+    if added_reserved { SchedulingState::Altered } else { SchedulingState::Tier }
+}
+
+/// Applies the tier's scheduling to a pod spec. Returns warnings for what was removed.
+pub fn apply_scheduling(spec: &mut Map<String, Value>, tier: &Tier) -> Vec<String> {
+    let s = &tier.scheduling;
+    let mut warnings = Vec::new();
+    if let Some(class) = &s.priority_class {
+        if spec.get("priorityClassName").and_then(Value::as_str) != Some(class) {
+            spec.insert("priorityClassName".into(), Value::String(class.clone()));
+            // The API server resolved `priority` from the old class before webhooks ran; it
+            // recomputes it from the new class only if the integer is absent.
+            spec.remove("priority");
+        }
+    }
+    let selector = spec.entry("nodeSelector").or_insert_with(|| Value::Object(Map::new()));
+    if let Some(selector) = selector.as_object_mut() {
+        let foreign: Vec<String> = selector
+            .keys()
+            .filter(|k| k.starts_with(PREFIX) && !s.node_selector.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in foreign {
+            selector.remove(&k);
+            warnings.push(format!("removed nodeSelector `{k}`: not granted by tier `{}`", tier.name));
+        }
+        for (k, v) in &s.node_selector {
+            selector.insert(k.clone(), Value::String(v.clone()));
+        }
+    }
+    if spec.get("nodeSelector").and_then(Value::as_object).is_some_and(Map::is_empty) {
+        spec.remove("nodeSelector");
+    }
+    let granted: Vec<Value> = s.tolerations.iter().map(toleration_json).collect();
+    let tolerations = spec.entry("tolerations").or_insert_with(|| Value::Array(Vec::new()));
+    if let Some(list) = tolerations.as_array_mut() {
+        list.retain(|t| {
+            let keep = !is_reserved_toleration(t) || granted.iter().any(|g| conforms(g, t));
+            if !keep {
+                warnings.push(format!("removed toleration {t}: not granted by tier `{}`", tier.name));
+            }
+            keep
+        });
+        for g in granted {
+            if !list.iter().any(|t| conforms(&g, t)) {
+                list.push(g);
+            }
+        }
+    }
+    if spec.get("tolerations").and_then(Value::as_array).is_some_and(Vec::is_empty) {
+        spec.remove("tolerations");
+    }
+    warnings
+}
+
+/// What a pod asks of the quota, in the units quotas are kept in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PodResources {
+    pub requests_cpu: i64,
+    pub requests_memory: i64,
+    pub limits_cpu: i64,
+    pub limits_memory: i64,
+}
+
+impl PodResources {
+    fn add(self, o: PodResources) -> PodResources {
+        PodResources {
+            requests_cpu: self.requests_cpu.saturating_add(o.requests_cpu),
+            requests_memory: self.requests_memory.saturating_add(o.requests_memory),
+            limits_cpu: self.limits_cpu.saturating_add(o.limits_cpu),
+            limits_memory: self.limits_memory.saturating_add(o.limits_memory),
+        }
+    }
+    fn max(self, o: PodResources) -> PodResources {
+        PodResources {
+            requests_cpu: self.requests_cpu.max(o.requests_cpu),
+            requests_memory: self.requests_memory.max(o.requests_memory),
+            limits_cpu: self.limits_cpu.max(o.limits_cpu),
+            limits_memory: self.limits_memory.max(o.limits_memory),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+#[error("{field}: {source}")]
+pub struct ResourceError {
+    pub field: String,
+    #[source]
+    pub source: QuantityError,
+}
+
+/// A quantity as it appears in an object: a string, or a bare number.
+pub fn quantity_value(raw: &Value, unit: Unit) -> Result<i64, QuantityError> {
+    match raw {
+        Value::String(s) => quantity::parse(s, unit),
+        Value::Number(n) => quantity::parse(&n.to_string(), unit),
+        other => Err(QuantityError::Malformed(other.to_string())),
+    }
+}
+
+fn quantity_at(container: &Value, section: &str, resource: &str) -> Result<Option<i64>, ResourceError> {
+    let Some(raw) = container.get("resources").and_then(|r| r.get(section)).and_then(|s| s.get(resource))
+    else {
+        return Ok(None);
+    };
+    let name = container.get("name").and_then(Value::as_str).unwrap_or("?");
+    quantity_value(raw, Unit::of_resource(resource)).map(Some).map_err(|source| ResourceError {
+        field: format!("container `{name}` resources.{section}.{resource}"),
+        source,
+    })
+}
+
+fn container_resources(c: &Value) -> Result<PodResources, ResourceError> {
+    let limits_cpu = quantity_at(c, "limits", "cpu")?;
+    let limits_memory = quantity_at(c, "limits", "memory")?;
+    // The API server defaults a missing request to the limit.
+    Ok(PodResources {
+        requests_cpu: quantity_at(c, "requests", "cpu")?.or(limits_cpu).unwrap_or(0),
+        requests_memory: quantity_at(c, "requests", "memory")?.or(limits_memory).unwrap_or(0),
+        limits_cpu: limits_cpu.unwrap_or(0),
+        limits_memory: limits_memory.unwrap_or(0),
+    })
+}
+
+/// A pod's effective requests and limits as ResourceQuota counts them: the app containers plus
+/// native sidecars, or the largest init step if that is bigger, plus the pod overhead.
+pub fn pod_resources(spec: &Value) -> Result<PodResources, ResourceError> {
+    let mut total = PodResources::default();
+    for c in spec.get("containers").and_then(Value::as_array).into_iter().flatten() {
+        total = total.add(container_resources(c)?);
+    }
+    let mut sidecars = PodResources::default();
+    let mut init_peak = PodResources::default();
+    for c in spec.get("initContainers").and_then(Value::as_array).into_iter().flatten() {
+        let r = container_resources(c)?;
+        if c.get("restartPolicy").and_then(Value::as_str) == Some("Always") {
+            sidecars = sidecars.add(r);
+        } else {
+            init_peak = init_peak.max(sidecars.add(r));
+        }
+    }
+    let mut effective = total.add(sidecars).max(init_peak);
+    if let Some(overhead) = spec.get("overhead") {
+        let pseudo = json!({"name": "overhead", "resources": {"requests": overhead, "limits": overhead}});
+        effective = effective.add(container_resources(&pseudo)?);
+    }
+    Ok(effective)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_pod_resources_follow_resourcequota_rules() {
+        let spec = json!({
+            "containers": [
+                {"name": "a", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}},
+                {"name": "b", "resources": {"limits": {"cpu": "1", "memory": "128Mi"}}},
+            ],
+            "initContainers": [
+                {"name": "side", "restartPolicy": "Always", "resources": {"requests": {"cpu": "50m"}}},
+                {"name": "big-init", "resources": {"requests": {"cpu": "4"}}},
+            ],
+        });
+        let r = pod_resources(&spec).unwrap();
+        // init step: 50m sidecar + 4 CPU beats 250m + 1 + 50m
+        assert_eq!(r.requests_cpu, 4050);
+        assert_eq!(r.requests_memory, (64 + 128) << 20);
+        assert_eq!(r.limits_cpu, 1000);
+    }
+
+    #[test]
+    fn malformed_quantities_name_the_container() {
+        let spec = json!({"containers": [{"name": "app", "resources": {"requests": {"cpu": "lots"}}}]});
+        let err = pod_resources(&spec).unwrap_err().to_string();
+        assert!(err.starts_with("container `app` resources.requests.cpu:"), "{err}");
+    }
+
+    #[test]
+    fn defaulted_fields_still_conform() {
+        let expected = json!({"name": "x", "ports": [{"containerPort": 1, "protocol": "TCP"}]});
+        let actual = json!({"name": "x", "imagePullPolicy": "IfNotPresent",
+            "ports": [{"containerPort": 1, "protocol": "TCP"}], "terminationMessagePath": "/dev/termination-log"});
+        assert!(conforms(&expected, &actual));
+        let altered = json!({"name": "x", "ports": [{"containerPort": 2, "protocol": "TCP"}]});
+        assert!(!conforms(&expected, &altered));
+    }
+}

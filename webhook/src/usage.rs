@@ -1,0 +1,261 @@
+//! What tenants use now, and what one write would add.
+//!
+//! Usage is kept as per-tenant counters and sums in ResourceQuota names, never as whole objects.
+//! [`Inventory`] builds it from a list of existing objects (`--state`, `tenantry review`); the
+//! server keeps the same counters current from cluster watches.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tenantry_tenancy::Directory;
+use tenantry_tenancy::quantity::Unit;
+
+use crate::pod::{self, ResourceError};
+
+/// The quota dimensions a single object can add to; `count` is its `count/<resource>` key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Amounts {
+    pub namespaces: i64,
+    pub pods: i64,
+    pub services: i64,
+    pub persistentvolumeclaims: i64,
+    pub requests_cpu: i64,
+    pub requests_memory: i64,
+    pub requests_storage: i64,
+    pub limits_cpu: i64,
+    pub limits_memory: i64,
+    pub count: i64,
+}
+
+impl Amounts {
+    /// `(ResourceQuota name, value)` pairs, with `count` under the name Cedar sees.
+    pub fn fields(&self) -> [(&'static str, i64); 10] {
+        [
+            ("namespaces", self.namespaces),
+            ("pods", self.pods),
+            ("services", self.services),
+            ("persistentvolumeclaims", self.persistentvolumeclaims),
+            ("requests.cpu", self.requests_cpu),
+            ("requests.memory", self.requests_memory),
+            ("requests.storage", self.requests_storage),
+            ("limits.cpu", self.limits_cpu),
+            ("limits.memory", self.limits_memory),
+            ("count", self.count),
+        ]
+    }
+}
+
+/// The `count/<resource>[.<group>]` quota name of a resource.
+pub fn count_key(group: &str, resource: &str) -> String {
+    if group.is_empty() { format!("count/{resource}") } else { format!("count/{resource}.{group}") }
+}
+
+/// What creating `object` (of `group`/`resource`) adds to its tenant's usage.
+pub fn amounts_of(group: &str, resource: &str, object: &Value) -> Result<Amounts, ResourceError> {
+    let mut a = Amounts { count: 1, ..Amounts::default() };
+    match (group, resource) {
+        ("", "namespaces") => a.namespaces = 1,
+        ("", "services") => a.services = 1,
+        ("", "persistentvolumeclaims") => {
+            a.persistentvolumeclaims = 1;
+            if let Some(raw) = object.pointer("/spec/resources/requests/storage") {
+                a.requests_storage = pod::quantity_value(raw, Unit::Whole).map_err(|source| {
+                    ResourceError { field: "spec.resources.requests.storage".into(), source }
+                })?;
+            }
+        }
+        ("", "pods") => {
+            let terminal = matches!(
+                object.pointer("/status/phase").and_then(Value::as_str),
+                Some("Succeeded" | "Failed")
+            );
+            if !terminal {
+                a.pods = 1;
+                let r = pod::pod_resources(object.get("spec").unwrap_or(&Value::Null))?;
+                a.requests_cpu = r.requests_cpu;
+                a.requests_memory = r.requests_memory;
+                a.limits_cpu = r.limits_cpu;
+                a.limits_memory = r.limits_memory;
+            }
+        }
+        _ => {}
+    }
+    Ok(a)
+}
+
+/// Read access to current usage, as the decision needs it.
+pub trait UsageView: Send + Sync {
+    /// The tenant's current total for a ResourceQuota name (`pods`, `requests.cpu`,
+    /// `count/deployments.apps`, …), across all of its namespaces.
+    fn used(&self, tenant: &str, resource: &str) -> i64;
+    /// The tenant that already serves an Ingress host, if any.
+    fn host_holder(&self, host: &str) -> Option<Arc<str>>;
+}
+
+/// No objects at all: every tenant uses nothing.
+#[derive(Debug, Default)]
+pub struct NoUsage;
+
+impl UsageView for NoUsage {
+    fn used(&self, _: &str, _: &str) -> i64 {
+        0
+    }
+    fn host_holder(&self, _: &str) -> Option<Arc<str>> {
+        None
+    }
+}
+
+/// Usage counted from a set of existing objects.
+#[derive(Debug, Default, Clone)]
+pub struct Inventory {
+    by_tenant: HashMap<Arc<str>, HashMap<String, i64>>,
+    hosts: HashMap<String, Arc<str>>,
+}
+
+impl Inventory {
+    /// Counts `objects` (Kubernetes objects as JSON) for the tenants of `directory`.
+    /// Objects outside tenant namespaces are ignored; unreadable ones are reported.
+    pub fn from_objects<'a>(
+        directory: &Directory,
+        objects: impl IntoIterator<Item = &'a Value>,
+    ) -> Result<Inventory, String> {
+        let mut inventory = Inventory::default();
+        for object in objects {
+            inventory.add(directory, object)?;
+        }
+        Ok(inventory)
+    }
+
+    /// Adds one object (also what the webhook admits when it runs without a cluster).
+    pub fn add(&mut self, directory: &Directory, object: &Value) -> Result<(), String> {
+        let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
+        let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let (group, resource) = resource_of(api_version, kind);
+        let namespace = if kind == "Namespace" {
+            name
+        } else {
+            object.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("")
+        };
+        let Some(owner) = directory.namespace_owner(namespace) else { return Ok(()) };
+        let tenant = owner.tenant.id.clone();
+        let amounts = amounts_of(&group, &resource, object)
+            .map_err(|e| format!("{kind} `{namespace}/{name}`: {e}"))?;
+        let counters = self.by_tenant.entry(tenant.clone()).or_default();
+        for (key, value) in amounts.fields() {
+            if value != 0 && key != "count" {
+                *counters.entry(key.to_string()).or_default() += value;
+            }
+        }
+        *counters.entry(count_key(&group, &resource)).or_default() += amounts.count;
+        if kind == "Ingress" {
+            for host in ingress_hosts(object) {
+                self.hosts.entry(host.to_string()).or_insert_with(|| tenant.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl UsageView for Inventory {
+    fn used(&self, tenant: &str, resource: &str) -> i64 {
+        self.by_tenant.get(tenant).and_then(|c| c.get(resource)).copied().unwrap_or(0)
+    }
+    fn host_holder(&self, host: &str) -> Option<Arc<str>> {
+        if let Some(t) = self.hosts.get(host) {
+            return Some(t.clone());
+        }
+        // `*.example.com` held by one tenant covers `shop.example.com`, and the reverse.
+        let parent = host.split_once('.').map(|(_, p)| format!("*.{p}"));
+        if let Some(t) = parent.and_then(|p| self.hosts.get(&p)) {
+            return Some(t.clone());
+        }
+        let suffix = host.strip_prefix('*')?;
+        self.hosts
+            .iter()
+            .find(|(h, _)| h.ends_with(suffix) && !h[..h.len() - suffix.len()].contains('.'))
+            .map(|(_, t)| t.clone())
+    }
+}
+
+/// The hosts an Ingress serves (rules and TLS).
+pub fn ingress_hosts(object: &Value) -> Vec<&str> {
+    let rules = object.pointer("/spec/rules").and_then(Value::as_array).into_iter().flatten();
+    let tls = object
+        .pointer("/spec/tls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t.get("hosts").and_then(Value::as_array).into_iter().flatten());
+    let mut hosts: Vec<&str> = rules
+        .filter_map(|r| r.get("host"))
+        .chain(tls)
+        .filter_map(Value::as_str)
+        .filter(|h| !h.is_empty())
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    hosts
+}
+
+/// The API group and plural resource of a kind, as the API server would name them in a review.
+pub fn resource_of(api_version: &str, kind: &str) -> (String, String) {
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g).to_string();
+    let plural = match kind {
+        "Endpoints" => "endpoints".to_string(),
+        "Ingress" => "ingresses".to_string(),
+        "NetworkPolicy" => "networkpolicies".to_string(),
+        "PodSecurityPolicy" => "podsecuritypolicies".to_string(),
+        "ReferenceGrant" => "referencegrants".to_string(),
+        "Gateway" => "gateways".to_string(),
+        k if k.ends_with("Class") => format!("{}es", k.to_ascii_lowercase()),
+        k if k.ends_with('s') || k.ends_with('x') => format!("{}es", k.to_ascii_lowercase()),
+        k if k.ends_with('y') && !k.ends_with("ay") && !k.ends_with("ey") => {
+            format!("{}ies", &k[..k.len() - 1].to_ascii_lowercase())
+        }
+        k => format!("{}s", k.to_ascii_lowercase()),
+    };
+    (group, plural)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn plural_names_match_the_api_server() {
+        for (api, kind, group, plural) in [
+            ("v1", "Pod", "", "pods"),
+            ("apps/v1", "Deployment", "apps", "deployments"),
+            ("networking.k8s.io/v1", "NetworkPolicy", "networking.k8s.io", "networkpolicies"),
+            ("networking.k8s.io/v1", "Ingress", "networking.k8s.io", "ingresses"),
+            ("v1", "Endpoints", "", "endpoints"),
+            ("discovery.k8s.io/v1", "EndpointSlice", "discovery.k8s.io", "endpointslices"),
+            ("scheduling.k8s.io/v1", "PriorityClass", "scheduling.k8s.io", "priorityclasses"),
+            ("v1", "PersistentVolumeClaim", "", "persistentvolumeclaims"),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding", "rbac.authorization.k8s.io", "rolebindings"),
+            ("gateway.networking.k8s.io/v1", "HTTPRoute", "gateway.networking.k8s.io", "httproutes"),
+            ("v1", "Service", "", "services"),
+            ("batch/v1", "CronJob", "batch", "cronjobs"),
+        ] {
+            assert_eq!(resource_of(api, kind), (group.to_string(), plural.to_string()), "{kind}");
+        }
+    }
+
+    #[test]
+    fn terminal_pods_take_no_quota() {
+        let done = json!({"spec": {"containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}]},
+                          "status": {"phase": "Succeeded"}});
+        let a = amounts_of("", "pods", &done).unwrap();
+        assert_eq!((a.pods, a.requests_cpu, a.count), (0, 0, 1));
+    }
+
+    #[test]
+    fn claims_count_their_storage() {
+        let pvc = json!({"spec": {"resources": {"requests": {"storage": "10Gi"}}}});
+        let a = amounts_of("", "persistentvolumeclaims", &pvc).unwrap();
+        assert_eq!((a.persistentvolumeclaims, a.requests_storage), (1, 10 << 30));
+    }
+}
