@@ -34,19 +34,26 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Mutation, T
     let mut warnings = Vec::new();
 
     let wanted = translate::directory_labels(&owner);
+    let old_labels = req.old_object.pointer("/metadata/labels").cloned().unwrap_or(Value::Null);
     let labels = metadata_map(&mut object, "labels");
     for key in STAMPED_LABELS {
-        match wanted.iter().find(|(k, _)| *k == key) {
-            Some((_, value)) if labels.get(key).and_then(Value::as_str) != Some(value) => {
-                labels.insert(key.to_string(), Value::String(value.to_string()));
-                changed = true;
-            }
-            None if labels.contains_key(key) => {
-                labels.remove(key);
-                changed = true;
-            }
-            _ => {}
+        let truth = wanted.iter().find(|(k, _)| *k == key).map(|(_, v)| &**v);
+        let current = labels.get(key).and_then(Value::as_str);
+        if current == truth {
+            continue;
         }
+        // On UPDATE, a value the writer changed to something the directory does not say is
+        // tampering: leave it for validation to refuse loudly. Stale or missing values (a tier
+        // change since the last write, a `kubectl replace` without our labels) are refreshed.
+        let previous = old_labels.get(key).and_then(Value::as_str);
+        if req.operation == Operation::Update && current.is_some() && current != previous {
+            continue;
+        }
+        match truth {
+            Some(value) => labels.insert(key.to_string(), Value::String(value.to_string())),
+            None => labels.remove(key),
+        };
+        changed = true;
     }
 
     let is_pod = req.resource.group.is_empty() && req.resource.resource == "pods";

@@ -1,0 +1,163 @@
+//! Policy test cases: a YAML file of writes and the decisions they must get.
+//!
+//! ```yaml
+//! tenants: ../../examples/tenants.yaml   # optional: path (relative to this file) or inline mapping
+//! state: ../../examples/state.yaml       # optional: path or inline list of objects
+//! cases:
+//!   - name: members write in their own namespaces
+//!     user: alice                        # or system:serviceaccount:NS:NAME
+//!     groups: [acme-devs]                # optional
+//!     namespace: acme-dev                # optional, as kubectl -n
+//!     operation: CREATE                  # CREATE (default), UPDATE, DELETE, CONNECT
+//!     dry_run: false                     # optional
+//!     object: { apiVersion: v1, kind: ConfigMap, metadata: { name: c } }
+//!     old: { … }                         # the current object, for UPDATE
+//!     expect:
+//!       allowed: false
+//!       policy: cross-tenant-write       # must be among the denying policies
+//!       message: own tenant              # must appear in the message
+//!       labels: { tenantry.dev/tenant: acme }   # must be on the final object
+//! ```
+//! Without `tenants`/`state`, cases run against the embedded example directory and state.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+use tenantry_tenancy::{Directory, PolicyEngine, TenantsFile};
+use tenantry_webhook::review::{self, Identity, Outcome, Write};
+use tenantry_webhook::{Inputs, InjectionConfig, Inventory, Operation, embedded};
+
+use crate::inputs;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseFile {
+    #[serde(default)]
+    pub tenants: Option<Included<TenantsFile>>,
+    #[serde(default)]
+    pub state: Option<Included<Vec<Value>>>,
+    pub cases: Vec<Case>,
+}
+
+/// Data given inline, or a path relative to the case file.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Included<T> {
+    Path(PathBuf),
+    Inline(T),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub name: String,
+    pub user: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default = "create")]
+    pub operation: String,
+    #[serde(default)]
+    pub dry_run: bool,
+    pub object: Value,
+    #[serde(default)]
+    pub old: Option<Value>,
+    pub expect: Expect,
+}
+
+fn create() -> String {
+    "CREATE".to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub allowed: bool,
+    #[serde(default)]
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A loaded case file with the directory and usage its cases run against.
+pub struct Suite {
+    pub directory: Directory,
+    pub usage: Inventory,
+    pub cases: Vec<Case>,
+}
+
+pub fn load(path: &Path) -> Result<Suite> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    load_str(&text, path)
+}
+
+pub fn load_str(text: &str, path: &Path) -> Result<Suite> {
+    let file: CaseFile =
+        serde_saphyr::from_str(text).with_context(|| format!("`{}` is not a valid test file", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let directory = match file.tenants {
+        None => embedded::directory()?,
+        Some(Included::Path(p)) => tenantry_tenancy::source::load_file(&base.join(p))?,
+        Some(Included::Inline(t)) => Directory::build(t, 1)
+            .with_context(|| format!("`{}`: inline tenants are invalid", path.display()))?,
+    };
+    let objects = match file.state {
+        None => inputs::parse_documents(embedded::STATE_YAML)?,
+        Some(Included::Path(p)) => inputs::read_documents(&base.join(p))?,
+        Some(Included::Inline(objects)) => objects,
+    };
+    let usage = Inventory::from_objects(&directory, &objects).map_err(anyhow::Error::msg)?;
+    Ok(Suite { directory, usage, cases: file.cases })
+}
+
+/// The outcome of one case, and what was wrong with it.
+pub struct CaseResult {
+    pub outcome: Outcome,
+    pub failures: Vec<String>,
+}
+
+pub fn run_case(suite: &Suite, policies: &PolicyEngine, index: usize) -> Result<CaseResult> {
+    let case = &suite.cases[index];
+    let injection = InjectionConfig::default();
+    let inputs = Inputs { directory: &suite.directory, usage: &suite.usage, policies, injection: &injection };
+    let operation: Operation = case.operation.parse().map_err(anyhow::Error::msg)?;
+    let write = Write {
+        object: case.object.clone(),
+        old: case.old.clone(),
+        identity: Identity { user: case.user.clone(), groups: case.groups.clone() },
+        namespace: case.namespace.clone(),
+        operation,
+        dry_run: case.dry_run,
+    };
+    let request = review::admission_request(&write, &format!("case-{index}"))?;
+    let outcome = review::run(&inputs, &request)?;
+    let mut failures = Vec::new();
+    let e = &case.expect;
+    if outcome.allowed != e.allowed {
+        let got = if outcome.allowed { "allowed".to_string() } else { format!("denied: {}", outcome.message) };
+        failures.push(format!("expected {}, got {got}", if e.allowed { "allowed" } else { "denied" }));
+    }
+    if let Some(policy) = &e.policy {
+        if !outcome.reasons.contains(policy) {
+            failures.push(format!("expected policy `{policy}` to deny, denying: {:?}", outcome.reasons));
+        }
+    }
+    if let Some(message) = &e.message {
+        if !outcome.message.contains(message.as_str()) {
+            failures.push(format!("expected message containing {message:?}, got {:?}", outcome.message));
+        }
+    }
+    for (key, want) in &e.labels {
+        let got = outcome.object.pointer("/metadata/labels").and_then(|l| l.get(key)).and_then(Value::as_str);
+        if got != Some(want.as_str()) {
+            failures.push(format!("expected label {key}={want}, got {got:?}"));
+        }
+    }
+    Ok(CaseResult { outcome, failures })
+}

@@ -1,0 +1,74 @@
+//! Loading what a decision needs from the command line: tenants, policies, cluster state,
+//! manifests. Absent flags fall back to the embedded default.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use tenantry_tenancy::{Directory, PolicyEngine, PostgresSource, TenantSource};
+use tenantry_webhook::{Inventory, embedded};
+
+/// The tenant directory from `--tenants` (a YAML file or Postgres URL), or the embedded example.
+pub fn directory(source: Option<&str>) -> Result<Directory> {
+    match source.map(TenantSource::parse) {
+        None => Ok(embedded::directory()?),
+        Some(TenantSource::File(path)) => Ok(tenantry_tenancy::source::load_file(&path)?),
+        Some(TenantSource::Postgres(url)) => {
+            let runtime = runtime()?;
+            runtime.block_on(async {
+                let pg = PostgresSource::connect(&url, Duration::from_secs(5)).await?;
+                Ok(pg.load().await?)
+            })
+        }
+    }
+}
+
+/// The policies from `--policies DIR`, or the shipped ones.
+pub fn policies(dir: Option<&Path>) -> Result<PolicyEngine> {
+    match dir {
+        None => Ok(embedded::policies()?),
+        Some(dir) => Ok(PolicyEngine::load_dir(dir)?),
+    }
+}
+
+/// Usage from `--state FILE` (existing objects), or nothing.
+pub fn state(path: Option<&Path>, directory: &Directory) -> Result<Inventory> {
+    let Some(path) = path else { return Ok(Inventory::default()) };
+    let objects = read_documents(path)?;
+    Inventory::from_objects(directory, &objects)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("cannot count usage from `{}`", path.display()))
+}
+
+/// Every non-empty YAML/JSON document of a file (`-` reads standard input).
+pub fn read_documents(path: &Path) -> Result<Vec<Value>> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?
+    };
+    parse_documents(&text).with_context(|| format!("`{}` is not valid YAML", path.display()))
+}
+
+pub fn parse_documents(text: &str) -> Result<Vec<Value>> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text)?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// Exactly one document.
+pub fn read_one(path: &Path) -> Result<Value> {
+    let mut docs = read_documents(path)?;
+    match docs.len() {
+        1 => Ok(docs.remove(0)),
+        0 => bail!("`{}` holds no object", path.display()),
+        n => bail!("`{}` holds {n} objects; expected one", path.display()),
+    }
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
