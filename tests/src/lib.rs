@@ -1,1 +1,205 @@
-//! placeholder
+//! Test harness shared by Tenantry's test suites: real PostgreSQL and Redis servers started on
+//! free loopback ports for the length of a test, and torn down when dropped.
+//!
+//! Nothing is mocked. A test that needs Postgres gets its own cluster (`initdb` + `pg_ctl`), so
+//! tests never share state and can run in parallel.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; a tiny race with other processes remains).
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("nothing listens on {addr} after {timeout:?}")
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// The directory with `initdb` and `pg_ctl`: `$TENANTRY_PG_BIN`, `pg_config --bindir`, or the
+/// newest `/usr/lib/postgresql/*/bin` (Debian keeps them off `PATH`).
+pub fn postgres_bin_dir() -> Result<PathBuf> {
+    if let Ok(dir) = std::env::var("TENANTRY_PG_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").is_file())
+        .collect();
+    candidates.sort_by_key(|p| {
+        p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok())
+    });
+    if let Some(dir) = candidates.pop() {
+        return Ok(dir);
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").is_file() {
+            return Ok(dir);
+        }
+    }
+    bail!("PostgreSQL server binaries not found: install `postgresql` (apt-get install -y postgresql) or set TENANTRY_PG_BIN")
+}
+
+/// A throwaway PostgreSQL cluster on a free loopback port.
+pub struct Postgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    pub port: u16,
+    as_postgres_user: bool,
+}
+
+impl Postgres {
+    pub fn start() -> Result<Postgres> {
+        let bin = postgres_bin_dir()?;
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("tenantry-pg-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        // initdb refuses to run as root; CI containers often are root.
+        let as_postgres_user = is_root();
+        if as_postgres_user {
+            let status = Command::new("chown").arg("-R").arg("postgres:postgres").arg(&dir).status()?;
+            anyhow::ensure!(status.success(), "cannot chown {} to the postgres user", dir.display());
+        }
+        let pg = Postgres { dir, bin, port, as_postgres_user };
+        let data = pg.dir.join("data");
+        pg.run("initdb", &["-D", path(&data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])?;
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
+            path(&pg.dir)
+        );
+        let log = pg.dir.join("log");
+        pg.run("pg_ctl", &["-D", path(&data), "-l", path(&log), "-o", &options, "-w", "-t", "30", "start"])?;
+        Ok(pg)
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> Result<()> {
+        let program = self.bin.join(tool);
+        let mut cmd = if self.as_postgres_user {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let out = cmd.args(args).stdin(Stdio::null()).output().with_context(|| format!("cannot run {}", program.display()))?;
+        if !out.status.success() {
+            let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
+            bail!(
+                "{tool} failed: {}{}\n{log}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// URL of the `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (disconnecting every client at once, as an outage looks to them) and
+    /// keeps its data for [`Postgres::restart`].
+    pub fn stop(&self) -> Result<()> {
+        self.run("pg_ctl", &["-D", path(&self.dir.join("data")), "-m", "fast", "-w", "stop"])
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&self) -> Result<()> {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off",
+            self.port,
+            path(&self.dir)
+        );
+        let data = self.dir.join("data");
+        let log = self.dir.join("log");
+        self.run("pg_ctl", &["-D", path(&data), "-l", path(&log), "-o", &options, "-w", "-t", "30", "start"])
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.run("pg_ctl", &["-D", path(&self.dir.join("data")), "-m", "immediate", "-w", "stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+/// A throwaway `redis-server` on a free loopback port, without persistence.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Result<Redis> {
+        let port = free_port()?;
+        let mut redis = Redis { child: None, port };
+        redis.spawn()?;
+        Ok(redis)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server: install it (apt-get install -y redis-server)")?;
+        self.child = Some(child);
+        wait_for_port(SocketAddr::from(([127, 0, 0, 1], self.port)), Duration::from_secs(10))
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The repository root (for fixtures, examples and shipped policies).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
