@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tenantry_tenancy::{Directory, PolicyEngine, TenantsFile};
 use tenantry_webhook::review::{self, Identity, Outcome, Write};
-use tenantry_webhook::{Inputs, InjectionConfig, Inventory, Operation, embedded};
+use tenantry_webhook::{InjectionConfig, Inputs, Inventory, Operation, embedded};
 
 use crate::inputs;
 
@@ -93,13 +93,14 @@ pub struct Suite {
 }
 
 pub fn load(path: &Path) -> Result<Suite> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read `{}`", path.display()))?;
     load_str(&text, path)
 }
 
 pub fn load_str(text: &str, path: &Path) -> Result<Suite> {
-    let file: CaseFile =
-        serde_saphyr::from_str(text).with_context(|| format!("`{}` is not a valid test file", path.display()))?;
+    let file: CaseFile = serde_saphyr::from_str(text)
+        .with_context(|| format!("`{}` is not a valid test file", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let directory = match file.tenants {
         None => embedded::directory()?,
@@ -113,7 +114,11 @@ pub fn load_str(text: &str, path: &Path) -> Result<Suite> {
         Some(Included::Inline(objects)) => objects,
     };
     let usage = Inventory::from_objects(&directory, &objects).map_err(anyhow::Error::msg)?;
-    Ok(Suite { directory, usage, cases: file.cases })
+    Ok(Suite {
+        directory,
+        usage,
+        cases: file.cases,
+    })
 }
 
 /// The outcome of one case, and what was wrong with it.
@@ -125,12 +130,20 @@ pub struct CaseResult {
 pub fn run_case(suite: &Suite, policies: &PolicyEngine, index: usize) -> Result<CaseResult> {
     let case = &suite.cases[index];
     let injection = InjectionConfig::default();
-    let inputs = Inputs { directory: &suite.directory, usage: &suite.usage, policies, injection: &injection };
+    let inputs = Inputs {
+        directory: &suite.directory,
+        usage: &suite.usage,
+        policies,
+        injection: &injection,
+    };
     let operation: Operation = case.operation.parse().map_err(anyhow::Error::msg)?;
     let write = Write {
         object: case.object.clone(),
         old: case.old.clone(),
-        identity: Identity { user: case.user.clone(), groups: case.groups.clone() },
+        identity: Identity {
+            user: case.user.clone(),
+            groups: case.groups.clone(),
+        },
         namespace: case.namespace.clone(),
         operation,
         dry_run: case.dry_run,
@@ -140,21 +153,38 @@ pub fn run_case(suite: &Suite, policies: &PolicyEngine, index: usize) -> Result<
     let mut failures = Vec::new();
     let e = &case.expect;
     if outcome.allowed != e.allowed {
-        let got = if outcome.allowed { "allowed".to_string() } else { format!("denied: {}", outcome.message) };
-        failures.push(format!("expected {}, got {got}", if e.allowed { "allowed" } else { "denied" }));
+        let got = if outcome.allowed {
+            "allowed".to_string()
+        } else {
+            format!("denied: {}", outcome.message)
+        };
+        failures.push(format!(
+            "expected {}, got {got}",
+            if e.allowed { "allowed" } else { "denied" }
+        ));
     }
     if let Some(policy) = &e.policy {
         if !outcome.reasons.contains(policy) {
-            failures.push(format!("expected policy `{policy}` to deny, denying: {:?}", outcome.reasons));
+            failures.push(format!(
+                "expected policy `{policy}` to deny, denying: {:?}",
+                outcome.reasons
+            ));
         }
     }
     if let Some(message) = &e.message {
         if !outcome.message.contains(message.as_str()) {
-            failures.push(format!("expected message containing {message:?}, got {:?}", outcome.message));
+            failures.push(format!(
+                "expected message containing {message:?}, got {:?}",
+                outcome.message
+            ));
         }
     }
     for (key, want) in &e.labels {
-        let got = outcome.object.pointer("/metadata/labels").and_then(|l| l.get(key)).and_then(Value::as_str);
+        let got = outcome
+            .object
+            .pointer("/metadata/labels")
+            .and_then(|l| l.get(key))
+            .and_then(Value::as_str);
         if got != Some(want.as_str()) {
             failures.push(format!("expected label {key}={want}, got {got:?}"));
         }

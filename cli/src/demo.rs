@@ -28,7 +28,11 @@ pub fn run(_args: &DemoArgs) -> Result<ExitCode> {
         let result = cases::run_case(&suite, &policies, i)?;
         let o = &result.outcome;
         println!("{:>2}. {}", i + 1, case.name);
-        let kind = o.object.get("kind").and_then(|v| v.as_str()).unwrap_or("object");
+        let kind = o
+            .object
+            .get("kind")
+            .and_then(|v| v.as_str())
+            .unwrap_or("object");
         if o.allowed {
             println!("    ALLOWED {kind}");
         } else {
@@ -56,7 +60,10 @@ pub fn run(_args: &DemoArgs) -> Result<ExitCode> {
         println!();
     }
     if surprises == 0 {
-        println!("All {} writes were decided as the scenario expects.", suite.cases.len());
+        println!(
+            "All {} writes were decided as the scenario expects.",
+            suite.cases.len()
+        );
         Ok(ExitCode::SUCCESS)
     } else {
         println!("{surprises} writes were not decided as the scenario expects.");

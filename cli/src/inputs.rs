@@ -34,7 +34,9 @@ pub fn policies(dir: Option<&Path>) -> Result<PolicyEngine> {
 
 /// Usage from `--state FILE` (existing objects), or nothing.
 pub fn state(path: Option<&Path>, directory: &Directory) -> Result<Inventory> {
-    let Some(path) = path else { return Ok(Inventory::default()) };
+    let Some(path) = path else {
+        return Ok(Inventory::default());
+    };
     let objects = read_documents(path)?;
     Inventory::from_objects(directory, &objects)
         .map_err(anyhow::Error::msg)
@@ -46,7 +48,8 @@ pub fn read_documents(path: &Path) -> Result<Vec<Value>> {
     let text = if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
     } else {
-        std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read `{}`", path.display()))?
     };
     parse_documents(&text).with_context(|| format!("`{}` is not valid YAML", path.display()))
 }

@@ -16,7 +16,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tenantry", version, about = "Keep tenants apart on a shared Kubernetes cluster")]
+#[command(
+    name = "tenantry",
+    version,
+    about = "Keep tenants apart on a shared Kubernetes cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

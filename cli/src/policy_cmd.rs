@@ -13,14 +13,22 @@ use crate::cases;
 pub fn check(dir: &Path) -> Result<ExitCode> {
     match PolicyEngine::load_dir(dir) {
         Ok(engine) => {
-            println!("ok: {} policies in `{}` are valid against the schema", engine.len(), dir.display());
+            println!(
+                "ok: {} policies in `{}` are valid against the schema",
+                engine.len(),
+                dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(PolicyError::Invalid(problems)) => {
             for p in &problems {
                 eprintln!("{p}");
             }
-            eprintln!("{} problem(s); nothing in `{}` would be loaded", problems.len(), dir.display());
+            eprintln!(
+                "{} problem(s); nothing in `{}` would be loaded",
+                problems.len(),
+                dir.display()
+            );
             Ok(ExitCode::from(1))
         }
         Err(e) => Err(e.into()),
@@ -46,7 +54,11 @@ pub fn fmt(dir: &Path, check_only: bool) -> Result<ExitCode> {
         }
         unformatted.push(file.path);
     }
-    Ok(if check_only && !unformatted.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if check_only && !unformatted.is_empty() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Runs every case file in `dir/tests`; reports forbid policies that no case shows denying.
@@ -65,7 +77,11 @@ pub fn test(dir: &Path) -> Result<ExitCode> {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         .collect();
     paths.sort();
-    anyhow::ensure!(!paths.is_empty(), "no test cases (*.yaml) in `{}`", tests_dir.display());
+    anyhow::ensure!(
+        !paths.is_empty(),
+        "no test cases (*.yaml) in `{}`",
+        tests_dir.display()
+    );
 
     let (mut passed, mut failed) = (0usize, 0usize);
     let mut denied_by_some_case = BTreeSet::new();
@@ -101,7 +117,14 @@ pub fn test(dir: &Path) -> Result<ExitCode> {
         .collect();
     println!("\n{passed} passed, {failed} failed ({allowed_cases} allowed cases)");
     if !untested.is_empty() {
-        println!("forbid policies no case shows denying: {}", untested.join(", "));
+        println!(
+            "forbid policies no case shows denying: {}",
+            untested.join(", ")
+        );
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

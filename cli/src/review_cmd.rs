@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use tenantry_webhook::review::{self, Identity, Outcome, Write};
-use tenantry_webhook::{Inputs, InjectionConfig, Operation};
+use tenantry_webhook::{InjectionConfig, Inputs, Operation};
 
 use crate::inputs;
 
@@ -43,7 +43,13 @@ pub struct ReviewArgs {
     #[arg(long, env = "TENANTRY_DRY_RUN")]
     pub dry_run: bool,
     /// Output format.
-    #[arg(short, long, value_enum, default_value = "text", env = "TENANTRY_OUTPUT")]
+    #[arg(
+        short,
+        long,
+        value_enum,
+        default_value = "text",
+        env = "TENANTRY_OUTPUT"
+    )]
     pub output: Output,
 }
 
@@ -58,12 +64,24 @@ pub fn run(args: &ReviewArgs) -> Result<ExitCode> {
     let policies = inputs::policies(args.policies.as_deref())?;
     let usage = inputs::state(args.state.as_deref(), &directory)?;
     let injection = InjectionConfig::default();
-    let inputs = Inputs { directory: &directory, usage: &usage, policies: &policies, injection: &injection };
+    let inputs = Inputs {
+        directory: &directory,
+        usage: &usage,
+        policies: &policies,
+        injection: &injection,
+    };
 
     let objects = inputs::read_documents(&args.file)?;
-    anyhow::ensure!(!objects.is_empty(), "`{}` holds no object", args.file.display());
+    anyhow::ensure!(
+        !objects.is_empty(),
+        "`{}` holds no object",
+        args.file.display()
+    );
     let old = args.old.as_deref().map(inputs::read_one).transpose()?;
-    let identity = Identity { user: args.user.clone(), groups: args.groups.clone() };
+    let identity = Identity {
+        user: args.user.clone(),
+        groups: args.groups.clone(),
+    };
 
     let mut outcomes = Vec::new();
     for (i, object) in objects.into_iter().enumerate() {
@@ -81,7 +99,9 @@ pub fn run(args: &ReviewArgs) -> Result<ExitCode> {
     }
 
     match args.output {
-        Output::Json if outcomes.len() == 1 => println!("{}", serde_json::to_string_pretty(&outcomes[0])?),
+        Output::Json if outcomes.len() == 1 => {
+            println!("{}", serde_json::to_string_pretty(&outcomes[0])?)
+        }
         Output::Json => println!("{}", serde_json::to_string_pretty(&outcomes)?),
         Output::Text => {
             for o in &outcomes {
@@ -89,13 +109,25 @@ pub fn run(args: &ReviewArgs) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if outcomes.iter().all(|o| o.allowed) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if outcomes.iter().all(|o| o.allowed) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// A human summary: the verdict, then what mutation changed.
 pub fn render_text(o: &Outcome) -> String {
-    let kind = o.object.get("kind").and_then(|v| v.as_str()).unwrap_or("object");
-    let name = o.object.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or("");
+    let kind = o
+        .object
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or("object");
+    let name = o
+        .object
+        .pointer("/metadata/name")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
     let mut out = String::new();
     if o.allowed {
         out.push_str(&format!("ALLOWED  {kind} {name}\n"));

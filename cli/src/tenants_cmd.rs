@@ -85,7 +85,9 @@ pub fn run(command: TenantsCommand) -> Result<ExitCode> {
                 .with_context(|| format!("cannot read `{}`", file.display()))?;
             let parsed = tenantry_tenancy::source::parse_yaml(&text, &file)?;
             with_postgres(&tenants, async |pg| {
-                pg.import(&parsed).await.with_context(|| format!("cannot import `{}`", file.display()))?;
+                pg.import(&parsed)
+                    .await
+                    .with_context(|| format!("cannot import `{}`", file.display()))?;
                 let d = pg.load().await?;
                 println!(
                     "imported {} tenants and {} tiers from {} (directory version {})",
@@ -101,7 +103,10 @@ pub fn run(command: TenantsCommand) -> Result<ExitCode> {
             let directory = inputs::directory(tenants.as_deref())?;
             let mut rows: Vec<_> = directory.tenants().collect();
             rows.sort_by(|a, b| a.id.cmp(&b.id));
-            println!("{:<20} {:<12} {:<10} {:<12} NAMESPACES", "TENANT", "TIER", "STATUS", "CLIENT");
+            println!(
+                "{:<20} {:<12} {:<10} {:<12} NAMESPACES",
+                "TENANT", "TIER", "STATUS", "CLIENT"
+            );
             for t in rows {
                 let client = t.client.as_ref().map_or("-", |c| &*c.id);
                 println!(

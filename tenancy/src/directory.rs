@@ -20,7 +20,11 @@ pub enum DirectoryError {
     #[error("tenants.{tenant}.client: unknown client `{client}`")]
     UnknownClient { tenant: String, client: String },
     #[error("namespace `{namespace}` is claimed by two tenants: `{first}` and `{second}`")]
-    NamespaceClaimedTwice { namespace: String, first: String, second: String },
+    NamespaceClaimedTwice {
+        namespace: String,
+        first: String,
+        second: String,
+    },
     #[error("tiers.{tier}.limits.{resource}: {source}")]
     Quantity {
         tier: String,
@@ -33,13 +37,28 @@ pub enum DirectoryError {
     )]
     UnknownLimit { tier: String, resource: String },
     #[error("{place}: `{value}` is not a valid {what}")]
-    InvalidName { place: String, value: String, what: &'static str },
+    InvalidName {
+        place: String,
+        value: String,
+        what: &'static str,
+    },
     #[error(
         "tenants.{tenant}.teams.{team}.namespaces: `{namespace}` is not one of tenant `{tenant}`'s namespaces"
     )]
-    TeamNamespaceNotOwned { tenant: String, team: String, namespace: String },
-    #[error("tenants.{tenant}.teams: namespace `{namespace}` is in two teams: `{first}` and `{second}`")]
-    NamespaceInTwoTeams { tenant: String, namespace: String, first: String, second: String },
+    TeamNamespaceNotOwned {
+        tenant: String,
+        team: String,
+        namespace: String,
+    },
+    #[error(
+        "tenants.{tenant}.teams: namespace `{namespace}` is in two teams: `{first}` and `{second}`"
+    )]
+    NamespaceInTwoTeams {
+        tenant: String,
+        namespace: String,
+        first: String,
+        second: String,
+    },
 }
 
 /// A tier with its limits parsed into integers.
@@ -203,7 +222,10 @@ impl Directory {
         for (id, spec) in &file.clients {
             check_label_value(id, || format!("clients.{id}"), "client id")?;
             let id: Arc<str> = id.as_str().into();
-            let client = Client { id: id.clone(), display_name: spec.display_name.clone() };
+            let client = Client {
+                id: id.clone(),
+                display_name: spec.display_name.clone(),
+            };
             clients.insert(id, Arc::new(client));
         }
 
@@ -244,22 +266,38 @@ impl Directory {
                         second: id.clone(),
                     });
                 }
-                namespaces
-                    .insert(ns.clone(), NamespaceEntry { tenant: tenant_id.clone(), team: None });
+                namespaces.insert(
+                    ns.clone(),
+                    NamespaceEntry {
+                        tenant: tenant_id.clone(),
+                        team: None,
+                    },
+                );
             }
-            let member = Membership { tenant: tenant_id.clone(), team: None };
+            let member = Membership {
+                tenant: tenant_id.clone(),
+                team: None,
+            };
             index_members(
                 &mut users,
                 &mut groups,
                 &mut serviceaccounts,
-                (&spec.members.users, &spec.members.groups, &spec.members.serviceaccounts),
+                (
+                    &spec.members.users,
+                    &spec.members.groups,
+                    &spec.members.serviceaccounts,
+                ),
                 &member,
                 || format!("tenants.{id}.members.serviceaccounts"),
             )?;
 
             let mut teams = Vec::new();
             for (team_name, team) in &spec.teams {
-                check_label_value(team_name, || format!("tenants.{id}.teams.{team_name}"), "team name")?;
+                check_label_value(
+                    team_name,
+                    || format!("tenants.{id}.teams.{team_name}"),
+                    "team name",
+                )?;
                 let team_id: Arc<str> = team_name.as_str().into();
                 for ns in &team.namespaces {
                     let entry = namespaces
@@ -280,7 +318,10 @@ impl Directory {
                     }
                     entry.team = Some(team_id.clone());
                 }
-                let member = Membership { tenant: tenant_id.clone(), team: Some(team_id.clone()) };
+                let member = Membership {
+                    tenant: tenant_id.clone(),
+                    team: Some(team_id.clone()),
+                };
                 index_members(
                     &mut users,
                     &mut groups,
@@ -289,7 +330,10 @@ impl Directory {
                     &member,
                     || format!("tenants.{id}.teams.{team_name}.serviceaccounts"),
                 )?;
-                teams.push(Team { name: team_id, namespaces: team.namespaces.clone() });
+                teams.push(Team {
+                    name: team_id,
+                    namespaces: team.namespaces.clone(),
+                });
             }
 
             let tenant = Tenant {
@@ -357,12 +401,20 @@ impl Directory {
     pub fn namespace_owner(&self, namespace: &str) -> Option<NamespaceOwner<'_>> {
         if let Some(entry) = self.namespaces.get(namespace) {
             let tenant = self.tenants.get(&entry.tenant)?;
-            return Some(NamespaceOwner { tenant, team: entry.team.as_ref(), by_prefix: false });
+            return Some(NamespaceOwner {
+                tenant,
+                team: entry.team.as_ref(),
+                by_prefix: false,
+            });
         }
         // Longest prefix first: with tenants `acme` and `acme-labs`, `acme-labs-x` is acme-labs'.
         namespace.rmatch_indices('-').find_map(|(at, _)| {
             let tenant = self.tenants.get(&namespace[..at])?;
-            Some(NamespaceOwner { tenant, team: None, by_prefix: true })
+            Some(NamespaceOwner {
+                tenant,
+                team: None,
+                by_prefix: true,
+            })
         })
     }
 
@@ -399,12 +451,15 @@ fn index_members(
         users.entry(user.clone()).or_default().push(member.clone());
     }
     for group in group_names {
-        groups.entry(group.clone()).or_default().push(member.clone());
+        groups
+            .entry(group.clone())
+            .or_default()
+            .push(member.clone());
     }
     for sa in sa_names {
-        let valid = sa.split_once(':').is_some_and(|(ns, name)| {
-            is_dns_label(ns) && !name.is_empty() && !name.contains(':')
-        });
+        let valid = sa
+            .split_once(':')
+            .is_some_and(|(ns, name)| is_dns_label(ns) && !name.is_empty() && !name.contains(':'));
         if !valid {
             return Err(DirectoryError::InvalidName {
                 place: sa_place(),
@@ -412,7 +467,10 @@ fn index_members(
                 what: "service account (expected `namespace:name`)",
             });
         }
-        serviceaccounts.entry(sa.clone()).or_default().push(member.clone());
+        serviceaccounts
+            .entry(sa.clone())
+            .or_default()
+            .push(member.clone());
     }
     Ok(())
 }
@@ -421,7 +479,8 @@ fn index_members(
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -430,7 +489,8 @@ pub fn is_dns_label(s: &str) -> bool {
 pub fn is_label_value(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && s.as_bytes()[0].is_ascii_alphanumeric()
         && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
 }
@@ -443,7 +503,11 @@ fn check_dns_label(
     if is_dns_label(value) {
         Ok(())
     } else {
-        Err(DirectoryError::InvalidName { place: place(), value: value.to_string(), what })
+        Err(DirectoryError::InvalidName {
+            place: place(),
+            value: value.to_string(),
+            what,
+        })
     }
 }
 
@@ -455,7 +519,11 @@ fn check_label_value(
     if is_label_value(value) {
         Ok(())
     } else {
-        Err(DirectoryError::InvalidName { place: place(), value: value.to_string(), what })
+        Err(DirectoryError::InvalidName {
+            place: place(),
+            value: value.to_string(),
+            what,
+        })
     }
 }
 
@@ -492,9 +560,15 @@ tenants:
         assert_eq!(owner.team.map(|t| &**t), Some("backend"));
         assert!(!owner.by_prefix);
         assert_eq!(d.user_memberships("alice")[0].tenant.as_ref(), "acme");
-        assert_eq!(d.user_memberships("bob")[0].team.as_deref(), Some("backend"));
+        assert_eq!(
+            d.user_memberships("bob")[0].team.as_deref(),
+            Some("backend")
+        );
         assert_eq!(d.group_memberships("acme-devs").len(), 1);
-        assert_eq!(d.serviceaccount_memberships("acme-prod", "deployer").len(), 1);
+        assert_eq!(
+            d.serviceaccount_memberships("acme-prod", "deployer").len(),
+            1
+        );
         assert!(d.user_memberships("mallory").is_empty());
         let limits = &d.tenant("acme").unwrap().tier.limits;
         assert_eq!(limits.get("requests.cpu"), Some(2000));
@@ -509,7 +583,10 @@ tenants:
         let owner = d.namespace_owner("acme-feature-x").unwrap();
         assert_eq!(&*owner.tenant.id, "acme");
         assert!(owner.by_prefix);
-        assert_eq!(&*d.namespace_owner("acme-labs-x").unwrap().tenant.id, "acme-labs");
+        assert_eq!(
+            &*d.namespace_owner("acme-labs-x").unwrap().tenant.id,
+            "acme-labs"
+        );
         assert!(d.namespace_owner("acme").is_none());
         assert!(d.namespace_owner("kube-system").is_none());
         assert!(d.namespace_owner("globex-dev").is_none());
@@ -518,18 +595,40 @@ tenants:
     #[test]
     fn bad_data_is_refused_with_its_place() {
         let cases = [
-            (BASE.replace("tier: free\n    namespaces: [labs]", "tier: gold\n    namespaces: [labs]"),
-             "tenants.acme-labs.tier: unknown tier `gold`"),
-            (BASE.replace("[labs]", "[acme-dev]"),
-             "namespace `acme-dev` is claimed by two tenants: `acme` and `acme-labs`"),
-            (BASE.replace("4Gi", "4GB"),
-             "tiers.free.limits.requests.memory: `4GB` is not a Kubernetes quantity"),
-            (BASE.replace("pods: 10", "pod: 10"), "tiers.free.limits: unknown resource `pod`"),
-            (BASE.replace("acme-prod:deployer", "deployer"),
-             "tenants.acme.members.serviceaccounts: `deployer` is not a valid service account"),
-            (BASE.replace("backend: { namespaces: [acme-dev]", "backend: { namespaces: [labs]"),
-             "tenants.acme.teams.backend.namespaces: `labs` is not one of tenant `acme`'s namespaces"),
-            (BASE.replace("  acme-labs:", "  Acme_Labs:"), "tenants.Acme_Labs: `Acme_Labs` is not a valid tenant id"),
+            (
+                BASE.replace(
+                    "tier: free\n    namespaces: [labs]",
+                    "tier: gold\n    namespaces: [labs]",
+                ),
+                "tenants.acme-labs.tier: unknown tier `gold`",
+            ),
+            (
+                BASE.replace("[labs]", "[acme-dev]"),
+                "namespace `acme-dev` is claimed by two tenants: `acme` and `acme-labs`",
+            ),
+            (
+                BASE.replace("4Gi", "4GB"),
+                "tiers.free.limits.requests.memory: `4GB` is not a Kubernetes quantity",
+            ),
+            (
+                BASE.replace("pods: 10", "pod: 10"),
+                "tiers.free.limits: unknown resource `pod`",
+            ),
+            (
+                BASE.replace("acme-prod:deployer", "deployer"),
+                "tenants.acme.members.serviceaccounts: `deployer` is not a valid service account",
+            ),
+            (
+                BASE.replace(
+                    "backend: { namespaces: [acme-dev]",
+                    "backend: { namespaces: [labs]",
+                ),
+                "tenants.acme.teams.backend.namespaces: `labs` is not one of tenant `acme`'s namespaces",
+            ),
+            (
+                BASE.replace("  acme-labs:", "  Acme_Labs:"),
+                "tenants.Acme_Labs: `Acme_Labs` is not a valid tenant id",
+            ),
         ];
         for (yaml, want) in cases {
             let err = parse(&yaml).unwrap_err().to_string();

@@ -75,7 +75,9 @@ pub struct Scheduling {
 
 impl Scheduling {
     pub fn is_empty(&self) -> bool {
-        self.priority_class.is_none() && self.node_selector.is_empty() && self.tolerations.is_empty()
+        self.priority_class.is_none()
+            && self.node_selector.is_empty()
+            && self.tolerations.is_empty()
     }
 }
 
@@ -144,7 +146,9 @@ impl std::str::FromStr for Status {
         match s {
             "active" => Ok(Status::Active),
             "suspended" => Ok(Status::Suspended),
-            other => Err(format!("`{other}` is not a tenant status (active, suspended)")),
+            other => Err(format!(
+                "`{other}` is not a tenant status (active, suspended)"
+            )),
         }
     }
 }

@@ -42,7 +42,14 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.path.display(), self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.path.display(),
+            self.line,
+            self.column,
+            self.message
+        )
     }
 }
 
@@ -143,7 +150,12 @@ impl PolicyEngine {
             for (n, policy) in in_file {
                 let id = policy.annotation("id").map(str::to_string);
                 let (line, column) = policy_position(&file.text, id.as_deref(), n);
-                let at = |message: String| Problem { path: file.path.clone(), line, column, message };
+                let at = |message: String| Problem {
+                    path: file.path.clone(),
+                    line,
+                    column,
+                    message,
+                };
                 let Some(id) = id else {
                     problems.push(at(format!(
                         "policy #{} of this file has no `@id(\"…\")` annotation",
@@ -227,7 +239,14 @@ impl PolicyEngine {
         let (shared, by_tenant) = slice(&all);
         let mut files = policies.to_vec();
         files.push(schema.clone());
-        Ok(PolicyEngine { schema: schema_parsed, action_entities, shared, by_tenant, info, files })
+        Ok(PolicyEngine {
+            schema: schema_parsed,
+            action_entities,
+            shared,
+            by_tenant,
+            info,
+            files,
+        })
     }
 
     pub fn schema(&self) -> &Schema {
@@ -268,11 +287,17 @@ impl PolicyEngine {
             [] => &self.shared,
             [one] => self.by_tenant.get(*one).unwrap_or(&self.shared),
             many => {
-                let specific: BTreeSet<&str> =
-                    many.iter().copied().filter(|t| self.by_tenant.contains_key(*t)).collect();
+                let specific: BTreeSet<&str> = many
+                    .iter()
+                    .copied()
+                    .filter(|t| self.by_tenant.contains_key(*t))
+                    .collect();
                 match specific.len() {
                     0 => &self.shared,
-                    1 => specific.first().and_then(|t| self.by_tenant.get(*t)).unwrap_or(&self.shared),
+                    1 => specific
+                        .first()
+                        .and_then(|t| self.by_tenant.get(*t))
+                        .unwrap_or(&self.shared),
                     _ => {
                         merged = merge(specific.iter().filter_map(|t| self.by_tenant.get(*t)));
                         &merged
@@ -296,7 +321,11 @@ impl PolicyEngine {
             }
             denied_by.sort();
         }
-        Verdict { allowed: response.decision() == Decision::Allow && errors.is_empty(), denied_by, errors }
+        Verdict {
+            allowed: response.decision() == Decision::Allow && errors.is_empty(),
+            denied_by,
+            errors,
+        }
     }
 }
 
@@ -340,15 +369,15 @@ fn merge_policies(policies: impl Iterator<Item = Policy>) -> PolicySet {
 /// The tenant a policy's scope is limited to, if any.
 fn scoped_tenant(policy: &Policy) -> Option<String> {
     let from_principal = match policy.principal_constraint() {
-        PrincipalConstraint::In(uid) | PrincipalConstraint::Eq(uid) | PrincipalConstraint::IsIn(_, uid) => {
-            tenant_of(&uid)
-        }
+        PrincipalConstraint::In(uid)
+        | PrincipalConstraint::Eq(uid)
+        | PrincipalConstraint::IsIn(_, uid) => tenant_of(&uid),
         _ => None,
     };
     from_principal.or_else(|| match policy.resource_constraint() {
-        ResourceConstraint::In(uid) | ResourceConstraint::Eq(uid) | ResourceConstraint::IsIn(_, uid) => {
-            tenant_of(&uid)
-        }
+        ResourceConstraint::In(uid)
+        | ResourceConstraint::Eq(uid)
+        | ResourceConstraint::IsIn(_, uid) => tenant_of(&uid),
         _ => None,
     })
 }
@@ -373,8 +402,10 @@ fn parse_schema(file: &SourceFile) -> Result<Schema, PolicyError> {
 /// Reads the schema and policy files of a directory.
 pub fn read_dir(dir: &Path) -> Result<(SourceFile, Vec<SourceFile>), PolicyError> {
     let read = |path: PathBuf| -> Result<SourceFile, PolicyError> {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| PolicyError::Read { path: path.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| PolicyError::Read {
+            path: path.clone(),
+            source,
+        })?;
         Ok(SourceFile { path, text })
     };
     let schema_path = dir.join(SCHEMA_FILE);
@@ -382,8 +413,10 @@ pub fn read_dir(dir: &Path) -> Result<(SourceFile, Vec<SourceFile>), PolicyError
         return Err(PolicyError::NoSchema(dir.to_path_buf()));
     }
     let schema = read(schema_path)?;
-    let entries = std::fs::read_dir(dir)
-        .map_err(|source| PolicyError::Read { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| PolicyError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
@@ -398,7 +431,10 @@ pub fn read_dir(dir: &Path) -> Result<(SourceFile, Vec<SourceFile>), PolicyError
 
 /// Formats Cedar policy text the way `tenantry policy fmt` writes it.
 pub fn format_policies(text: &str) -> Result<String, String> {
-    let config = cedar_policy_formatter::Config { line_width: 100, indent_width: 2 };
+    let config = cedar_policy_formatter::Config {
+        line_width: 100,
+        indent_width: 2,
+    };
     cedar_policy_formatter::policies_str_to_pretty(text, &config).map_err(|e| format!("{e:?}"))
 }
 
@@ -409,19 +445,34 @@ fn problem(file: &SourceFile, diagnostic: &dyn Diagnostic, message: String) -> P
         .map(|l| l.offset())
         .unwrap_or(0);
     let (line, column) = line_col(&file.text, offset);
-    let help = diagnostic.help().map(|h| format!(" ({h})")).unwrap_or_default();
-    Problem { path: file.path.clone(), line, column, message: format!("{message}{help}") }
+    let help = diagnostic
+        .help()
+        .map(|h| format!(" ({h})"))
+        .unwrap_or_default();
+    Problem {
+        path: file.path.clone(),
+        line,
+        column,
+        message: format!("{message}{help}"),
+    }
 }
 
 /// Where a policy starts: at its `@id` annotation, or else at its effect keyword.
 fn policy_position(text: &str, id: Option<&str>, index: usize) -> (usize, usize) {
     let by_id = id.and_then(|id| {
-        text.find(&format!("@id(\"{id}\")")).or_else(|| text.find(&format!("@id(\"{id}")))
+        text.find(&format!("@id(\"{id}\")"))
+            .or_else(|| text.find(&format!("@id(\"{id}")))
     });
     let offset = by_id.or_else(|| {
-        let mut starts = text.match_indices("permit").chain(text.match_indices("forbid")).filter(
-            |(at, _)| text[..*at].lines().last().is_none_or(|l| !l.trim_start().starts_with("//")),
-        );
+        let mut starts = text
+            .match_indices("permit")
+            .chain(text.match_indices("forbid"))
+            .filter(|(at, _)| {
+                text[..*at]
+                    .lines()
+                    .last()
+                    .is_none_or(|l| !l.trim_start().starts_with("//"))
+            });
         let mut all: Vec<usize> = starts.by_ref().map(|(at, _)| at).collect();
         all.sort_unstable();
         all.get(index).copied()
@@ -433,7 +484,10 @@ fn policy_position(text: &str, id: Option<&str>, index: usize) -> (usize, usize)
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, column)
 }
 
@@ -447,7 +501,10 @@ mod tests {
 
     fn with_extra(extra: &str) -> Result<PolicyEngine, PolicyError> {
         let (schema, mut policies) = read_dir(&shipped()).unwrap();
-        policies.push(SourceFile { path: "extra.cedar".into(), text: extra.to_string() });
+        policies.push(SourceFile {
+            path: "extra.cedar".into(),
+            text: extra.to_string(),
+        });
         PolicyEngine::from_sources(&schema, &policies)
     }
 
@@ -455,7 +512,11 @@ mod tests {
     fn shipped_policies_validate_strictly() {
         let engine = PolicyEngine::load_dir(&shipped()).unwrap_or_else(|e| panic!("{e}"));
         assert!(engine.policy("cross-tenant-write").is_some());
-        assert!(engine.policies().all(|p| !p.effect_forbid || p.message.is_some()));
+        assert!(
+            engine
+                .policies()
+                .all(|p| !p.effect_forbid || p.message.is_some())
+        );
     }
 
     #[test]
@@ -479,13 +540,24 @@ mod tests {
     #[test]
     fn ids_and_messages_are_required_and_unique() {
         let missing_id = with_extra("permit (principal, action, resource);").unwrap_err();
-        assert!(missing_id.to_string().contains("has no `@id"), "{missing_id}");
+        assert!(
+            missing_id.to_string().contains("has no `@id"),
+            "{missing_id}"
+        );
         let missing_message =
             with_extra("@id(\"quiet\")\nforbid (principal, action, resource);").unwrap_err();
-        assert!(missing_message.to_string().contains("no `@message"), "{missing_message}");
+        assert!(
+            missing_message.to_string().contains("no `@message"),
+            "{missing_message}"
+        );
         let duplicate =
             with_extra("@id(\"baseline\")\npermit (principal, action, resource);").unwrap_err();
-        assert!(duplicate.to_string().contains("duplicate policy id `baseline`"), "{duplicate}");
+        assert!(
+            duplicate
+                .to_string()
+                .contains("duplicate policy id `baseline`"),
+            "{duplicate}"
+        );
     }
 
     #[test]
@@ -494,7 +566,11 @@ mod tests {
             "@id(\"acme-only\")\n@message(\"no\")\nforbid (principal in Tenant::\"acme\", action, resource);\n",
         )
         .unwrap();
-        let shared_ids: Vec<String> = engine.shared.policies().map(|p| p.id().to_string()).collect();
+        let shared_ids: Vec<String> = engine
+            .shared
+            .policies()
+            .map(|p| p.id().to_string())
+            .collect();
         assert!(!shared_ids.contains(&"acme-only".to_string()));
         let acme = &engine.by_tenant["acme"];
         assert!(acme.policy(&PolicyId::new("acme-only")).is_some());

@@ -44,7 +44,9 @@ pub enum PostgresError {
     },
     #[error("cannot apply database migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("the database has no Tenantry tables yet: run `tenantry migrate --tenants <url>` first")]
+    #[error(
+        "the database has no Tenantry tables yet: run `tenantry migrate --tenants <url>` first"
+    )]
     NotMigrated,
     #[error("unknown tenant `{0}`")]
     UnknownTenant(String),
@@ -92,7 +94,10 @@ impl PostgresSource {
             .acquire_timeout(timeout)
             .connect(url)
             .await
-            .map_err(|source| PostgresError::Connect { url: redact_url(url), source })?;
+            .map_err(|source| PostgresError::Connect {
+                url: redact_url(url),
+                source,
+            })?;
         Ok(PostgresSource { pool })
     }
 
@@ -117,13 +122,19 @@ impl PostgresSource {
 
     /// Reads one consistent snapshot and validates it.
     pub async fn load(&self) -> Result<Directory, PostgresError> {
-        let mut tx = self.pool.begin().await.map_err(query_error("starting a transaction"))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_error("starting a transaction"))?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
             .await
             .map_err(query_error("starting a snapshot"))?;
         let (file, version) = read_file(&mut tx).await?;
-        tx.commit().await.map_err(query_error("ending the snapshot"))?;
+        tx.commit()
+            .await
+            .map_err(query_error("ending the snapshot"))?;
         Ok(Directory::build(file, version)?)
     }
 
@@ -132,7 +143,11 @@ impl PostgresSource {
     /// The result is validated as a whole before it commits.
     pub async fn import(&self, file: &TenantsFile) -> Result<(), PostgresError> {
         Directory::build(file.clone(), 0)?;
-        let mut tx = self.pool.begin().await.map_err(query_error("starting the import"))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_error("starting the import"))?;
         for (name, tier) in &file.tiers {
             write_tier(&mut tx, name, tier).await?;
         }
@@ -152,7 +167,9 @@ impl PostgresSource {
         }
         let (merged, _) = read_file(&mut tx).await?;
         Directory::build(merged, 0)?;
-        tx.commit().await.map_err(query_error("committing the import"))?;
+        tx.commit()
+            .await
+            .map_err(query_error("committing the import"))?;
         Ok(())
     }
 
@@ -166,13 +183,18 @@ impl PostgresSource {
         if exists.is_none() {
             return Err(PostgresError::UnknownTier(tier.to_string()));
         }
-        self.update_tenant("UPDATE tenants SET tier = $2 WHERE id = $1", tenant, tier).await
+        self.update_tenant("UPDATE tenants SET tier = $2 WHERE id = $1", tenant, tier)
+            .await
     }
 
     /// Suspends or resumes a tenant.
     pub async fn set_status(&self, tenant: &str, status: Status) -> Result<(), PostgresError> {
-        self.update_tenant("UPDATE tenants SET status = $2 WHERE id = $1", tenant, status.as_str())
-            .await
+        self.update_tenant(
+            "UPDATE tenants SET status = $2 WHERE id = $1",
+            tenant,
+            status.as_str(),
+        )
+        .await
     }
 
     async fn update_tenant(
@@ -258,7 +280,11 @@ impl PostgresSource {
     async fn reload(&self, store: &DirectoryStore) -> Result<(), PostgresError> {
         let directory = self.load().await?;
         if directory.version() != store.current().version() {
-            info!(version = directory.version(), tenants = directory.tenant_count(), "tenant directory loaded");
+            info!(
+                version = directory.version(),
+                tenants = directory.tenant_count(),
+                "tenant directory loaded"
+            );
         }
         store.publish(directory);
         Ok(())
@@ -271,7 +297,10 @@ async fn write_tier(
     tier: &TierSpec,
 ) -> Result<(), PostgresError> {
     let json = |v: serde_json::Result<String>| {
-        v.map_err(|source| PostgresError::Json { column: "tiers", source })
+        v.map_err(|source| PostgresError::Json {
+            column: "tiers",
+            source,
+        })
     };
     let node_selector = json(serde_json::to_string(&tier.scheduling.node_selector))?;
     let tolerations = json(serde_json::to_string(&tier.scheduling.tolerations))?;
@@ -326,7 +355,10 @@ async fn write_tenant(
     .execute(&mut **tx)
     .await
     .map_err(query_error("writing a tenant"))?;
-    for table in ["DELETE FROM members WHERE tenant = $1", "DELETE FROM teams WHERE tenant = $1"] {
+    for table in [
+        "DELETE FROM members WHERE tenant = $1",
+        "DELETE FROM teams WHERE tenant = $1",
+    ] {
         sqlx::query(table)
             .bind(id)
             .execute(&mut **tx)
@@ -346,7 +378,10 @@ async fn write_tenant(
                 .await
                 .map_err(query_error("checking namespace ownership"))?;
         if let Some(owner) = owner {
-            return Err(PostgresError::NamespaceTaken { namespace: ns.clone(), owner });
+            return Err(PostgresError::NamespaceTaken {
+                namespace: ns.clone(),
+                owner,
+            });
         }
         sqlx::query("INSERT INTO tenant_namespaces (namespace, tenant) VALUES ($1, $2)")
             .bind(ns)
@@ -364,13 +399,15 @@ async fn write_tenant(
             .await
             .map_err(query_error("writing a team"))?;
         for ns in &spec.namespaces {
-            sqlx::query("INSERT INTO team_namespaces (namespace, tenant, team) VALUES ($1, $2, $3)")
-                .bind(ns)
-                .bind(id)
-                .bind(team)
-                .execute(&mut **tx)
-                .await
-                .map_err(query_error("writing a team namespace"))?;
+            sqlx::query(
+                "INSERT INTO team_namespaces (namespace, tenant, team) VALUES ($1, $2, $3)",
+            )
+            .bind(ns)
+            .bind(id)
+            .bind(team)
+            .execute(&mut **tx)
+            .await
+            .map_err(query_error("writing a team namespace"))?;
         }
         let members = Members {
             users: spec.users.clone(),
@@ -442,10 +479,18 @@ async fn read_file(
             }),
             scheduling: Scheduling {
                 priority_class: row.get("priority_class"),
-                node_selector: serde_json::from_str(&node_selector)
-                    .map_err(|source| PostgresError::Json { column: "tiers.node_selector", source })?,
-                tolerations: serde_json::from_str(&tolerations)
-                    .map_err(|source| PostgresError::Json { column: "tiers.tolerations", source })?,
+                node_selector: serde_json::from_str(&node_selector).map_err(|source| {
+                    PostgresError::Json {
+                        column: "tiers.node_selector",
+                        source,
+                    }
+                })?,
+                tolerations: serde_json::from_str(&tolerations).map_err(|source| {
+                    PostgresError::Json {
+                        column: "tiers.tolerations",
+                        source,
+                    }
+                })?,
             },
         };
         file.tiers.insert(row.get("name"), tier);
@@ -505,14 +550,17 @@ async fn read_file(
             t.teams.insert(name, TeamSpec::default());
         }
     }
-    let team_namespaces: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT namespace, tenant, team FROM team_namespaces ORDER BY namespace",
-    )
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(query_error("reading team namespaces"))?;
+    let team_namespaces: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT namespace, tenant, team FROM team_namespaces ORDER BY namespace")
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(query_error("reading team namespaces"))?;
     for (ns, tenant, team) in team_namespaces {
-        if let Some(t) = file.tenants.get_mut(&tenant).and_then(|t| t.teams.get_mut(&team)) {
+        if let Some(t) = file
+            .tenants
+            .get_mut(&tenant)
+            .and_then(|t| t.teams.get_mut(&team))
+        {
             t.namespaces.push(ns);
         }
     }
@@ -523,12 +571,16 @@ async fn read_file(
     .await
     .map_err(query_error("reading members"))?;
     for (tenant, team, kind, name) in members {
-        let Some(t) = file.tenants.get_mut(&tenant) else { continue };
+        let Some(t) = file.tenants.get_mut(&tenant) else {
+            continue;
+        };
         let (users, groups, sas) = if team.is_empty() {
             let m = &mut t.members;
             (&mut m.users, &mut m.groups, &mut m.serviceaccounts)
         } else {
-            let Some(m) = t.teams.get_mut(&team) else { continue };
+            let Some(m) = t.teams.get_mut(&team) else {
+                continue;
+            };
             (&mut m.users, &mut m.groups, &mut m.serviceaccounts)
         };
         match kind.as_str() {

@@ -95,7 +95,9 @@ pub fn parse(text: &str, unit: Unit) -> Result<i64, QuantityError> {
         let scale = 10i128.checked_pow(exp10 as u32).ok_or_else(overflow)?;
         value = value.checked_mul(scale).ok_or_else(overflow)?;
     } else {
-        let scale = 10i128.checked_pow(exp10.unsigned_abs()).ok_or_else(overflow)?;
+        let scale = 10i128
+            .checked_pow(exp10.unsigned_abs())
+            .ok_or_else(overflow)?;
         // Round up: 0.1m of CPU still takes a millicore of quota.
         value = (value + scale - 1) / scale;
     }
@@ -149,10 +151,19 @@ mod tests {
     #[test]
     fn rejects_what_kubernetes_rejects() {
         for text in ["", "abc", "4GB", "1..2", ".", "4 Gi", "1e", "Gi"] {
-            assert!(parse(text, Unit::Whole).is_err(), "{text:?} should be rejected");
+            assert!(
+                parse(text, Unit::Whole).is_err(),
+                "{text:?} should be rejected"
+            );
         }
-        assert_eq!(parse("-1", Unit::Whole), Err(QuantityError::Negative("-1".into())));
-        assert!(matches!(parse("99999Ei", Unit::Whole), Err(QuantityError::Overflow(_))));
+        assert_eq!(
+            parse("-1", Unit::Whole),
+            Err(QuantityError::Negative("-1".into()))
+        );
+        assert!(matches!(
+            parse("99999Ei", Unit::Whole),
+            Err(QuantityError::Overflow(_))
+        ));
     }
 
     #[test]

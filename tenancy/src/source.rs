@@ -72,8 +72,12 @@ impl fmt::Debug for TenantSource {
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_string() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
     match userinfo.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_string(),
@@ -82,14 +86,18 @@ pub fn redact_url(url: &str) -> String {
 
 /// Parses tenants YAML; `origin` names it in errors.
 pub fn parse_yaml(text: &str, origin: &Path) -> Result<TenantsFile, SourceError> {
-    serde_saphyr::from_str(text)
-        .map_err(|source| SourceError::Yaml { path: origin.to_path_buf(), source })
+    serde_saphyr::from_str(text).map_err(|source| SourceError::Yaml {
+        path: origin.to_path_buf(),
+        source,
+    })
 }
 
 /// Reads, parses and validates a tenants file into a directory snapshot.
 pub fn load_file(path: &Path) -> Result<Directory, SourceError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| SourceError::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| SourceError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     directory_from_yaml(&text, path)
 }
 
@@ -109,9 +117,18 @@ mod tests {
 
     #[test]
     fn tells_urls_from_paths() {
-        assert!(matches!(TenantSource::parse("postgres://h/db"), TenantSource::Postgres(_)));
-        assert!(matches!(TenantSource::parse("postgresql://h/db"), TenantSource::Postgres(_)));
-        assert!(matches!(TenantSource::parse("tenants.yaml"), TenantSource::File(_)));
+        assert!(matches!(
+            TenantSource::parse("postgres://h/db"),
+            TenantSource::Postgres(_)
+        ));
+        assert!(matches!(
+            TenantSource::parse("postgresql://h/db"),
+            TenantSource::Postgres(_)
+        ));
+        assert!(matches!(
+            TenantSource::parse("tenants.yaml"),
+            TenantSource::File(_)
+        ));
     }
 
     #[test]
@@ -126,12 +143,16 @@ mod tests {
         let err = parse_yaml("tiers:\n  free: [unclosed\n", Path::new("t.yaml")).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("t.yaml"), "{msg}");
-        assert!(msg.contains("line") || msg.contains(":2") || msg.contains("2:"), "{msg}");
+        assert!(
+            msg.contains("line") || msg.contains(":2") || msg.contains("2:"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn unknown_fields_are_refused_not_ignored() {
-        let err = parse_yaml("tenants:\n  acme:\n    teir: free\n", Path::new("t.yaml")).unwrap_err();
+        let err =
+            parse_yaml("tenants:\n  acme:\n    teir: free\n", Path::new("t.yaml")).unwrap_err();
         assert!(err.to_string().contains("teir"), "{err}");
     }
 }

@@ -34,7 +34,11 @@ impl DirectoryStore {
     pub fn unloaded() -> DirectoryStore {
         DirectoryStore {
             current: ArcSwap::from_pointee(Directory::empty()),
-            freshness: Mutex::new(Freshness { confirmed_at: None, last_error: None, loads: 0 }),
+            freshness: Mutex::new(Freshness {
+                confirmed_at: None,
+                last_error: None,
+                loads: 0,
+            }),
         }
     }
 
@@ -77,7 +81,9 @@ impl DirectoryStore {
 
     /// Loaded at least once, and confirmed within `max_age`.
     pub fn is_fresh(&self, max_age: Duration) -> bool {
-        self.freshness_guard().confirmed_at.is_some_and(|t| t.elapsed() <= max_age)
+        self.freshness_guard()
+            .confirmed_at
+            .is_some_and(|t| t.elapsed() <= max_age)
     }
 
     fn freshness_guard(&self) -> std::sync::MutexGuard<'_, Freshness> {

@@ -30,7 +30,10 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> Result<()> {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 /// The directory with `initdb` and `pg_ctl`: `$TENANTRY_PG_BIN`, `pg_config --bindir`, or the
@@ -46,7 +49,10 @@ pub fn postgres_bin_dir() -> Result<PathBuf> {
         .filter(|p| p.join("initdb").is_file())
         .collect();
     candidates.sort_by_key(|p| {
-        p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok())
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
     });
     if let Some(dir) = candidates.pop() {
         return Ok(dir);
@@ -57,7 +63,9 @@ pub fn postgres_bin_dir() -> Result<PathBuf> {
             return Ok(dir);
         }
     }
-    bail!("PostgreSQL server binaries not found: install `postgresql` (apt-get install -y postgresql) or set TENANTRY_PG_BIN")
+    bail!(
+        "PostgreSQL server binaries not found: install `postgresql` (apt-get install -y postgresql) or set TENANTRY_PG_BIN"
+    )
 }
 
 /// A throwaway PostgreSQL cluster on a free loopback port.
@@ -78,18 +86,57 @@ impl Postgres {
         // initdb refuses to run as root; CI containers often are root.
         let as_postgres_user = is_root();
         if as_postgres_user {
-            let status = Command::new("chown").arg("-R").arg("postgres:postgres").arg(&dir).status()?;
-            anyhow::ensure!(status.success(), "cannot chown {} to the postgres user", dir.display());
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg("postgres:postgres")
+                .arg(&dir)
+                .status()?;
+            anyhow::ensure!(
+                status.success(),
+                "cannot chown {} to the postgres user",
+                dir.display()
+            );
         }
-        let pg = Postgres { dir, bin, port, as_postgres_user };
+        let pg = Postgres {
+            dir,
+            bin,
+            port,
+            as_postgres_user,
+        };
         let data = pg.dir.join("data");
-        pg.run("initdb", &["-D", path(&data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])?;
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                path(&data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        )?;
         let options = format!(
             "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
             path(&pg.dir)
         );
         let log = pg.dir.join("log");
-        pg.run("pg_ctl", &["-D", path(&data), "-l", path(&log), "-o", &options, "-w", "-t", "30", "start"])?;
+        pg.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path(&data),
+                "-l",
+                path(&log),
+                "-o",
+                &options,
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+        )?;
         Ok(pg)
     }
 
@@ -102,7 +149,11 @@ impl Postgres {
         } else {
             Command::new(&program)
         };
-        let out = cmd.args(args).stdin(Stdio::null()).output().with_context(|| format!("cannot run {}", program.display()))?;
+        let out = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {}", program.display()))?;
         if !out.status.success() {
             let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
             bail!(
@@ -122,7 +173,17 @@ impl Postgres {
     /// Stops the server (disconnecting every client at once, as an outage looks to them) and
     /// keeps its data for [`Postgres::restart`].
     pub fn stop(&self) -> Result<()> {
-        self.run("pg_ctl", &["-D", path(&self.dir.join("data")), "-m", "fast", "-w", "stop"])
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path(&self.dir.join("data")),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        )
     }
 
     /// Starts it again on the same port and data.
@@ -134,13 +195,37 @@ impl Postgres {
         );
         let data = self.dir.join("data");
         let log = self.dir.join("log");
-        self.run("pg_ctl", &["-D", path(&data), "-l", path(&log), "-o", &options, "-w", "-t", "30", "start"])
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path(&data),
+                "-l",
+                path(&log),
+                "-o",
+                &options,
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+        )
     }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = self.run("pg_ctl", &["-D", path(&self.dir.join("data")), "-m", "immediate", "-w", "stop"]);
+        let _ = self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path(&self.dir.join("data")),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -165,13 +250,25 @@ impl Redis {
 
     fn spawn(&mut self) -> Result<()> {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start redis-server: install it (apt-get install -y redis-server)")?;
         self.child = Some(child);
-        wait_for_port(SocketAddr::from(([127, 0, 0, 1], self.port)), Duration::from_secs(10))
+        wait_for_port(
+            SocketAddr::from(([127, 0, 0, 1], self.port)),
+            Duration::from_secs(10),
+        )
     }
 
     pub fn url(&self) -> String {

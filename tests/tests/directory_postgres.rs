@@ -14,7 +14,9 @@ fn example() -> TenantsFile {
 }
 
 async fn migrated(pg: &Postgres) -> PostgresSource {
-    let source = PostgresSource::connect(&pg.url(), Duration::from_secs(5)).await.unwrap();
+    let source = PostgresSource::connect(&pg.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
     source.migrate().await.unwrap();
     source
 }
@@ -23,7 +25,12 @@ async fn migrated(pg: &Postgres) -> PostgresSource {
 fn summary(d: &Directory) -> Vec<String> {
     let mut out = Vec::new();
     for t in d.tenants() {
-        let limits: Vec<String> = t.tier.limits.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let limits: Vec<String> = t
+            .tier
+            .limits
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         out.push(format!(
             "{} tier={} status={} client={:?} ns={:?} limits={limits:?} sched={:?} rate={:?}",
             t.id,
@@ -41,8 +48,14 @@ fn summary(d: &Directory) -> Vec<String> {
     for user in ["alice", "bob", "peter", "nobody"] {
         out.push(format!("user {user}: {:?}", d.user_memberships(user)));
     }
-    out.push(format!("group acme-devs: {:?}", d.group_memberships("acme-devs")));
-    out.push(format!("sa acme-prod:deployer: {:?}", d.serviceaccount_memberships("acme-prod", "deployer")));
+    out.push(format!(
+        "group acme-devs: {:?}",
+        d.group_memberships("acme-devs")
+    ));
+    out.push(format!(
+        "sa acme-prod:deployer: {:?}",
+        d.serviceaccount_memberships("acme-prod", "deployer")
+    ));
     out.sort();
     out
 }
@@ -85,8 +98,15 @@ async fn a_namespace_claimed_by_a_second_tenant_is_refused_and_nothing_changes()
         matches!(&err, PostgresError::NamespaceTaken { namespace, owner } if namespace == "acme-prod" && owner == "acme"),
         "{err}"
     );
-    assert_eq!(err.to_string(), "namespace `acme-prod` already belongs to tenant `acme`");
-    assert_eq!(summary(&source.load().await.unwrap()), before, "the failed import rolled back");
+    assert_eq!(
+        err.to_string(),
+        "namespace `acme-prod` already belongs to tenant `acme`"
+    );
+    assert_eq!(
+        summary(&source.load().await.unwrap()),
+        before,
+        "the failed import rolled back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,17 +116,29 @@ async fn tier_status_and_membership_changes_reach_the_snapshot_quickly() {
     source.import(&example()).await.unwrap();
     let store = Arc::new(DirectoryStore::unloaded());
     let watcher = tokio::spawn(source.clone().watch(store.clone(), Duration::from_secs(30)));
-    wait_until(&store, Duration::from_secs(10), |d| d.tenant("acme").is_some()).await;
+    wait_until(&store, Duration::from_secs(10), |d| {
+        d.tenant("acme").is_some()
+    })
+    .await;
 
     // Tier change, committed through the same API `tenantry tenants set-tier` uses.
     let started = Instant::now();
     source.set_tier("globex", "business").await.unwrap();
-    wait_until(&store, Duration::from_secs(5), |d| &*d.tenant("globex").unwrap().tier.name == "business").await;
+    wait_until(&store, Duration::from_secs(5), |d| {
+        &*d.tenant("globex").unwrap().tier.name == "business"
+    })
+    .await;
     let tier_delay = started.elapsed();
 
     let started = Instant::now();
-    source.set_status("globex", Status::Suspended).await.unwrap();
-    wait_until(&store, Duration::from_secs(5), |d| d.tenant("globex").unwrap().is_suspended()).await;
+    source
+        .set_status("globex", Status::Suspended)
+        .await
+        .unwrap();
+    wait_until(&store, Duration::from_secs(5), |d| {
+        d.tenant("globex").unwrap().is_suspended()
+    })
+    .await;
     let status_delay = started.elapsed();
 
     // Membership and namespace changes made with plain SQL, as an operator's tooling would.
@@ -115,10 +147,12 @@ async fn tier_status_and_membership_changes_reach_the_snapshot_quickly() {
         .execute(source.pool())
         .await
         .unwrap();
-    sqlx::query("INSERT INTO tenant_namespaces (namespace, tenant) VALUES ('globex-staging', 'globex')")
-        .execute(source.pool())
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO tenant_namespaces (namespace, tenant) VALUES ('globex-staging', 'globex')",
+    )
+    .execute(source.pool())
+    .await
+    .unwrap();
     wait_until(&store, Duration::from_secs(5), |d| {
         !d.user_memberships("carol").is_empty() && d.namespace_owner("globex-staging").is_some()
     })
@@ -137,17 +171,29 @@ async fn changes_made_while_the_listener_is_disconnected_are_caught_up() {
     let source = migrated(&pg).await;
     source.import(&example()).await.unwrap();
     let store = Arc::new(DirectoryStore::unloaded());
-    let watcher = tokio::spawn(source.clone().watch(store.clone(), Duration::from_millis(500)));
-    wait_until(&store, Duration::from_secs(10), |d| d.tenant("acme").is_some()).await;
+    let watcher = tokio::spawn(
+        source
+            .clone()
+            .watch(store.clone(), Duration::from_millis(500)),
+    );
+    wait_until(&store, Duration::from_secs(10), |d| {
+        d.tenant("acme").is_some()
+    })
+    .await;
 
     // Kill the LISTEN connection and change data before it can reconnect.
-    let admin = PostgresSource::connect(&pg.url(), Duration::from_secs(5)).await.unwrap();
+    let admin = PostgresSource::connect(&pg.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
     sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%' OR state = 'idle'")
         .execute(admin.pool())
         .await
         .ok();
     admin.set_tier("acme", "free").await.unwrap();
-    wait_until(&store, Duration::from_secs(10), |d| &*d.tenant("acme").unwrap().tier.name == "free").await;
+    wait_until(&store, Duration::from_secs(10), |d| {
+        &*d.tenant("acme").unwrap().tier.name == "free"
+    })
+    .await;
     watcher.abort();
 }
 
@@ -157,8 +203,15 @@ async fn invalid_data_in_postgres_keeps_the_last_good_snapshot_and_reports_why()
     let source = migrated(&pg).await;
     source.import(&example()).await.unwrap();
     let store = Arc::new(DirectoryStore::unloaded());
-    let watcher = tokio::spawn(source.clone().watch(store.clone(), Duration::from_millis(200)));
-    wait_until(&store, Duration::from_secs(10), |d| d.tenant("acme").is_some()).await;
+    let watcher = tokio::spawn(
+        source
+            .clone()
+            .watch(store.clone(), Duration::from_millis(200)),
+    );
+    wait_until(&store, Duration::from_secs(10), |d| {
+        d.tenant("acme").is_some()
+    })
+    .await;
     let good_version = store.current().version();
 
     sqlx::query("UPDATE tier_limits SET quantity = '4GB' WHERE tier = 'free' AND resource = 'requests.memory'")
@@ -166,15 +219,25 @@ async fn invalid_data_in_postgres_keeps_the_last_good_snapshot_and_reports_why()
         .await
         .unwrap();
     let direct = source.load().await.unwrap_err().to_string();
-    assert!(direct.contains("tiers.free.limits.requests.memory: `4GB` is not a Kubernetes quantity"), "{direct}");
+    assert!(
+        direct.contains("tiers.free.limits.requests.memory: `4GB` is not a Kubernetes quantity"),
+        "{direct}"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(5);
     while store.freshness().last_error.is_none() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let reported = store.freshness().last_error.expect("the failure is recorded");
+    let reported = store
+        .freshness()
+        .last_error
+        .expect("the failure is recorded");
     assert!(reported.contains("4GB"), "{reported}");
-    assert_eq!(store.current().version(), good_version, "the last good snapshot stays in place");
+    assert_eq!(
+        store.current().version(),
+        good_version,
+        "the last good snapshot stays in place"
+    );
     assert!(store.current().tenant("globex").is_some());
     watcher.abort();
 }
@@ -183,15 +246,28 @@ async fn invalid_data_in_postgres_keeps_the_last_good_snapshot_and_reports_why()
 async fn an_unreachable_database_is_a_clear_error() {
     let port = tenantry_tests::free_port().unwrap();
     let url = format!("postgres://tenantry:secret@127.0.0.1:{port}/tenantry");
-    let err = PostgresSource::connect(&url, Duration::from_secs(2)).await.unwrap_err().to_string();
-    assert!(err.starts_with(&format!("cannot connect to PostgreSQL at `postgres://tenantry:***@127.0.0.1:{port}/tenantry`")), "{err}");
-    assert!(!err.contains("secret"), "passwords never reach messages: {err}");
+    let err = PostgresSource::connect(&url, Duration::from_secs(2))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!(
+            "cannot connect to PostgreSQL at `postgres://tenantry:***@127.0.0.1:{port}/tenantry`"
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("secret"),
+        "passwords never reach messages: {err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmigrated_database_says_what_to_run() {
     let pg = Postgres::start().unwrap();
-    let source = PostgresSource::connect(&pg.url(), Duration::from_secs(5)).await.unwrap();
+    let source = PostgresSource::connect(&pg.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
     let err = source.load().await.unwrap_err();
     assert!(matches!(err, PostgresError::NotMigrated), "{err}");
     assert!(err.to_string().contains("tenantry migrate"));
@@ -203,21 +279,39 @@ async fn the_watcher_recovers_after_postgres_restarts() {
     let source = migrated(&pg).await;
     source.import(&example()).await.unwrap();
     let store = Arc::new(DirectoryStore::unloaded());
-    let watcher = tokio::spawn(source.clone().watch(store.clone(), Duration::from_millis(300)));
-    wait_until(&store, Duration::from_secs(10), |d| d.tenant("acme").is_some()).await;
+    let watcher = tokio::spawn(
+        source
+            .clone()
+            .watch(store.clone(), Duration::from_millis(300)),
+    );
+    wait_until(&store, Duration::from_secs(10), |d| {
+        d.tenant("acme").is_some()
+    })
+    .await;
 
     pg.stop().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while store.freshness().last_error.is_none() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(store.freshness().last_error.is_some(), "the outage is reported");
-    assert!(store.current().tenant("acme").is_some(), "decisions keep the last snapshot");
+    assert!(
+        store.freshness().last_error.is_some(),
+        "the outage is reported"
+    );
+    assert!(
+        store.current().tenant("acme").is_some(),
+        "decisions keep the last snapshot"
+    );
 
     pg.restart().unwrap();
-    let admin = PostgresSource::connect(&pg.url(), Duration::from_secs(5)).await.unwrap();
+    let admin = PostgresSource::connect(&pg.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
     admin.set_status("acme", Status::Suspended).await.unwrap();
-    wait_until(&store, Duration::from_secs(15), |d| d.tenant("acme").unwrap().is_suspended()).await;
+    wait_until(&store, Duration::from_secs(15), |d| {
+        d.tenant("acme").unwrap().is_suspended()
+    })
+    .await;
     assert!(store.freshness().last_error.is_none(), "recovered");
     watcher.abort();
 }
@@ -228,7 +322,11 @@ async fn wait_until(store: &DirectoryStore, timeout: Duration, done: impl Fn(&Di
         if done(&store.current()) {
             return;
         }
-        assert!(Instant::now() < deadline, "snapshot did not change within {timeout:?}: {:?}", store.freshness());
+        assert!(
+            Instant::now() < deadline,
+            "snapshot did not change within {timeout:?}: {:?}",
+            store.freshness()
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

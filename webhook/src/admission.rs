@@ -17,7 +17,9 @@ pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub enum ReviewError {
     #[error("body is not an AdmissionReview: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("expected apiVersion `{API_VERSION}` and kind `AdmissionReview`, got `{api_version}` `{kind}`")]
+    #[error(
+        "expected apiVersion `{API_VERSION}` and kind `AdmissionReview`, got `{api_version}` `{kind}`"
+    )]
     WrongType { api_version: String, kind: String },
     #[error("AdmissionReview has no `request`")]
     NoRequest,
@@ -41,7 +43,10 @@ impl AdmissionReview {
     pub fn parse_request(body: &[u8]) -> Result<AdmissionRequest, ReviewError> {
         let review: AdmissionReview = serde_json::from_slice(body)?;
         if review.api_version != API_VERSION || review.kind != "AdmissionReview" {
-            return Err(ReviewError::WrongType { api_version: review.api_version, kind: review.kind });
+            return Err(ReviewError::WrongType {
+                api_version: review.api_version,
+                kind: review.kind,
+            });
         }
         let request = review.request.ok_or(ReviewError::NoRequest)?;
         if request.uid.is_empty() {
@@ -119,7 +124,9 @@ impl std::str::FromStr for Operation {
             "UPDATE" => Ok(Operation::Update),
             "DELETE" => Ok(Operation::Delete),
             "CONNECT" => Ok(Operation::Connect),
-            _ => Err(format!("`{s}` is not an operation (CREATE, UPDATE, DELETE, CONNECT)")),
+            _ => Err(format!(
+                "`{s}` is not an operation (CREATE, UPDATE, DELETE, CONNECT)"
+            )),
         }
     }
 }
@@ -141,7 +148,8 @@ impl UserInfo {
     pub fn service_account(&self) -> Option<(&str, &str)> {
         let rest = self.username.strip_prefix("system:serviceaccount:")?;
         let (namespace, name) = rest.split_once(':')?;
-        (!namespace.is_empty() && !name.is_empty() && !name.contains(':')).then_some((namespace, name))
+        (!namespace.is_empty() && !name.is_empty() && !name.contains(':'))
+            .then_some((namespace, name))
     }
 }
 
@@ -191,7 +199,11 @@ impl AdmissionRequest {
 
     /// The object as it will be stored (CREATE, UPDATE) or as it is (DELETE).
     pub fn subject(&self) -> &Value {
-        if self.object.is_null() { &self.old_object } else { &self.object }
+        if self.object.is_null() {
+            &self.old_object
+        } else {
+            &self.object
+        }
     }
 }
 
@@ -223,16 +235,28 @@ pub struct Status {
 
 impl AdmissionResponse {
     pub fn allow(uid: &str) -> AdmissionResponse {
-        AdmissionResponse { uid: uid.to_string(), allowed: true, ..Default::default() }
+        AdmissionResponse {
+            uid: uid.to_string(),
+            allowed: true,
+            ..Default::default()
+        }
     }
 
     /// A denial; `code` 403 for policy decisions, 400 for objects Tenantry cannot read.
     pub fn deny(uid: &str, code: u16, message: String) -> AdmissionResponse {
-        let reason = if code == 403 { "Forbidden" } else { "BadRequest" };
+        let reason = if code == 403 {
+            "Forbidden"
+        } else {
+            "BadRequest"
+        };
         AdmissionResponse {
             uid: uid.to_string(),
             allowed: false,
-            status: Some(Status { code, message, reason: reason.to_string() }),
+            status: Some(Status {
+                code,
+                message,
+                reason: reason.to_string(),
+            }),
             ..Default::default()
         }
     }
@@ -249,7 +273,9 @@ impl AdmissionResponse {
 
     /// The JSON Patch this response carries, decoded.
     pub fn decoded_patch(&self) -> Option<json_patch::Patch> {
-        let raw = base64::engine::general_purpose::STANDARD.decode(self.patch.as_ref()?).ok()?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(self.patch.as_ref()?)
+            .ok()?;
         serde_json::from_slice(&raw).ok()
     }
 

@@ -25,13 +25,21 @@ pub struct Decision {
 
 impl Decision {
     fn bare(response: AdmissionResponse, tenant: Option<Arc<str>>) -> Decision {
-        Decision { response, denied_by: Vec::new(), tenant, mutated: None }
+        Decision {
+            response,
+            denied_by: Vec::new(),
+            tenant,
+            mutated: None,
+        }
     }
 }
 
 fn owner_of(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Option<Arc<str>> {
     let namespace = translate::object_namespace(req);
-    inputs.directory.namespace_owner(&namespace).map(|o| o.tenant.id.clone())
+    inputs
+        .directory
+        .namespace_owner(&namespace)
+        .map(|o| o.tenant.id.clone())
 }
 
 /// `POST /mutate`: the patch that stamps labels, applies scheduling and injects the enforcer.
@@ -41,12 +49,21 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Decision {
     match mutate::mutate(inputs, req) {
         Ok(m) => {
             let mut response = AdmissionResponse::allow(&req.uid);
-            response.warnings = m.warnings.iter().map(|w| format!("tenantry: {w}")).collect();
+            response.warnings = m
+                .warnings
+                .iter()
+                .map(|w| format!("tenantry: {w}"))
+                .collect();
             if let Some(object) = &m.object {
                 let patch = json_patch::diff(&req.object, object);
                 response = response.with_patch(&patch);
             }
-            Decision { response, denied_by: Vec::new(), tenant, mutated: m.object }
+            Decision {
+                response,
+                denied_by: Vec::new(),
+                tenant,
+                mutated: m.object,
+            }
         }
         Err(e) => Decision::bare(
             AdmissionResponse::deny(&req.uid, e.code(), format!("tenantry: {e}")),
@@ -65,7 +82,9 @@ pub fn validate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Decision {
         }
     };
     let tenants: Vec<&str> = translation.tenants.iter().map(|t| &**t).collect();
-    let verdict = inputs.policies.authorize(&tenants, &translation.request, &translation.entities);
+    let verdict = inputs
+        .policies
+        .authorize(&tenants, &translation.request, &translation.entities);
     let tenant = translation.facts.owner.clone();
     if !verdict.errors.is_empty() {
         // A policy that cannot be evaluated might have been a forbid: refuse rather than guess.
@@ -93,7 +112,8 @@ pub fn validate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Decision {
     if parts.is_empty() {
         parts.push("no policy permits this request".to_string());
     }
-    let response = AdmissionResponse::deny(&req.uid, 403, format!("tenantry: {}", parts.join("; ")));
+    let response =
+        AdmissionResponse::deny(&req.uid, 403, format!("tenantry: {}", parts.join("; ")));
     Decision {
         response,
         denied_by: verdict.denied_by.into_iter().map(|(id, _)| id).collect(),
@@ -105,10 +125,29 @@ pub fn validate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Decision {
 /// "requests.cpu: 1500m used + 1 requested > 2 allowed"
 fn explain_quota(q: &QuotaFacts, dimension: &str) -> Option<String> {
     let limit = q.limits.iter().find(|(k, _)| *k == dimension)?.1;
-    let used = q.usage.fields().into_iter().find(|(k, _)| *k == dimension)?.1;
-    let requested = q.requested.fields().into_iter().find(|(k, _)| *k == dimension)?.1;
-    let name = if dimension == "count" { q.counted_resource.as_str() } else { dimension };
+    let used = q
+        .usage
+        .fields()
+        .into_iter()
+        .find(|(k, _)| *k == dimension)?
+        .1;
+    let requested = q
+        .requested
+        .fields()
+        .into_iter()
+        .find(|(k, _)| *k == dimension)?
+        .1;
+    let name = if dimension == "count" {
+        q.counted_resource.as_str()
+    } else {
+        dimension
+    };
     let unit = Unit::of_resource(name);
     let f = |v| quantity::format(v, unit);
-    Some(format!("{name}: {} used + {} requested > {} allowed", f(used), f(requested), f(limit)))
+    Some(format!(
+        "{name}: {} used + {} requested > {} allowed",
+        f(used),
+        f(requested),
+        f(limit)
+    ))
 }

@@ -11,12 +11,24 @@ pub const STATE_YAML: &str = include_str!("../../examples/state.yaml");
 
 const SCHEMA: &str = include_str!("../../policies/tenantry.cedarschema");
 const POLICIES: &[(&str, &str)] = &[
-    ("baseline.cedar", include_str!("../../policies/baseline.cedar")),
-    ("isolation.cedar", include_str!("../../policies/isolation.cedar")),
+    (
+        "baseline.cedar",
+        include_str!("../../policies/baseline.cedar"),
+    ),
+    (
+        "isolation.cedar",
+        include_str!("../../policies/isolation.cedar"),
+    ),
     ("pods.cedar", include_str!("../../policies/pods.cedar")),
     ("quotas.cedar", include_str!("../../policies/quotas.cedar")),
-    ("references.cedar", include_str!("../../policies/references.cedar")),
-    ("traffic.cedar", include_str!("../../policies/traffic.cedar")),
+    (
+        "references.cedar",
+        include_str!("../../policies/references.cedar"),
+    ),
+    (
+        "traffic.cedar",
+        include_str!("../../policies/traffic.cedar"),
+    ),
 ];
 
 /// The shipped policies as source files named `<embedded>/…`.
@@ -35,5 +47,8 @@ pub fn policies() -> Result<PolicyEngine, PolicyError> {
 }
 
 pub fn directory() -> Result<Directory, SourceError> {
-    tenantry_tenancy::source::directory_from_yaml(TENANTS_YAML, Path::new("<embedded>/tenants.yaml"))
+    tenantry_tenancy::source::directory_from_yaml(
+        TENANTS_YAML,
+        Path::new("<embedded>/tenants.yaml"),
+    )
 }

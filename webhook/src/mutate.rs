@@ -27,14 +27,20 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Mutation, T
         return Ok(Mutation::default());
     };
     if !req.object.is_object() {
-        return Err(TranslateError::BadObject("the request carries no object to mutate".into()));
+        return Err(TranslateError::BadObject(
+            "the request carries no object to mutate".into(),
+        ));
     }
     let mut object = req.object.clone();
     let mut changed = false;
     let mut warnings = Vec::new();
 
     let wanted = translate::directory_labels(&owner);
-    let old_labels = req.old_object.pointer("/metadata/labels").cloned().unwrap_or(Value::Null);
+    let old_labels = req
+        .old_object
+        .pointer("/metadata/labels")
+        .cloned()
+        .unwrap_or(Value::Null);
     let labels = metadata_map(&mut object, "labels");
     for key in STAMPED_LABELS {
         let truth = wanted.iter().find(|(k, _)| *k == key).map(|(_, v)| &**v);
@@ -68,20 +74,31 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Mutation, T
             }
         }
         if !pod::opted_out(&object) {
-            let port = pod::app_port(&object, inputs.injection).map_err(TranslateError::BadObject)?;
+            let port =
+                pod::app_port(&object, inputs.injection).map_err(TranslateError::BadObject)?;
             let sidecar = pod::sidecar(inputs.injection, &owner.tenant.id, &tier.name, port);
             let mode: SidecarMode = inputs.injection.mode;
             changed |= pod::inject(&mut object, &sidecar, mode);
         }
     }
 
-    Ok(Mutation { object: changed.then_some(object), warnings })
+    Ok(Mutation {
+        object: changed.then_some(object),
+        warnings,
+    })
 }
 
 fn metadata_map<'a>(object: &'a mut Value, field: &str) -> &'a mut Map<String, Value> {
     let root = ensure_object(object);
-    let metadata = ensure_object(root.entry("metadata").or_insert_with(|| Value::Object(Map::new())));
-    ensure_object(metadata.entry(field).or_insert_with(|| Value::Object(Map::new())))
+    let metadata = ensure_object(
+        root.entry("metadata")
+            .or_insert_with(|| Value::Object(Map::new())),
+    );
+    ensure_object(
+        metadata
+            .entry(field)
+            .or_insert_with(|| Value::Object(Map::new())),
+    )
 }
 
 fn ensure_object(value: &mut Value) -> &mut Map<String, Value> {

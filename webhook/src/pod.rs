@@ -117,8 +117,15 @@ pub fn pod_spec<'a>(kind: &str, object: &'a Value) -> Option<&'a Value> {
     let spec = object.get("spec")?;
     match kind {
         "Pod" => Some(spec),
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "ReplicationController"
-        | "PodTemplate" => spec.pointer("/template/spec").or_else(|| object.pointer("/template/spec")),
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
+        | "ReplicationController"
+        | "PodTemplate" => spec
+            .pointer("/template/spec")
+            .or_else(|| object.pointer("/template/spec")),
         "CronJob" => spec.pointer("/jobTemplate/spec/template/spec"),
         _ => None,
     }
@@ -146,7 +153,12 @@ pub fn app_port(pod: &Value, config: &InjectionConfig) -> Result<u16, String> {
         .into_iter()
         .flatten()
         .filter(|c| c.get("name").and_then(Value::as_str) != Some(ENFORCER))
-        .flat_map(|c| c.get("ports").and_then(Value::as_array).into_iter().flatten())
+        .flat_map(|c| {
+            c.get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
         .find_map(|p| p.get("containerPort").and_then(Value::as_u64))
         .and_then(|p| u16::try_from(p).ok());
     Ok(declared.unwrap_or(config.default_app_port))
@@ -213,9 +225,9 @@ fn find_enforcer(spec: &Value, list: &str) -> Option<usize> {
 /// (`imagePullPolicy`, probe timeouts, …) between mutation and validation; those are fine.
 pub fn conforms(expected: &Value, actual: &Value) -> bool {
     match (expected, actual) {
-        (Value::Object(e), Value::Object(a)) => {
-            e.iter().all(|(k, v)| a.get(k).is_some_and(|av| conforms(v, av)))
-        }
+        (Value::Object(e), Value::Object(a)) => e
+            .iter()
+            .all(|(k, v)| a.get(k).is_some_and(|av| conforms(v, av))),
         (Value::Array(e), Value::Array(a)) => {
             e.len() == a.len() && e.iter().zip(a).all(|(ev, av)| conforms(ev, av))
         }
@@ -225,7 +237,9 @@ pub fn conforms(expected: &Value, actual: &Value) -> bool {
 
 /// The enforcer state of a pod being created, against the container it should have.
 pub fn enforcer_state_on_create(pod: &Value, expected: &Value, mode: SidecarMode) -> EnforcerState {
-    let Some(spec) = pod.get("spec") else { return EnforcerState::Missing };
+    let Some(spec) = pod.get("spec") else {
+        return EnforcerState::Missing;
+    };
     let wrong_list = list_key(match mode {
         SidecarMode::Native => SidecarMode::Container,
         SidecarMode::Container => SidecarMode::Native,
@@ -264,13 +278,17 @@ pub fn inject(pod: &mut Value, expected: &Value, mode: SidecarMode) -> bool {
     if enforcer_state_on_create(pod, expected, mode) == EnforcerState::Injected {
         return false;
     }
-    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return false };
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return false;
+    };
     for list in ["initContainers", "containers"] {
         if let Some(items) = spec.get_mut(list).and_then(Value::as_array_mut) {
             items.retain(|c| c.get("name").and_then(Value::as_str) != Some(ENFORCER));
         }
     }
-    let list = spec.entry(list_key(mode)).or_insert_with(|| Value::Array(Vec::new()));
+    let list = spec
+        .entry(list_key(mode))
+        .or_insert_with(|| Value::Array(Vec::new()));
     if !list.is_array() {
         *list = Value::Array(Vec::new());
     }
@@ -289,7 +307,8 @@ fn toleration_json(t: &Toleration) -> Value {
 /// tolerates every taint (and so every dedicated pool).
 fn is_reserved_toleration(t: &Value) -> bool {
     let key = t.get("key").and_then(Value::as_str).unwrap_or("");
-    key.starts_with(PREFIX) || (key.is_empty() && t.get("operator").and_then(Value::as_str) == Some("Exists"))
+    key.starts_with(PREFIX)
+        || (key.is_empty() && t.get("operator").and_then(Value::as_str) == Some("Exists"))
 }
 
 /// Whether a pod being created is scheduled as its tier says.
@@ -301,20 +320,26 @@ pub fn scheduling_state_on_create(spec: &Value, tier: &Tier) -> SchedulingState 
         }
     }
     let selector = spec.get("nodeSelector").and_then(Value::as_object);
-    let selector_ok = s
-        .node_selector
-        .iter()
-        .all(|(k, v)| selector.and_then(|m| m.get(k)).and_then(Value::as_str) == Some(v.as_str()))
-        && selector.into_iter().flatten().all(|(k, _)| {
-            !k.starts_with(PREFIX) || s.node_selector.contains_key(k)
-        });
+    let selector_ok =
+        s.node_selector.iter().all(|(k, v)| {
+            selector.and_then(|m| m.get(k)).and_then(Value::as_str) == Some(v.as_str())
+        }) && selector
+            .into_iter()
+            .flatten()
+            .all(|(k, _)| !k.starts_with(PREFIX) || s.node_selector.contains_key(k));
     if !selector_ok {
         return SchedulingState::Altered;
     }
     let granted: Vec<Value> = s.tolerations.iter().map(toleration_json).collect();
-    let present: Vec<&Value> =
-        spec.get("tolerations").and_then(Value::as_array).into_iter().flatten().collect();
-    let all_granted_present = granted.iter().all(|g| present.iter().any(|p| conforms(g, p)));
+    let present: Vec<&Value> = spec
+        .get("tolerations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
+    let all_granted_present = granted
+        .iter()
+        .all(|g| present.iter().any(|p| conforms(g, p)));
     let no_reserved_extra = present
         .iter()
         .all(|p| !is_reserved_toleration(p) || granted.iter().any(|g| conforms(g, p)));
@@ -327,15 +352,23 @@ pub fn scheduling_state_on_create(spec: &Value, tier: &Tier) -> SchedulingState 
 
 /// Pods may gain tolerations on update; none of the added ones may be reserved.
 pub fn scheduling_state_on_update(new_spec: &Value, old_spec: &Value) -> SchedulingState {
-    let old: Vec<&Value> =
-        old_spec.get("tolerations").and_then(Value::as_array).into_iter().flatten().collect();
+    let old: Vec<&Value> = old_spec
+        .get("tolerations")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
     let added_reserved = new_spec
         .get("tolerations")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .any(|t| !old.contains(&t) && is_reserved_toleration(t));
-    if added_reserved { SchedulingState::Altered } else { SchedulingState::Tier }
+    if added_reserved {
+        SchedulingState::Altered
+    } else {
+        SchedulingState::Tier
+    }
 }
 
 /// Applies the tier's scheduling to a pod spec. Returns warnings for what was removed.
@@ -350,7 +383,9 @@ pub fn apply_scheduling(spec: &mut Map<String, Value>, tier: &Tier) -> Vec<Strin
             spec.remove("priority");
         }
     }
-    let selector = spec.entry("nodeSelector").or_insert_with(|| Value::Object(Map::new()));
+    let selector = spec
+        .entry("nodeSelector")
+        .or_insert_with(|| Value::Object(Map::new()));
     if let Some(selector) = selector.as_object_mut() {
         let foreign: Vec<String> = selector
             .keys()
@@ -359,22 +394,34 @@ pub fn apply_scheduling(spec: &mut Map<String, Value>, tier: &Tier) -> Vec<Strin
             .collect();
         for k in foreign {
             selector.remove(&k);
-            warnings.push(format!("removed nodeSelector `{k}`: not granted by tier `{}`", tier.name));
+            warnings.push(format!(
+                "removed nodeSelector `{k}`: not granted by tier `{}`",
+                tier.name
+            ));
         }
         for (k, v) in &s.node_selector {
             selector.insert(k.clone(), Value::String(v.clone()));
         }
     }
-    if spec.get("nodeSelector").and_then(Value::as_object).is_some_and(Map::is_empty) {
+    if spec
+        .get("nodeSelector")
+        .and_then(Value::as_object)
+        .is_some_and(Map::is_empty)
+    {
         spec.remove("nodeSelector");
     }
     let granted: Vec<Value> = s.tolerations.iter().map(toleration_json).collect();
-    let tolerations = spec.entry("tolerations").or_insert_with(|| Value::Array(Vec::new()));
+    let tolerations = spec
+        .entry("tolerations")
+        .or_insert_with(|| Value::Array(Vec::new()));
     if let Some(list) = tolerations.as_array_mut() {
         list.retain(|t| {
             let keep = !is_reserved_toleration(t) || granted.iter().any(|g| conforms(g, t));
             if !keep {
-                warnings.push(format!("removed toleration {t}: not granted by tier `{}`", tier.name));
+                warnings.push(format!(
+                    "removed toleration {t}: not granted by tier `{}`",
+                    tier.name
+                ));
             }
             keep
         });
@@ -384,7 +431,11 @@ pub fn apply_scheduling(spec: &mut Map<String, Value>, tier: &Tier) -> Vec<Strin
             }
         }
     }
-    if spec.get("tolerations").and_then(Value::as_array).is_some_and(Vec::is_empty) {
+    if spec
+        .get("tolerations")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
         spec.remove("tolerations");
     }
     warnings
@@ -435,16 +486,25 @@ pub fn quantity_value(raw: &Value, unit: Unit) -> Result<i64, QuantityError> {
     }
 }
 
-fn quantity_at(container: &Value, section: &str, resource: &str) -> Result<Option<i64>, ResourceError> {
-    let Some(raw) = container.get("resources").and_then(|r| r.get(section)).and_then(|s| s.get(resource))
+fn quantity_at(
+    container: &Value,
+    section: &str,
+    resource: &str,
+) -> Result<Option<i64>, ResourceError> {
+    let Some(raw) = container
+        .get("resources")
+        .and_then(|r| r.get(section))
+        .and_then(|s| s.get(resource))
     else {
         return Ok(None);
     };
     let name = container.get("name").and_then(Value::as_str).unwrap_or("?");
-    quantity_value(raw, Unit::of_resource(resource)).map(Some).map_err(|source| ResourceError {
-        field: format!("container `{name}` resources.{section}.{resource}"),
-        source,
-    })
+    quantity_value(raw, Unit::of_resource(resource))
+        .map(Some)
+        .map_err(|source| ResourceError {
+            field: format!("container `{name}` resources.{section}.{resource}"),
+            source,
+        })
 }
 
 fn container_resources(c: &Value) -> Result<PodResources, ResourceError> {
@@ -452,8 +512,12 @@ fn container_resources(c: &Value) -> Result<PodResources, ResourceError> {
     let limits_memory = quantity_at(c, "limits", "memory")?;
     // The API server defaults a missing request to the limit.
     Ok(PodResources {
-        requests_cpu: quantity_at(c, "requests", "cpu")?.or(limits_cpu).unwrap_or(0),
-        requests_memory: quantity_at(c, "requests", "memory")?.or(limits_memory).unwrap_or(0),
+        requests_cpu: quantity_at(c, "requests", "cpu")?
+            .or(limits_cpu)
+            .unwrap_or(0),
+        requests_memory: quantity_at(c, "requests", "memory")?
+            .or(limits_memory)
+            .unwrap_or(0),
         limits_cpu: limits_cpu.unwrap_or(0),
         limits_memory: limits_memory.unwrap_or(0),
     })
@@ -463,12 +527,22 @@ fn container_resources(c: &Value) -> Result<PodResources, ResourceError> {
 /// native sidecars, or the largest init step if that is bigger, plus the pod overhead.
 pub fn pod_resources(spec: &Value) -> Result<PodResources, ResourceError> {
     let mut total = PodResources::default();
-    for c in spec.get("containers").and_then(Value::as_array).into_iter().flatten() {
+    for c in spec
+        .get("containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         total = total.add(container_resources(c)?);
     }
     let mut sidecars = PodResources::default();
     let mut init_peak = PodResources::default();
-    for c in spec.get("initContainers").and_then(Value::as_array).into_iter().flatten() {
+    for c in spec
+        .get("initContainers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let r = container_resources(c)?;
         if c.get("restartPolicy").and_then(Value::as_str) == Some("Always") {
             sidecars = sidecars.add(r);
@@ -478,7 +552,8 @@ pub fn pod_resources(spec: &Value) -> Result<PodResources, ResourceError> {
     }
     let mut effective = total.add(sidecars).max(init_peak);
     if let Some(overhead) = spec.get("overhead") {
-        let pseudo = json!({"name": "overhead", "resources": {"requests": overhead, "limits": overhead}});
+        let pseudo =
+            json!({"name": "overhead", "resources": {"requests": overhead, "limits": overhead}});
         effective = effective.add(container_resources(&pseudo)?);
     }
     Ok(effective)
@@ -509,9 +584,13 @@ mod tests {
 
     #[test]
     fn malformed_quantities_name_the_container() {
-        let spec = json!({"containers": [{"name": "app", "resources": {"requests": {"cpu": "lots"}}}]});
+        let spec =
+            json!({"containers": [{"name": "app", "resources": {"requests": {"cpu": "lots"}}}]});
         let err = pod_resources(&spec).unwrap_err().to_string();
-        assert!(err.starts_with("container `app` resources.requests.cpu:"), "{err}");
+        assert!(
+            err.starts_with("container `app` resources.requests.cpu:"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -17,8 +17,11 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 pub const TENANT_LABEL: &str = "tenantry.dev/tenant";
 
 /// Groups that contain identities of every tenant.
-const EVERYONE_GROUPS: &[&str] =
-    &["system:authenticated", "system:unauthenticated", "system:serviceaccounts"];
+const EVERYONE_GROUPS: &[&str] = &[
+    "system:authenticated",
+    "system:unauthenticated",
+    "system:serviceaccounts",
+];
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct References {
@@ -60,7 +63,9 @@ impl Collector<'_> {
         let mut pinned = false;
         if let Some(labels) = selector.get("matchLabels").and_then(Value::as_object) {
             for (key, value) in labels {
-                let Some(value) = value.as_str() else { continue };
+                let Some(value) = value.as_str() else {
+                    continue;
+                };
                 match key.as_str() {
                     NAMESPACE_NAME_LABEL => {
                         pinned = true;
@@ -74,16 +79,30 @@ impl Collector<'_> {
                 }
             }
         }
-        for expr in selector.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+        for expr in selector
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let key = expr.get("key").and_then(Value::as_str).unwrap_or("");
             let op = expr.get("operator").and_then(Value::as_str).unwrap_or("");
             if op != "In" || !(key == NAMESPACE_NAME_LABEL || key == TENANT_LABEL) {
                 continue;
             }
             pinned = true;
-            for v in expr.get("values").and_then(Value::as_array).into_iter().flatten() {
+            for v in expr
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let Some(v) = v.as_str() else { continue };
-                if key == NAMESPACE_NAME_LABEL { self.namespace(v) } else { self.tenant(v) }
+                if key == NAMESPACE_NAME_LABEL {
+                    self.namespace(v)
+                } else {
+                    self.tenant(v)
+                }
             }
         }
         if !pinned {
@@ -101,7 +120,10 @@ impl Collector<'_> {
         let name = subject.get("name").and_then(Value::as_str).unwrap_or("");
         match subject.get("kind").and_then(Value::as_str).unwrap_or("") {
             "ServiceAccount" => {
-                let ns = subject.get("namespace").and_then(Value::as_str).unwrap_or(own_namespace);
+                let ns = subject
+                    .get("namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or(own_namespace);
                 self.namespace(ns);
             }
             "User" => {
@@ -112,8 +134,12 @@ impl Collector<'_> {
                         self.namespace(ns);
                     }
                 }
-                let tenants: Vec<Arc<str>> =
-                    self.directory.user_memberships(name).iter().map(|m| m.tenant.clone()).collect();
+                let tenants: Vec<Arc<str>> = self
+                    .directory
+                    .user_memberships(name)
+                    .iter()
+                    .map(|m| m.tenant.clone())
+                    .collect();
                 self.refs.tenants.extend(tenants);
             }
             "Group" => {
@@ -122,8 +148,12 @@ impl Collector<'_> {
                 } else if let Some(ns) = name.strip_prefix("system:serviceaccounts:") {
                     self.namespace(ns);
                 }
-                let tenants: Vec<Arc<str>> =
-                    self.directory.group_memberships(name).iter().map(|m| m.tenant.clone()).collect();
+                let tenants: Vec<Arc<str>> = self
+                    .directory
+                    .group_memberships(name)
+                    .iter()
+                    .map(|m| m.tenant.clone())
+                    .collect();
                 self.refs.tenants.extend(tenants);
             }
             _ => {}
@@ -140,7 +170,10 @@ pub fn references(
     namespace: &str,
     object: &Value,
 ) -> References {
-    let mut c = Collector { directory, refs: References::default() };
+    let mut c = Collector {
+        directory,
+        refs: References::default(),
+    };
     let spec = object.get("spec").unwrap_or(&Value::Null);
     match (group, kind) {
         ("networking.k8s.io", "NetworkPolicy") => {
@@ -159,7 +192,11 @@ pub fn references(
         }
         ("", "Service") => {
             if spec.get("type").and_then(Value::as_str) == Some("ExternalName") {
-                if let Some(ns) = spec.get("externalName").and_then(Value::as_str).and_then(service_dns_namespace) {
+                if let Some(ns) = spec
+                    .get("externalName")
+                    .and_then(Value::as_str)
+                    .and_then(service_dns_namespace)
+                {
                     c.namespace(ns);
                 }
             }
@@ -194,7 +231,8 @@ pub fn references(
         }
         ("", "Endpoints") => {
             for subset in items(object.get("subsets")) {
-                let all = items(subset.get("addresses")).chain(items(subset.get("notReadyAddresses")));
+                let all =
+                    items(subset.get("addresses")).chain(items(subset.get("notReadyAddresses")));
                 for addr in all {
                     if let Some(target) = addr.get("targetRef") {
                         c.namespace_field(target, namespace);
@@ -232,8 +270,14 @@ mod tests {
 
     #[test]
     fn cluster_service_names_resolve_to_namespaces() {
-        assert_eq!(service_dns_namespace("db.globex-prod.svc.cluster.local"), Some("globex-prod"));
-        assert_eq!(service_dns_namespace("db.globex-prod.svc"), Some("globex-prod"));
+        assert_eq!(
+            service_dns_namespace("db.globex-prod.svc.cluster.local"),
+            Some("globex-prod")
+        );
+        assert_eq!(
+            service_dns_namespace("db.globex-prod.svc"),
+            Some("globex-prod")
+        );
         assert_eq!(service_dns_namespace("db.globex-prod"), Some("globex-prod"));
         assert_eq!(service_dns_namespace("api.example.com"), None);
     }

@@ -6,7 +6,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use thiserror::Error;
 
-use crate::admission::{AdmissionRequest, GroupVersionKind, GroupVersionResource, Operation, UserInfo};
+use crate::admission::{
+    AdmissionRequest, GroupVersionKind, GroupVersionResource, Operation, UserInfo,
+};
 use crate::decide;
 use crate::translate::Inputs;
 use crate::usage::resource_of;
@@ -46,7 +48,12 @@ impl Identity {
         }
         groups.push("system:authenticated".into());
         groups.dedup();
-        UserInfo { username: self.user.clone(), uid: None, groups, extra: None }
+        UserInfo {
+            username: self.user.clone(),
+            uid: None,
+            groups,
+            extra: None,
+        }
     }
 }
 
@@ -97,20 +104,39 @@ const CLUSTER_SCOPED: &[&str] = &[
 
 /// The AdmissionRequest the API server would send for `write`.
 pub fn admission_request(write: &Write, uid: &str) -> Result<AdmissionRequest, ReviewInputError> {
-    let subject = if write.operation == Operation::Delete { write.old.as_ref().unwrap_or(&write.object) } else { &write.object };
+    let subject = if write.operation == Operation::Delete {
+        write.old.as_ref().unwrap_or(&write.object)
+    } else {
+        &write.object
+    };
     if !subject.is_object() {
         return Err(ReviewInputError::NotAnObject);
     }
-    let api_version = subject.get("apiVersion").and_then(Value::as_str).ok_or(ReviewInputError::Missing("apiVersion"))?;
-    let kind = subject.get("kind").and_then(Value::as_str).ok_or(ReviewInputError::Missing("kind"))?;
+    let api_version = subject
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .ok_or(ReviewInputError::Missing("apiVersion"))?;
+    let kind = subject
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or(ReviewInputError::Missing("kind"))?;
     let (group, resource) = resource_of(api_version, kind);
-    let version = api_version.rsplit('/').next().unwrap_or(api_version).to_string();
+    let version = api_version
+        .rsplit('/')
+        .next()
+        .unwrap_or(api_version)
+        .to_string();
     let namespaced = !CLUSTER_SCOPED.contains(&kind);
-    let manifest_ns = subject.pointer("/metadata/namespace").and_then(Value::as_str);
+    let manifest_ns = subject
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str);
     let namespace = match (namespaced, manifest_ns, &write.namespace) {
         (false, _, _) => None,
         (true, Some(m), Some(f)) if m != f => {
-            return Err(ReviewInputError::NamespaceMismatch { manifest: m.to_string(), flag: f.clone() });
+            return Err(ReviewInputError::NamespaceMismatch {
+                manifest: m.to_string(),
+                flag: f.clone(),
+            });
         }
         (true, Some(m), _) => Some(m.to_string()),
         (true, None, Some(f)) => Some(f.clone()),
@@ -119,12 +145,19 @@ pub fn admission_request(write: &Write, uid: &str) -> Result<AdmissionRequest, R
     // The API server fills in the namespace before admission.
     let fill = |object: &Value| {
         let mut object = object.clone();
-        if let (Some(ns), Some(meta)) = (&namespace, object.get_mut("metadata").and_then(Value::as_object_mut)) {
+        if let (Some(ns), Some(meta)) = (
+            &namespace,
+            object.get_mut("metadata").and_then(Value::as_object_mut),
+        ) {
             meta.insert("namespace".into(), json!(ns));
         }
         object
     };
-    let name = subject.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = subject
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let (object, old_object) = match write.operation {
         Operation::Create | Operation::Connect => (fill(&write.object), Value::Null),
         Operation::Update => {
@@ -135,8 +168,16 @@ pub fn admission_request(write: &Write, uid: &str) -> Result<AdmissionRequest, R
     };
     Ok(AdmissionRequest {
         uid: uid.to_string(),
-        kind: GroupVersionKind { group: group.clone(), version: version.clone(), kind: kind.to_string() },
-        resource: GroupVersionResource { group, version, resource },
+        kind: GroupVersionKind {
+            group: group.clone(),
+            version: version.clone(),
+            kind: kind.to_string(),
+        },
+        resource: GroupVersionResource {
+            group,
+            version,
+            resource,
+        },
         sub_resource: None,
         request_kind: None,
         request_resource: None,
@@ -155,7 +196,10 @@ pub fn admission_request(write: &Write, uid: &str) -> Result<AdmissionRequest, R
 /// Runs mutation, applies its patch, and validates the result, as the API server does.
 pub fn run(inputs: &Inputs<'_>, request: &AdmissionRequest) -> Result<Outcome, ReviewInputError> {
     let mutation = decide::mutate(inputs, request);
-    let patch = mutation.response.decoded_patch().unwrap_or(json_patch::Patch(Vec::new()));
+    let patch = mutation
+        .response
+        .decoded_patch()
+        .unwrap_or(json_patch::Patch(Vec::new()));
     let patch_json = serde_json::to_value(&patch).unwrap_or(Value::Array(Vec::new()));
     let mut warnings = mutation.response.warnings.clone();
     if !mutation.response.allowed {

@@ -139,8 +139,17 @@ pub struct Translation {
 /// The namespace an object lives in; for a Namespace, its own name.
 pub fn object_namespace(req: &AdmissionRequest) -> String {
     if req.resource.group.is_empty() && req.resource.resource == "namespaces" {
-        let from_object = req.subject().pointer("/metadata/name").and_then(Value::as_str);
-        return req.name.as_deref().filter(|n| !n.is_empty()).or(from_object).unwrap_or("").to_string();
+        let from_object = req
+            .subject()
+            .pointer("/metadata/name")
+            .and_then(Value::as_str);
+        return req
+            .name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .or(from_object)
+            .unwrap_or("")
+            .to_string();
     }
     req.namespace.clone().unwrap_or_default()
 }
@@ -148,7 +157,10 @@ pub fn object_namespace(req: &AdmissionRequest) -> String {
 /// The labels the directory says an object in a namespace of `owner` carries.
 pub fn directory_labels(owner: &NamespaceOwner<'_>) -> Vec<(&'static str, Arc<str>)> {
     let tenant = owner.tenant;
-    let mut labels = vec![(LABEL_TENANT, tenant.id.clone()), (LABEL_TIER, tenant.tier.name.clone())];
+    let mut labels = vec![
+        (LABEL_TENANT, tenant.id.clone()),
+        (LABEL_TIER, tenant.tier.name.clone()),
+    ];
     if let Some(team) = owner.team {
         labels.push((LABEL_TEAM, team.clone()));
     }
@@ -159,19 +171,30 @@ pub fn directory_labels(owner: &NamespaceOwner<'_>) -> Vec<(&'static str, Arc<st
 }
 
 fn labels_of(object: &Value) -> Option<&serde_json::Map<String, Value>> {
-    object.pointer("/metadata/labels").and_then(Value::as_object)
+    object
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
 }
 
 fn stamped_on(object: &Value) -> BTreeSet<String> {
-    let Some(labels) = labels_of(object) else { return BTreeSet::new() };
+    let Some(labels) = labels_of(object) else {
+        return BTreeSet::new();
+    };
     STAMPED_LABELS
         .iter()
-        .filter_map(|k| labels.get(*k).map(|v| format!("{k}={}", v.as_str().unwrap_or(""))))
+        .filter_map(|k| {
+            labels
+                .get(*k)
+                .map(|v| format!("{k}={}", v.as_str().unwrap_or("")))
+        })
         .collect()
 }
 
 /// Works out the facts about the object under review.
-pub fn object_facts(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<ObjectFacts, TranslateError> {
+pub fn object_facts(
+    inputs: &Inputs<'_>,
+    req: &AdmissionRequest,
+) -> Result<ObjectFacts, TranslateError> {
     let directory = inputs.directory;
     let namespace = object_namespace(req);
     let owner = directory.namespace_owner(&namespace);
@@ -181,13 +204,18 @@ pub fn object_facts(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Objec
     let writes = matches!(req.operation, Operation::Create | Operation::Update);
     let subresource = req.subresource();
 
-    let tenantry_labels = if writes { stamped_on(object) } else { BTreeSet::new() };
+    let tenantry_labels = if writes {
+        stamped_on(object)
+    } else {
+        BTreeSet::new()
+    };
     let directory_labels = match (&owner, req.operation, subresource) {
         // Subresources cannot be stamped: their labels simply must not change.
         (_, Operation::Update, s) if !s.is_empty() => stamped_on(&req.old_object),
-        (Some(o), _, _) if writes => {
-            directory_labels(o).into_iter().map(|(k, v)| format!("{k}={v}")).collect()
-        }
+        (Some(o), _, _) if writes => directory_labels(o)
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
         _ => BTreeSet::new(),
     };
 
@@ -198,8 +226,16 @@ pub fn object_facts(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Objec
     };
 
     let is_pod = group.is_empty() && req.resource.resource == "pods";
-    let spec = if writes { pod::pod_spec(kind, object) } else { None };
-    let flag = |name: &str| spec.and_then(|s| s.get(name)).and_then(Value::as_bool).unwrap_or(false);
+    let spec = if writes {
+        pod::pod_spec(kind, object)
+    } else {
+        None
+    };
+    let flag = |name: &str| {
+        spec.and_then(|s| s.get(name))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
     let mut pod_facts = PodFacts {
         is_pod,
         host_network: flag("hostNetwork"),
@@ -211,7 +247,8 @@ pub fn object_facts(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Objec
     if let (true, Some(o), Some(spec)) = (is_pod && kind == "Pod", &owner, spec) {
         match req.operation {
             Operation::Create if subresource.is_empty() => {
-                let port = pod::app_port(object, inputs.injection).map_err(TranslateError::BadObject)?;
+                let port =
+                    pod::app_port(object, inputs.injection).map_err(TranslateError::BadObject)?;
                 let expected =
                     pod::sidecar(inputs.injection, &o.tenant.id, &o.tenant.tier.name, port);
                 pod_facts.enforcer =
@@ -248,7 +285,10 @@ fn quota_facts(
     let counted_resource = usage::count_key(group, resource);
     let counts = req.operation == Operation::Create && req.subresource().is_empty();
     let (Some(owner), true) = (owner, counts) else {
-        return Ok(QuotaFacts { counted_resource, ..QuotaFacts::default() });
+        return Ok(QuotaFacts {
+            counted_resource,
+            ..QuotaFacts::default()
+        });
     };
     let tenant = &owner.tenant.id;
     let requested = usage::amounts_of(group, resource, &req.object)
@@ -271,16 +311,27 @@ fn quota_facts(
         .fields()
         .into_iter()
         .filter_map(|(key, _)| {
-            let name = if key == "count" { counted_resource.as_str() } else { key };
+            let name = if key == "count" {
+                counted_resource.as_str()
+            } else {
+                key
+            };
             tier_limits.get(name).map(|limit| (key, limit))
         })
         .collect();
-    Ok(QuotaFacts { counted_resource, limits, usage, requested })
+    Ok(QuotaFacts {
+        counted_resource,
+        limits,
+        usage,
+        requested,
+    })
 }
 
 fn amounts_record(a: &Amounts) -> Result<RestrictedExpression, TranslateError> {
     RestrictedExpression::new_record(
-        a.fields().into_iter().map(|(k, v)| (k.to_string(), RestrictedExpression::new_long(v))),
+        a.fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), RestrictedExpression::new_long(v))),
     )
     .map_err(internal)
 }
@@ -307,7 +358,9 @@ impl PrincipalBuilder<'_> {
     }
 
     fn tenant_entity(&self, id: &str) -> Result<Option<Entity>, TranslateError> {
-        let Some(t) = self.directory.tenant(id) else { return Ok(None) };
+        let Some(t) = self.directory.tenant(id) else {
+            return Ok(None);
+        };
         let attrs = HashMap::from([
             ("name".to_string(), string(&t.id)),
             ("tier".to_string(), string(&t.tier.name)),
@@ -315,20 +368,28 @@ impl PrincipalBuilder<'_> {
         ]);
         let parents: HashSet<EntityUid> =
             t.client.iter().map(|c| uid(&TYPES.client, &c.id)).collect();
-        Entity::new(uid(&TYPES.tenant, id), attrs, parents).map(Some).map_err(internal)
+        Entity::new(uid(&TYPES.tenant, id), attrs, parents)
+            .map(Some)
+            .map_err(internal)
     }
 }
 
 /// Builds the Cedar request for an admission request.
-pub fn translate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Translation, TranslateError> {
+pub fn translate(
+    inputs: &Inputs<'_>,
+    req: &AdmissionRequest,
+) -> Result<Translation, TranslateError> {
     let directory = inputs.directory;
     let facts = object_facts(inputs, req)?;
     let owner = directory.namespace_owner(&facts.namespace);
     let quota = quota_facts(inputs, req, owner.as_ref())?;
 
     let mut entities: Vec<Entity> = Vec::with_capacity(12);
-    let mut builder =
-        PrincipalBuilder { directory, tenants: BTreeSet::new(), teams: BTreeSet::new() };
+    let mut builder = PrincipalBuilder {
+        directory,
+        tenants: BTreeSet::new(),
+        teams: BTreeSet::new(),
+    };
 
     // Groups first: their tenants are the principal's tenants too.
     let mut principal_parents = HashSet::new();
@@ -341,16 +402,23 @@ pub fn translate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Translat
     }
     let info = &req.user_info;
     let principal = if let Some((sa_namespace, sa_name)) = info.service_account() {
-        principal_parents.extend(builder.parents(directory.serviceaccount_memberships(sa_namespace, sa_name)));
+        principal_parents
+            .extend(builder.parents(directory.serviceaccount_memberships(sa_namespace, sa_name)));
         // A service account of a tenant namespace acts for that tenant, listed or not.
         if let Some(home) = directory.namespace_owner(sa_namespace) {
-            let implicit = [Membership { tenant: home.tenant.id.clone(), team: home.team.cloned() }];
+            let implicit = [Membership {
+                tenant: home.tenant.id.clone(),
+                team: home.team.cloned(),
+            }];
             principal_parents.extend(builder.parents(&implicit));
         }
         let attrs = HashMap::from([
             ("name".to_string(), string(sa_name)),
             ("namespace".to_string(), string(sa_namespace)),
-            ("tenant_member".to_string(), RestrictedExpression::new_bool(!builder.tenants.is_empty())),
+            (
+                "tenant_member".to_string(),
+                RestrictedExpression::new_bool(!builder.tenants.is_empty()),
+            ),
         ]);
         let principal = uid(&TYPES.service_account, &format!("{sa_namespace}:{sa_name}"));
         entities.push(Entity::new(principal.clone(), attrs, principal_parents).map_err(internal)?);
@@ -359,7 +427,10 @@ pub fn translate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Translat
         principal_parents.extend(builder.parents(directory.user_memberships(&info.username)));
         let attrs = HashMap::from([
             ("name".to_string(), string(&info.username)),
-            ("tenant_member".to_string(), RestrictedExpression::new_bool(!builder.tenants.is_empty())),
+            (
+                "tenant_member".to_string(),
+                RestrictedExpression::new_bool(!builder.tenants.is_empty()),
+            ),
         ]);
         let principal = uid(&TYPES.user, &info.username);
         entities.push(Entity::new(principal.clone(), attrs, principal_parents).map_err(internal)?);
@@ -374,7 +445,12 @@ pub fn translate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Translat
         let attrs = HashMap::from([("name".to_string(), string(team))]);
         let parents = HashSet::from([uid(&TYPES.tenant, tenant)]);
         entities.push(
-            Entity::new(uid(&TYPES.team, &format!("{tenant}/{team}")), attrs, parents).map_err(internal)?,
+            Entity::new(
+                uid(&TYPES.team, &format!("{tenant}/{team}")),
+                attrs,
+                parents,
+            )
+            .map_err(internal)?,
         );
     }
     let mut clients = BTreeSet::new();
@@ -388,29 +464,52 @@ pub fn translate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Translat
     }
     for client in clients {
         let attrs = HashMap::from([("name".to_string(), string(&client))]);
-        entities.push(Entity::new(uid(&TYPES.client, &client), attrs, HashSet::new()).map_err(internal)?);
+        entities.push(
+            Entity::new(uid(&TYPES.client, &client), attrs, HashSet::new()).map_err(internal)?,
+        );
     }
 
     // The object.
     let object = req.subject();
-    let name = req.name.as_deref().filter(|n| !n.is_empty()).or_else(|| {
-        object.pointer("/metadata/name").and_then(Value::as_str)
-    });
+    let name = req
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .or_else(|| object.pointer("/metadata/name").and_then(Value::as_str));
     let resource_uid = uid(
         &TYPES.object,
-        &format!("{}/{}/{}/{}", req.resource.resource, facts.namespace, name.unwrap_or(""), req.uid),
+        &format!(
+            "{}/{}/{}/{}",
+            req.resource.resource,
+            facts.namespace,
+            name.unwrap_or(""),
+            req.uid
+        ),
     );
     let p = &facts.pod;
     let pod_record = RestrictedExpression::new_record([
-        ("is_pod".to_string(), RestrictedExpression::new_bool(p.is_pod)),
-        ("host_network".to_string(), RestrictedExpression::new_bool(p.host_network)),
-        ("host_pid".to_string(), RestrictedExpression::new_bool(p.host_pid)),
-        ("host_ipc".to_string(), RestrictedExpression::new_bool(p.host_ipc)),
+        (
+            "is_pod".to_string(),
+            RestrictedExpression::new_bool(p.is_pod),
+        ),
+        (
+            "host_network".to_string(),
+            RestrictedExpression::new_bool(p.host_network),
+        ),
+        (
+            "host_pid".to_string(),
+            RestrictedExpression::new_bool(p.host_pid),
+        ),
+        (
+            "host_ipc".to_string(),
+            RestrictedExpression::new_bool(p.host_ipc),
+        ),
         ("enforcer".to_string(), string(p.enforcer.as_str())),
         ("scheduling".to_string(), string(p.scheduling.as_str())),
     ])
     .map_err(internal)?;
-    let set = |items: &BTreeSet<String>| RestrictedExpression::new_set(items.iter().map(|s| string(s)));
+    let set =
+        |items: &BTreeSet<String>| RestrictedExpression::new_set(items.iter().map(|s| string(s)));
     let mut attrs = HashMap::from([
         ("kind".to_string(), string(&req.kind.kind)),
         ("group".to_string(), string(&req.resource.group)),
@@ -418,28 +517,42 @@ pub fn translate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Translat
         ("subresource".to_string(), string(req.subresource())),
         ("name".to_string(), string(name.unwrap_or(""))),
         ("namespace".to_string(), string(&facts.namespace)),
-        ("self_service".to_string(), RestrictedExpression::new_bool(facts.self_service)),
+        (
+            "self_service".to_string(),
+            RestrictedExpression::new_bool(facts.self_service),
+        ),
         (
             "referenced_tenants".to_string(),
             RestrictedExpression::new_set(
-                facts.references.tenants.iter().map(|t| RestrictedExpression::new_entity_uid(uid(&TYPES.tenant, t))),
+                facts
+                    .references
+                    .tenants
+                    .iter()
+                    .map(|t| RestrictedExpression::new_entity_uid(uid(&TYPES.tenant, t))),
             ),
         ),
-        ("references_any_tenant".to_string(), RestrictedExpression::new_bool(facts.references.any_tenant)),
+        (
+            "references_any_tenant".to_string(),
+            RestrictedExpression::new_bool(facts.references.any_tenant),
+        ),
         ("tenantry_labels".to_string(), set(&facts.tenantry_labels)),
         ("directory_labels".to_string(), set(&facts.directory_labels)),
         ("pod".to_string(), pod_record),
     ]);
     let mut parents = HashSet::new();
     if let Some(o) = &facts.owner {
-        attrs.insert("owner".to_string(), RestrictedExpression::new_entity_uid(uid(&TYPES.tenant, o)));
+        attrs.insert(
+            "owner".to_string(),
+            RestrictedExpression::new_entity_uid(uid(&TYPES.tenant, o)),
+        );
         parents.insert(uid(&TYPES.tenant, o));
     }
     let tags = labels_of(object)
         .into_iter()
         .flatten()
         .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), string(v))));
-    entities.push(Entity::new_with_tags(resource_uid.clone(), attrs, parents, tags).map_err(internal)?);
+    entities
+        .push(Entity::new_with_tags(resource_uid.clone(), attrs, parents, tags).map_err(internal)?);
     entities.extend(inputs.policies.action_entities().iter().cloned());
 
     // The context.
@@ -452,14 +565,23 @@ pub fn translate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Translat
         ""
     };
     let limits = RestrictedExpression::new_record(
-        quota.limits.iter().map(|(k, v)| (k.to_string(), RestrictedExpression::new_long(*v))),
+        quota
+            .limits
+            .iter()
+            .map(|(k, v)| (k.to_string(), RestrictedExpression::new_long(*v))),
     )
     .map_err(internal)?;
     let context = Context::from_pairs([
         ("operation".to_string(), string(req.operation.as_str())),
-        ("dry_run".to_string(), RestrictedExpression::new_bool(req.is_dry_run())),
+        (
+            "dry_run".to_string(),
+            RestrictedExpression::new_bool(req.is_dry_run()),
+        ),
         ("old_tenant_label".to_string(), string(old_tenant_label)),
-        ("counted_resource".to_string(), string(&quota.counted_resource)),
+        (
+            "counted_resource".to_string(),
+            string(&quota.counted_resource),
+        ),
         ("limits".to_string(), limits),
         ("usage".to_string(), amounts_record(&quota.usage)?),
         ("requested".to_string(), amounts_record(&quota.requested)?),
@@ -469,5 +591,11 @@ pub fn translate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Translat
     let action = uid(&TYPES.action, req.operation.action());
     let request = Request::new(principal, action, resource_uid, context, None).map_err(internal)?;
     let entities = Entities::from_entities(entities, None).map_err(internal)?;
-    Ok(Translation { request, entities, tenants: tenants.into_iter().collect(), facts, quota })
+    Ok(Translation {
+        request,
+        entities,
+        tenants: tenants.into_iter().collect(),
+        facts,
+        quota,
+    })
 }

@@ -48,21 +48,30 @@ impl Amounts {
 
 /// The `count/<resource>[.<group>]` quota name of a resource.
 pub fn count_key(group: &str, resource: &str) -> String {
-    if group.is_empty() { format!("count/{resource}") } else { format!("count/{resource}.{group}") }
+    if group.is_empty() {
+        format!("count/{resource}")
+    } else {
+        format!("count/{resource}.{group}")
+    }
 }
 
 /// What creating `object` (of `group`/`resource`) adds to its tenant's usage.
 pub fn amounts_of(group: &str, resource: &str, object: &Value) -> Result<Amounts, ResourceError> {
-    let mut a = Amounts { count: 1, ..Amounts::default() };
+    let mut a = Amounts {
+        count: 1,
+        ..Amounts::default()
+    };
     match (group, resource) {
         ("", "namespaces") => a.namespaces = 1,
         ("", "services") => a.services = 1,
         ("", "persistentvolumeclaims") => {
             a.persistentvolumeclaims = 1;
             if let Some(raw) = object.pointer("/spec/resources/requests/storage") {
-                a.requests_storage = pod::quantity_value(raw, Unit::Whole).map_err(|source| {
-                    ResourceError { field: "spec.resources.requests.storage".into(), source }
-                })?;
+                a.requests_storage =
+                    pod::quantity_value(raw, Unit::Whole).map_err(|source| ResourceError {
+                        field: "spec.resources.requests.storage".into(),
+                        source,
+                    })?;
             }
         }
         ("", "pods") => {
@@ -130,15 +139,26 @@ impl Inventory {
     /// Adds one object (also what the webhook admits when it runs without a cluster).
     pub fn add(&mut self, directory: &Directory, object: &Value) -> Result<(), String> {
         let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
-        let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-        let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let api_version = object
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let (group, resource) = resource_of(api_version, kind);
         let namespace = if kind == "Namespace" {
             name
         } else {
-            object.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("")
+            object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("")
         };
-        let Some(owner) = directory.namespace_owner(namespace) else { return Ok(()) };
+        let Some(owner) = directory.namespace_owner(namespace) else {
+            return Ok(());
+        };
         let tenant = owner.tenant.id.clone();
         let amounts = amounts_of(&group, &resource, object)
             .map_err(|e| format!("{kind} `{namespace}/{name}`: {e}"))?;
@@ -151,7 +171,9 @@ impl Inventory {
         *counters.entry(count_key(&group, &resource)).or_default() += amounts.count;
         if kind == "Ingress" {
             for host in ingress_hosts(object) {
-                self.hosts.entry(host.to_string()).or_insert_with(|| tenant.clone());
+                self.hosts
+                    .entry(host.to_string())
+                    .or_insert_with(|| tenant.clone());
             }
         }
         Ok(())
@@ -160,7 +182,11 @@ impl Inventory {
 
 impl UsageView for Inventory {
     fn used(&self, tenant: &str, resource: &str) -> i64 {
-        self.by_tenant.get(tenant).and_then(|c| c.get(resource)).copied().unwrap_or(0)
+        self.by_tenant
+            .get(tenant)
+            .and_then(|c| c.get(resource))
+            .copied()
+            .unwrap_or(0)
     }
     fn host_holder(&self, host: &str) -> Option<Arc<str>> {
         if let Some(t) = self.hosts.get(host) {
@@ -181,13 +207,22 @@ impl UsageView for Inventory {
 
 /// The hosts an Ingress serves (rules and TLS).
 pub fn ingress_hosts(object: &Value) -> Vec<&str> {
-    let rules = object.pointer("/spec/rules").and_then(Value::as_array).into_iter().flatten();
+    let rules = object
+        .pointer("/spec/rules")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
     let tls = object
         .pointer("/spec/tls")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .flat_map(|t| t.get("hosts").and_then(Value::as_array).into_iter().flatten());
+        .flat_map(|t| {
+            t.get("hosts")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        });
     let mut hosts: Vec<&str> = rules
         .filter_map(|r| r.get("host"))
         .chain(tls)
@@ -201,7 +236,10 @@ pub fn ingress_hosts(object: &Value) -> Vec<&str> {
 
 /// The API group and plural resource of a kind, as the API server would name them in a review.
 pub fn resource_of(api_version: &str, kind: &str) -> (String, String) {
-    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g).to_string();
+    let group = api_version
+        .rsplit_once('/')
+        .map_or("", |(g, _)| g)
+        .to_string();
     let plural = match kind {
         "Endpoints" => "endpoints".to_string(),
         "Ingress" => "ingresses".to_string(),
@@ -229,18 +267,52 @@ mod tests {
         for (api, kind, group, plural) in [
             ("v1", "Pod", "", "pods"),
             ("apps/v1", "Deployment", "apps", "deployments"),
-            ("networking.k8s.io/v1", "NetworkPolicy", "networking.k8s.io", "networkpolicies"),
-            ("networking.k8s.io/v1", "Ingress", "networking.k8s.io", "ingresses"),
+            (
+                "networking.k8s.io/v1",
+                "NetworkPolicy",
+                "networking.k8s.io",
+                "networkpolicies",
+            ),
+            (
+                "networking.k8s.io/v1",
+                "Ingress",
+                "networking.k8s.io",
+                "ingresses",
+            ),
             ("v1", "Endpoints", "", "endpoints"),
-            ("discovery.k8s.io/v1", "EndpointSlice", "discovery.k8s.io", "endpointslices"),
-            ("scheduling.k8s.io/v1", "PriorityClass", "scheduling.k8s.io", "priorityclasses"),
+            (
+                "discovery.k8s.io/v1",
+                "EndpointSlice",
+                "discovery.k8s.io",
+                "endpointslices",
+            ),
+            (
+                "scheduling.k8s.io/v1",
+                "PriorityClass",
+                "scheduling.k8s.io",
+                "priorityclasses",
+            ),
             ("v1", "PersistentVolumeClaim", "", "persistentvolumeclaims"),
-            ("rbac.authorization.k8s.io/v1", "RoleBinding", "rbac.authorization.k8s.io", "rolebindings"),
-            ("gateway.networking.k8s.io/v1", "HTTPRoute", "gateway.networking.k8s.io", "httproutes"),
+            (
+                "rbac.authorization.k8s.io/v1",
+                "RoleBinding",
+                "rbac.authorization.k8s.io",
+                "rolebindings",
+            ),
+            (
+                "gateway.networking.k8s.io/v1",
+                "HTTPRoute",
+                "gateway.networking.k8s.io",
+                "httproutes",
+            ),
             ("v1", "Service", "", "services"),
             ("batch/v1", "CronJob", "batch", "cronjobs"),
         ] {
-            assert_eq!(resource_of(api, kind), (group.to_string(), plural.to_string()), "{kind}");
+            assert_eq!(
+                resource_of(api, kind),
+                (group.to_string(), plural.to_string()),
+                "{kind}"
+            );
         }
     }
 
@@ -256,6 +328,9 @@ mod tests {
     fn claims_count_their_storage() {
         let pvc = json!({"spec": {"resources": {"requests": {"storage": "10Gi"}}}});
         let a = amounts_of("", "persistentvolumeclaims", &pvc).unwrap();
-        assert_eq!((a.persistentvolumeclaims, a.requests_storage), (1, 10 << 30));
+        assert_eq!(
+            (a.persistentvolumeclaims, a.requests_storage),
+            (1, 10 << 30)
+        );
     }
 }

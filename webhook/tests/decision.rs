@@ -7,7 +7,9 @@ use tenantry_tenancy::{Directory, PolicyEngine};
 use tenantry_webhook::admission::ReviewError;
 use tenantry_webhook::pod::SidecarMode;
 use tenantry_webhook::usage::NoUsage;
-use tenantry_webhook::{AdmissionRequest, AdmissionReview, Decision, Inputs, InjectionConfig, decide, embedded};
+use tenantry_webhook::{
+    AdmissionRequest, AdmissionReview, Decision, InjectionConfig, Inputs, decide, embedded,
+};
 
 struct World {
     directory: Directory,
@@ -24,7 +26,12 @@ impl World {
         }
     }
     fn inputs(&self) -> Inputs<'_> {
-        Inputs { directory: &self.directory, usage: &NoUsage, policies: &self.policies, injection: &self.injection }
+        Inputs {
+            directory: &self.directory,
+            usage: &NoUsage,
+            policies: &self.policies,
+            injection: &self.injection,
+        }
     }
     fn mutate(&self, req: &AdmissionRequest) -> Decision {
         decide::mutate(&self.inputs(), req)
@@ -50,11 +57,15 @@ fn fixture(name: &str) -> AdmissionRequest {
 }
 
 fn patch_ops(d: &Decision) -> Vec<Value> {
-    serde_json::to_value(d.response.decoded_patch().unwrap_or(json_patch::Patch(vec![])))
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    serde_json::to_value(
+        d.response
+            .decoded_patch()
+            .unwrap_or(json_patch::Patch(vec![])),
+    )
+    .unwrap()
+    .as_array()
+    .unwrap()
+    .clone()
 }
 
 #[test]
@@ -67,8 +78,14 @@ fn pod_create_is_stamped_scheduled_injected_and_then_admitted() {
     assert_eq!(m.response.patch_type.as_deref(), Some("JSONPatch"));
     let ops = patch_ops(&m);
     let paths: Vec<&str> = ops.iter().map(|o| o["path"].as_str().unwrap()).collect();
-    assert!(paths.contains(&"/metadata/labels/tenantry.dev~1tenant"), "label keys are escaped: {paths:?}");
-    assert!(paths.contains(&"/spec/priority"), "the resolved priority is dropped with the class: {paths:?}");
+    assert!(
+        paths.contains(&"/metadata/labels/tenantry.dev~1tenant"),
+        "label keys are escaped: {paths:?}"
+    );
+    assert!(
+        paths.contains(&"/spec/priority"),
+        "the resolved priority is dropped with the class: {paths:?}"
+    );
 
     let obj = &patched.object;
     let labels = &obj["metadata"]["labels"];
@@ -78,9 +95,16 @@ fn pod_create_is_stamped_scheduled_injected_and_then_admitted() {
     assert_eq!(labels["tenantry.dev/client"], "globalcorp");
     assert_eq!(labels["app"], "web", "the user's labels stay");
     assert_eq!(obj["spec"]["priorityClassName"], "tenant-enterprise");
-    assert_eq!(obj["spec"]["nodeSelector"]["tenantry.dev/pool"], "dedicated");
+    assert_eq!(
+        obj["spec"]["nodeSelector"]["tenantry.dev/pool"],
+        "dedicated"
+    );
     let tolerations = obj["spec"]["tolerations"].as_array().unwrap();
-    assert_eq!(tolerations.len(), 3, "the defaults stay and the tier's is added: {tolerations:?}");
+    assert_eq!(
+        tolerations.len(),
+        3,
+        "the defaults stay and the tier's is added: {tolerations:?}"
+    );
     let sidecar = &obj["spec"]["initContainers"][0];
     assert_eq!(sidecar["name"], "tenantry-enforcer");
     assert_eq!(sidecar["restartPolicy"], "Always", "a native sidecar");
@@ -88,11 +112,19 @@ fn pod_create_is_stamped_scheduled_injected_and_then_admitted() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["name"].as_str().unwrap().into(), e["value"].as_str().unwrap().into()))
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().into(),
+                e["value"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     assert!(env.contains(&("TENANTRY_TENANT".into(), "acme".into())));
     assert!(env.contains(&("TENANTRY_TIER".into(), "enterprise".into())));
-    assert!(env.contains(&("TENANTRY_UPSTREAM".into(), "127.0.0.1:8080".into())), "{env:?}");
+    assert!(
+        env.contains(&("TENANTRY_UPSTREAM".into(), "127.0.0.1:8080".into())),
+        "{env:?}"
+    );
 
     assert!(v.response.allowed, "{:?}", v.response);
     assert_eq!(v.response.uid, req.uid);
@@ -106,7 +138,12 @@ fn mutation_is_idempotent() {
         let (_, _, patched) = w.admit(&fixture(name));
         let again = w.mutate(&patched);
         assert!(again.response.allowed);
-        assert_eq!(again.response.patch, None, "{name}: second mutation yields no patch: {:?}", patch_ops(&again));
+        assert_eq!(
+            again.response.patch,
+            None,
+            "{name}: second mutation yields no patch: {:?}",
+            patch_ops(&again)
+        );
     }
 }
 
@@ -116,11 +153,21 @@ fn a_pod_that_skipped_mutation_is_denied_at_validation() {
     let v = w.validate(&fixture("pod-create.json"));
     assert!(!v.response.allowed);
     for policy in ["enforcer-required", "tenant-labels", "tier-scheduling"] {
-        assert!(v.denied_by.contains(&policy.to_string()), "{policy} in {:?}", v.denied_by);
+        assert!(
+            v.denied_by.contains(&policy.to_string()),
+            "{policy} in {:?}",
+            v.denied_by
+        );
     }
     let status = v.response.status.as_ref().unwrap();
     assert_eq!(status.code, 403);
-    assert!(status.message.contains("tenantry-enforcer sidecar exactly as Tenantry injects it"), "{}", status.message);
+    assert!(
+        status
+            .message
+            .contains("tenantry-enforcer sidecar exactly as Tenantry injects it"),
+        "{}",
+        status.message
+    );
 }
 
 #[test]
@@ -129,11 +176,16 @@ fn an_altered_sidecar_is_denied() {
     let (_, _, mut patched) = w.admit(&fixture("pod-create.json"));
     patched.object["spec"]["initContainers"][0]["image"] = json!("evil/enforcer:latest");
     let v = w.validate(&patched);
-    assert!(v.denied_by.contains(&"enforcer-required".to_string()), "{:?}", v.response);
+    assert!(
+        v.denied_by.contains(&"enforcer-required".to_string()),
+        "{:?}",
+        v.response
+    );
     // The API server's defaulting after mutation is not an alteration.
     let (_, _, mut defaulted) = w.admit(&fixture("pod-create.json"));
     defaulted.object["spec"]["initContainers"][0]["imagePullPolicy"] = json!("IfNotPresent");
-    defaulted.object["spec"]["initContainers"][0]["terminationMessagePath"] = json!("/dev/termination-log");
+    defaulted.object["spec"]["initContainers"][0]["terminationMessagePath"] =
+        json!("/dev/termination-log");
     defaulted.object["spec"]["initContainers"][0]["readinessProbe"]["timeoutSeconds"] = json!(1);
     assert!(w.validate(&defaulted).response.allowed);
 }
@@ -142,8 +194,7 @@ fn an_altered_sidecar_is_denied() {
 fn a_sidecar_the_pod_brought_itself_is_replaced() {
     let w = World::new();
     let mut req = fixture("pod-create.json");
-    req.object["spec"]["initContainers"] =
-        json!([{"name": "tenantry-enforcer", "image": "busybox", "restartPolicy": "Always", "command": ["sleep", "inf"]}]);
+    req.object["spec"]["initContainers"] = json!([{"name": "tenantry-enforcer", "image": "busybox", "restartPolicy": "Always", "command": ["sleep", "inf"]}]);
     let (_, v, patched) = w.admit(&req);
     assert!(v.response.allowed, "{:?}", v.response);
     let init = patched.object["spec"]["initContainers"].as_array().unwrap();
@@ -187,9 +238,16 @@ fn controller_created_pods_with_generate_name_are_handled() {
     assert_eq!(req.name.as_deref(), Some(""));
     let (m, v, patched) = w.admit(&req);
     assert!(m.response.allowed && v.response.allowed, "{:?}", v.response);
-    assert_eq!(patched.object["metadata"]["labels"]["tenantry.dev/tenant"], "globex");
+    assert_eq!(
+        patched.object["metadata"]["labels"]["tenantry.dev/tenant"],
+        "globex"
+    );
     assert_eq!(patched.object["spec"]["priorityClassName"], "tenant-free");
-    assert!(patched.object["metadata"]["labels"].get("tenantry.dev/client").is_none());
+    assert!(
+        patched.object["metadata"]["labels"]
+            .get("tenantry.dev/client")
+            .is_none()
+    );
 }
 
 #[test]
@@ -200,9 +258,16 @@ fn updates_keep_labels_and_relabelling_is_refused() {
     assert!(v.response.allowed, "{:?}", v.response);
 
     let (m, v, _) = w.admit(&fixture("pod-update-relabel.json"));
-    assert_eq!(m.response.patch, None, "mutation does not quietly undo tampering");
+    assert_eq!(
+        m.response.patch, None,
+        "mutation does not quietly undo tampering"
+    );
     assert!(!v.response.allowed);
-    assert!(v.denied_by.contains(&"tenant-label-immutable".to_string()), "{:?}", v.denied_by);
+    assert!(
+        v.denied_by.contains(&"tenant-label-immutable".to_string()),
+        "{:?}",
+        v.denied_by
+    );
 }
 
 #[test]
@@ -211,9 +276,16 @@ fn deletes_and_exec_into_another_tenant_are_refused() {
     for name in ["pod-delete.json", "pod-exec.json"] {
         let req = fixture(name);
         let (m, v, _) = w.admit(&req);
-        assert!(m.response.allowed && m.response.patch.is_none(), "{name}: mutation leaves it alone");
+        assert!(
+            m.response.allowed && m.response.patch.is_none(),
+            "{name}: mutation leaves it alone"
+        );
         assert!(!v.response.allowed, "{name}");
-        assert_eq!(v.denied_by, vec!["cross-tenant-write".to_string()], "{name}");
+        assert_eq!(
+            v.denied_by,
+            vec!["cross-tenant-write".to_string()],
+            "{name}"
+        );
         assert_eq!(v.response.uid, req.uid);
     }
 }
@@ -222,17 +294,28 @@ fn deletes_and_exec_into_another_tenant_are_refused() {
 fn namespace_subresources_cannot_relabel() {
     let w = World::new();
     let (_, v, _) = w.admit(&fixture("namespace-finalize.json"));
-    assert!(v.response.allowed, "the namespace controller finalizes: {:?}", v.response);
+    assert!(
+        v.response.allowed,
+        "the namespace controller finalizes: {:?}",
+        v.response
+    );
     let (_, v, _) = w.admit(&fixture("namespace-status-relabel.json"));
     assert!(!v.response.allowed);
-    assert!(v.denied_by.contains(&"tenant-labels".to_string()), "{:?}", v.denied_by);
+    assert!(
+        v.denied_by.contains(&"tenant-labels".to_string()),
+        "{:?}",
+        v.denied_by
+    );
 }
 
 #[test]
 fn ephemeral_containers_follow_the_cross_tenant_rule() {
     let w = World::new();
     let req = fixture("pod-ephemeralcontainers.json");
-    assert_eq!(w.admit(&req).1.denied_by, vec!["cross-tenant-write".to_string()]);
+    assert_eq!(
+        w.admit(&req).1.denied_by,
+        vec!["cross-tenant-write".to_string()]
+    );
     let mut own = req.clone();
     own.user_info.username = "alice".into();
     own.user_info.groups = vec!["acme-devs".into()];
@@ -296,13 +379,23 @@ fn unreadable_objects_are_denied_not_allowed() {
     assert!(!v.response.allowed);
     let status = v.response.status.unwrap();
     assert_eq!(status.code, 400);
-    assert!(status.message.contains("container `web` resources.requests.cpu"), "{}", status.message);
+    assert!(
+        status
+            .message
+            .contains("container `web` resources.requests.cpu"),
+        "{}",
+        status.message
+    );
 
     let mut req = fixture("pod-create.json");
     req.object["metadata"]["annotations"]["tenantry.dev/app-port"] = json!("http");
     let m = w.mutate(&req);
     assert!(!m.response.allowed);
-    assert!(m.response.message().contains("tenantry.dev/app-port: `http` is not a port number"));
+    assert!(
+        m.response
+            .message()
+            .contains("tenantry.dev/app-port: `http` is not a port number")
+    );
 }
 
 #[test]
@@ -319,6 +412,13 @@ fn a_policy_that_fails_to_evaluate_denies() {
         injection: InjectionConfig::default(),
     };
     let (_, v, _) = w.admit(&fixture("pod-create.json"));
-    assert!(!v.response.allowed, "an erroring forbid must not turn into an allow");
-    assert!(v.response.message().contains("policy evaluation failed"), "{}", v.response.message());
+    assert!(
+        !v.response.allowed,
+        "an erroring forbid must not turn into an allow"
+    );
+    assert!(
+        v.response.message().contains("policy evaluation failed"),
+        "{}",
+        v.response.message()
+    );
 }
