@@ -6,6 +6,7 @@
 //! [`PolicyEngine`]. The webhook and the enforcer depend on this crate and never on each other.
 
 pub mod directory;
+pub mod embedded;
 pub mod model;
 pub mod policy;
 pub mod postgres;
@@ -18,4 +19,4 @@ pub use model::{Status, TenantsFile};
 pub use policy::{PolicyEngine, PolicyError, SourceFile, Verdict};
 pub use postgres::{PostgresError, PostgresSource};
 pub use source::{SourceError, TenantSource};
-pub use store::DirectoryStore;
+pub use store::{DirectoryStore, PolicyStore};

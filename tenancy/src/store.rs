@@ -91,3 +91,93 @@ impl DirectoryStore {
         self.freshness.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+/// The live policy set of a directory: reloads swap in a new set only if it validates, so a
+/// broken edit never replaces a good loaded set.
+#[derive(Debug)]
+pub struct PolicyStore {
+    dir: std::path::PathBuf,
+    current: ArcSwap<crate::PolicyEngine>,
+    outcome: Mutex<ReloadOutcome>,
+}
+
+/// Counters and the last problem, for logs, metrics and `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadOutcome {
+    pub reloads: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+}
+
+impl PolicyStore {
+    /// Loads `dir`; fails if the first load is not valid (there is no good set to keep yet).
+    pub fn load(dir: &std::path::Path) -> Result<PolicyStore, crate::PolicyError> {
+        let engine = crate::PolicyEngine::load_dir(dir)?;
+        Ok(PolicyStore {
+            dir: dir.to_path_buf(),
+            current: ArcSwap::from_pointee(engine),
+            outcome: Mutex::new(ReloadOutcome::default()),
+        })
+    }
+
+    pub fn current(&self) -> Arc<crate::PolicyEngine> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the directory. On error the current set stays and the error is returned and kept.
+    pub fn reload(&self) -> Result<(), crate::PolicyError> {
+        let result = crate::PolicyEngine::load_dir(&self.dir);
+        let mut outcome = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(engine) => {
+                self.current.store(Arc::new(engine));
+                outcome.reloads += 1;
+                outcome.last_error = None;
+                Ok(())
+            }
+            Err(e) => {
+                outcome.failures += 1;
+                outcome.last_error = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    pub fn outcome(&self) -> ReloadOutcome {
+        self.outcome.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_reload_keeps_the_good_set() {
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let dir = std::env::temp_dir().join(format!("tenantry-policy-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for entry in std::fs::read_dir(&shipped).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+            }
+        }
+        let store = PolicyStore::load(&dir).unwrap();
+        let good = store.current().len();
+
+        std::fs::write(dir.join("broken.cedar"), "@id(\"b\")\nforbid (principal, action, resource) when { 1 };\n").unwrap();
+        let err = store.reload().unwrap_err().to_string();
+        assert!(err.contains("broken.cedar:2:"), "{err}");
+        assert_eq!(store.current().len(), good, "the good set stays");
+        assert_eq!(store.outcome().failures, 1);
+        assert!(store.outcome().last_error.unwrap().contains("broken.cedar"));
+
+        std::fs::write(dir.join("broken.cedar"), "@id(\"b\")\n@message(\"m\")\nforbid (principal, action, resource) when { false };\n").unwrap();
+        store.reload().unwrap();
+        assert_eq!(store.current().len(), good + 1);
+        assert_eq!(store.outcome().last_error, None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,55 @@
+//! Names the webhook server shares with its deployment: endpoints, default ports, the
+//! Kubernetes names in `deploy/`, and the kinds whose usage it watches (which RBAC must allow).
+//! The `deploy/` tests check the manifests against these constants.
+
+pub const MUTATE_PATH: &str = "/mutate";
+pub const VALIDATE_PATH: &str = "/validate";
+pub const HEALTHZ_PATH: &str = "/healthz";
+pub const READYZ_PATH: &str = "/readyz";
+pub const METRICS_PATH: &str = "/metrics";
+
+/// HTTPS for the API server (`--listen`).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+/// Plain HTTP for probes and Prometheus (`--metrics-listen`).
+pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9090";
+
+pub const NAMESPACE: &str = "tenantry-system";
+pub const SERVICE_NAME: &str = "tenantry-webhook";
+pub const SERVICE_ACCOUNT: &str = "tenantry-webhook";
+/// Name of both the MutatingWebhookConfiguration and the ValidatingWebhookConfiguration.
+pub const WEBHOOK_CONFIGURATION: &str = "tenantry";
+pub const MUTATING_WEBHOOK_NAME: &str = "mutate.tenantry.dev";
+pub const VALIDATING_WEBHOOK_NAME: &str = "validate.tenantry.dev";
+
+/// Namespaces Tenantry never intercepts, excluded by the API-server-set
+/// `kubernetes.io/metadata.name` label (a label tenants cannot set).
+pub const EXCLUDED_NAMESPACES: &[&str] = &["kube-system", "kube-node-lease", NAMESPACE];
+
+/// `(group, version, resource)` the webhook lists and watches to count usage and Ingress hosts.
+pub const WATCHED_RESOURCES: &[(&str, &str, &str)] = &[
+    ("", "v1", "namespaces"),
+    ("", "v1", "pods"),
+    ("", "v1", "services"),
+    ("", "v1", "persistentvolumeclaims"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "secrets"),
+    ("apps", "v1", "deployments"),
+    ("apps", "v1", "statefulsets"),
+    ("apps", "v1", "daemonsets"),
+    ("apps", "v1", "replicasets"),
+    ("batch", "v1", "jobs"),
+    ("batch", "v1", "cronjobs"),
+    ("networking.k8s.io", "v1", "ingresses"),
+];
+
+/// Subresources whose writes can change tenancy and must reach the webhook.
+pub const INTERCEPTED_SUBRESOURCES: &[&str] = &[
+    "pods/ephemeralcontainers",
+    "pods/exec",
+    "pods/attach",
+    "pods/portforward",
+    "namespaces/status",
+    "namespaces/finalize",
+    "services/status",
+    "serviceaccounts/token",
+];
