@@ -235,6 +235,37 @@ pub fn conforms(expected: &Value, actual: &Value) -> bool {
     }
 }
 
+/// Fields the API server fills in on containers after mutation; anything else a pod adds to the
+/// enforcer container (a `command`, `envFrom`, volumes) changes what it runs and is an alteration.
+const DEFAULTED_CONTAINER_FIELDS: &[&str] =
+    &["imagePullPolicy", "terminationMessagePath", "terminationMessagePolicy", "volumeMounts"];
+/// The one volume the API server mounts into every container: the service account token.
+const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Whether `actual` is the injected enforcer `expected`, give or take API-server defaults.
+/// Nested objects (probes, resources, ports) may gain defaulted fields; the container itself may
+/// not gain fields that change what it runs.
+pub fn sidecar_conforms(expected: &Value, actual: &Value) -> bool {
+    let (Some(e), Some(a)) = (expected.as_object(), actual.as_object()) else { return false };
+    let extra_ok = a.iter().all(|(k, v)| {
+        e.contains_key(k)
+            || match k.as_str() {
+                "volumeMounts" => v.as_array().into_iter().flatten().all(|m| {
+                    m.get("mountPath").and_then(Value::as_str) == Some(SERVICE_ACCOUNT_MOUNT)
+                }),
+                other => DEFAULTED_CONTAINER_FIELDS.contains(&other),
+            }
+    });
+    extra_ok
+        && e.iter().all(|(k, ev)| {
+            let Some(av) = a.get(k) else { return false };
+            match k.as_str() {
+                "readinessProbe" | "ports" | "resources" => conforms(ev, av),
+                _ => ev == av,
+            }
+        })
+}
+
 /// The enforcer state of a pod being created, against the container it should have.
 pub fn enforcer_state_on_create(pod: &Value, expected: &Value, mode: SidecarMode) -> EnforcerState {
     let Some(spec) = pod.get("spec") else {
@@ -251,7 +282,7 @@ pub fn enforcer_state_on_create(pod: &Value, expected: &Value, mode: SidecarMode
     match find_enforcer(spec, list) {
         None if opted_out(pod) => EnforcerState::OptedOut,
         None => EnforcerState::Missing,
-        Some(i) if conforms(expected, &spec[list][i]) => EnforcerState::Injected,
+        Some(i) if sidecar_conforms(expected, &spec[list][i]) => EnforcerState::Injected,
         Some(_) => EnforcerState::Altered,
     }
 }
@@ -313,6 +344,10 @@ fn is_reserved_toleration(t: &Value) -> bool {
 
 /// Whether a pod being created is scheduled as its tier says.
 pub fn scheduling_state_on_create(spec: &Value, tier: &Tier) -> SchedulingState {
+    // A pod naming its node skips the scheduler, and with it every taint and selector.
+    if spec.get("nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+        return SchedulingState::Altered;
+    }
     let s = &tier.scheduling;
     if let Some(class) = &s.priority_class {
         if spec.get("priorityClassName").and_then(Value::as_str) != Some(class) {
@@ -591,6 +626,29 @@ mod tests {
             err.starts_with("container `app` resources.requests.cpu:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_sidecar_with_extra_behaviour_does_not_conform() {
+        let expected = json!({"name": "tenantry-enforcer", "image": "e", "args": ["run"],
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15021}}});
+        let defaulted = json!({"name": "tenantry-enforcer", "image": "e", "args": ["run"],
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 15021, "scheme": "HTTP"}, "timeoutSeconds": 1},
+            "imagePullPolicy": "IfNotPresent",
+            "volumeMounts": [{"name": "kube-api-access-x", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]});
+        assert!(sidecar_conforms(&expected, &defaulted));
+        for (field, value) in [
+            ("command", json!(["/bin/sleep", "infinity"])),
+            ("envFrom", json!([{"secretRef": {"name": "x"}}])),
+            ("volumeMounts", json!([{"name": "host", "mountPath": "/host"}])),
+        ] {
+            let mut altered = defaulted.clone();
+            altered[field] = value;
+            assert!(!sidecar_conforms(&expected, &altered), "{field}");
+        }
+        let mut more_args = defaulted.clone();
+        more_args["args"] = json!(["run", "--upstream", "10.0.0.1:80"]);
+        assert!(!sidecar_conforms(&expected, &more_args));
     }
 
     #[test]

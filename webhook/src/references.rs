@@ -57,6 +57,23 @@ impl Collector<'_> {
         }
     }
 
+    fn nested_namespaces(&mut self, value: &Value, own_namespace: &str) {
+        match value {
+            Value::Object(map) => {
+                self.namespace_field(value, own_namespace);
+                for v in map.values() {
+                    self.nested_namespaces(v, own_namespace);
+                }
+            }
+            Value::Array(list) => {
+                for v in list {
+                    self.nested_namespaces(v, own_namespace);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// A label selector over namespaces: it must pin namespaces or tenants by a label only the
     /// API server or Tenantry sets, or else it can match anyone's namespace.
     fn namespace_selector(&mut self, selector: &Value) {
@@ -177,6 +194,10 @@ pub fn references(
     let spec = object.get("spec").unwrap_or(&Value::Null);
     match (group, kind) {
         ("networking.k8s.io", "NetworkPolicy") => {
+            // An ingress rule with no `from` admits every source, every tenant's pods included.
+            if items(spec.get("ingress")).any(|r| items(r.get("from")).next().is_none()) {
+                c.refs.any_tenant = true;
+            }
             let ingress = items(spec.get("ingress")).flat_map(|r| items(r.get("from")));
             let egress = items(spec.get("egress")).flat_map(|r| items(r.get("to")));
             for peer in ingress.chain(egress) {
@@ -212,13 +233,12 @@ pub fn references(
             }
         }
         ("gateway.networking.k8s.io", _) => {
-            for parent in items(spec.get("parentRefs")) {
-                c.namespace_field(parent, namespace);
-            }
-            for backend in items(spec.get("rules")).flat_map(|r| items(r.get("backendRefs"))) {
-                c.namespace_field(backend, namespace);
-            }
-            for host in items(spec.get("hostnames")).filter_map(Value::as_str) {
+            // Gateway API spells every cross-namespace reference as an object with a
+            // `namespace` field (parentRefs, backendRefs, filters' backendRef, listeners'
+            // certificateRefs, …), however deeply nested: collect them all.
+            c.nested_namespaces(spec, namespace);
+            let listener_hosts = items(spec.get("listeners")).filter_map(|l| l.get("hostname"));
+            for host in items(spec.get("hostnames")).chain(listener_hosts).filter_map(Value::as_str) {
                 c.host(usage, host);
             }
         }
@@ -252,16 +272,17 @@ fn items(v: Option<&Value>) -> impl Iterator<Item = &Value> {
     v.and_then(Value::as_array).into_iter().flatten()
 }
 
-/// `svc.ns`, `svc.ns.svc` or `svc.ns.svc.<cluster domain>` → `ns`. Other names are outside the
-/// cluster and reference nobody.
+/// The namespace of an in-cluster DNS name: `svc.ns`, `svc.ns.svc[.<domain>]`,
+/// `pod.svc.ns.svc[.<domain>]` (StatefulSet pods) and `a-b-c-d.ns.pod[.<domain>]` (pod records).
+/// Other names are outside the cluster and reference nobody.
 fn service_dns_namespace(name: &str) -> Option<&str> {
     let name = name.trim_end_matches('.');
     let labels: Vec<&str> = name.split('.').collect();
-    match labels.as_slice() {
-        [_, ns] => Some(ns),
-        [_, ns, "svc", ..] => Some(ns),
-        _ => None,
+    if let [_, ns] = labels.as_slice() {
+        return Some(ns);
     }
+    let marker = labels.iter().position(|l| *l == "svc" || *l == "pod")?;
+    (marker >= 2).then(|| labels[marker - 1])
 }
 
 #[cfg(test)]
@@ -280,5 +301,8 @@ mod tests {
         );
         assert_eq!(service_dns_namespace("db.globex-prod"), Some("globex-prod"));
         assert_eq!(service_dns_namespace("api.example.com"), None);
+        assert_eq!(service_dns_namespace("web-0.web.globex-prod.svc.cluster.local"), Some("globex-prod"));
+        assert_eq!(service_dns_namespace("10-42-1-7.globex-prod.pod.cluster.local"), Some("globex-prod"));
+        assert_eq!(service_dns_namespace("svc.example.com"), None);
     }
 }
