@@ -336,42 +336,41 @@ fn amounts_record(a: &Amounts) -> Result<RestrictedExpression, TranslateError> {
     .map_err(internal)
 }
 
-/// Principal entities: the identity, its groups, and the tenants and teams above them.
+/// The principal's ancestors: its groups, and the teams, tenants and clients above them.
 struct PrincipalBuilder<'a> {
     directory: &'a Directory,
     tenants: BTreeSet<Arc<str>>,
-    teams: BTreeSet<(Arc<str>, Arc<str>)>,
+    parents: HashSet<EntityUid>,
 }
 
 impl PrincipalBuilder<'_> {
-    fn parents(&mut self, memberships: &[Membership]) -> HashSet<EntityUid> {
-        let mut parents = HashSet::new();
+    fn add(&mut self, memberships: &[Membership]) {
         for m in memberships {
             self.tenants.insert(m.tenant.clone());
-            parents.insert(uid(&TYPES.tenant, &m.tenant));
+            self.parents.insert(uid(&TYPES.tenant, &m.tenant));
             if let Some(team) = &m.team {
-                self.teams.insert((m.tenant.clone(), team.clone()));
-                parents.insert(uid(&TYPES.team, &format!("{}/{}", m.tenant, team)));
+                self.parents.insert(uid(&TYPES.team, &format!("{}/{}", m.tenant, team)));
+            }
+            if let Some(client) = self.directory.tenant(&m.tenant).and_then(|t| t.client.as_ref()) {
+                self.parents.insert(uid(&TYPES.client, &client.id));
             }
         }
-        parents
     }
+}
 
-    fn tenant_entity(&self, id: &str) -> Result<Option<Entity>, TranslateError> {
-        let Some(t) = self.directory.tenant(id) else {
-            return Ok(None);
-        };
-        let attrs = HashMap::from([
-            ("name".to_string(), string(&t.id)),
-            ("tier".to_string(), string(&t.tier.name)),
-            ("status".to_string(), string(t.status.as_str())),
-        ]);
-        let parents: HashSet<EntityUid> =
-            t.client.iter().map(|c| uid(&TYPES.client, &c.id)).collect();
-        Entity::new(uid(&TYPES.tenant, id), attrs, parents)
-            .map(Some)
-            .map_err(internal)
-    }
+fn tenant_entity(directory: &Directory, id: &str) -> Result<Option<Entity>, TranslateError> {
+    let Some(t) = directory.tenant(id) else {
+        return Ok(None);
+    };
+    let attrs = HashMap::from([
+        ("name".to_string(), string(&t.id)),
+        ("tier".to_string(), string(&t.tier.name)),
+        ("status".to_string(), string(t.status.as_str())),
+    ]);
+    let parents: HashSet<EntityUid> = t.client.iter().map(|c| uid(&TYPES.client, &c.id)).collect();
+    Entity::new(uid(&TYPES.tenant, id), attrs, parents)
+        .map(Some)
+        .map_err(internal)
 }
 
 /// Builds the Cedar request for an admission request.
@@ -384,89 +383,50 @@ pub fn translate(
     let owner = directory.namespace_owner(&facts.namespace);
     let quota = quota_facts(inputs, req, owner.as_ref())?;
 
-    let mut entities: Vec<Entity> = Vec::with_capacity(12);
+    // The store holds only entities whose attributes policies read: the principal, the object,
+    // the tenants involved and the request's action. Groups, teams and clients appear as
+    // ancestor uids on the principal (all of them, transitively), which is all `in` needs.
+    let mut entities: Vec<Entity> = Vec::with_capacity(6);
     let mut builder = PrincipalBuilder {
         directory,
         tenants: BTreeSet::new(),
-        teams: BTreeSet::new(),
+        parents: HashSet::new(),
     };
-
-    // Groups first: their tenants are the principal's tenants too.
-    let mut principal_parents = HashSet::new();
     let groups: BTreeSet<&String> = req.user_info.groups.iter().collect();
     for group in groups {
-        let group_uid = uid(&TYPES.group, group);
-        let parents = builder.parents(directory.group_memberships(group));
-        entities.push(Entity::new_no_attrs(group_uid.clone(), parents));
-        principal_parents.insert(group_uid);
+        builder.parents.insert(uid(&TYPES.group, group));
+        builder.add(directory.group_memberships(group));
     }
     let info = &req.user_info;
-    let principal = if let Some((sa_namespace, sa_name)) = info.service_account() {
-        principal_parents
-            .extend(builder.parents(directory.serviceaccount_memberships(sa_namespace, sa_name)));
+    let (principal, mut attrs) = if let Some((sa_namespace, sa_name)) = info.service_account() {
+        builder.add(directory.serviceaccount_memberships(sa_namespace, sa_name));
         // A service account of a tenant namespace acts for that tenant, listed or not.
         if let Some(home) = directory.namespace_owner(sa_namespace) {
-            let implicit = [Membership {
-                tenant: home.tenant.id.clone(),
-                team: home.team.cloned(),
-            }];
-            principal_parents.extend(builder.parents(&implicit));
+            builder.add(&[Membership { tenant: home.tenant.id.clone(), team: home.team.cloned() }]);
         }
         let attrs = HashMap::from([
             ("name".to_string(), string(sa_name)),
             ("namespace".to_string(), string(sa_namespace)),
-            (
-                "tenant_member".to_string(),
-                RestrictedExpression::new_bool(!builder.tenants.is_empty()),
-            ),
         ]);
-        let principal = uid(&TYPES.service_account, &format!("{sa_namespace}:{sa_name}"));
-        entities.push(Entity::new(principal.clone(), attrs, principal_parents).map_err(internal)?);
-        principal
+        (uid(&TYPES.service_account, &format!("{sa_namespace}:{sa_name}")), attrs)
     } else {
-        principal_parents.extend(builder.parents(directory.user_memberships(&info.username)));
-        let attrs = HashMap::from([
-            ("name".to_string(), string(&info.username)),
-            (
-                "tenant_member".to_string(),
-                RestrictedExpression::new_bool(!builder.tenants.is_empty()),
-            ),
-        ]);
-        let principal = uid(&TYPES.user, &info.username);
-        entities.push(Entity::new(principal.clone(), attrs, principal_parents).map_err(internal)?);
-        principal
+        builder.add(directory.user_memberships(&info.username));
+        let attrs = HashMap::from([("name".to_string(), string(&info.username))]);
+        (uid(&TYPES.user, &info.username), attrs)
     };
-
+    attrs.insert(
+        "tenant_member".to_string(),
+        RestrictedExpression::new_bool(!builder.tenants.is_empty()),
+    );
     let mut tenants: BTreeSet<Arc<str>> = builder.tenants.clone();
+    entities.push(Entity::new(principal.clone(), attrs, builder.parents).map_err(internal)?);
     if let Some(o) = &facts.owner {
         tenants.insert(o.clone());
     }
-    for (tenant, team) in &builder.teams {
-        let attrs = HashMap::from([("name".to_string(), string(team))]);
-        let parents = HashSet::from([uid(&TYPES.tenant, tenant)]);
-        entities.push(
-            Entity::new(
-                uid(&TYPES.team, &format!("{tenant}/{team}")),
-                attrs,
-                parents,
-            )
-            .map_err(internal)?,
-        );
-    }
-    let mut clients = BTreeSet::new();
     for tenant in &tenants {
-        if let Some(e) = builder.tenant_entity(tenant)? {
+        if let Some(e) = tenant_entity(directory, tenant)? {
             entities.push(e);
         }
-        if let Some(c) = directory.tenant(tenant).and_then(|t| t.client.clone()) {
-            clients.insert(c.id.clone());
-        }
-    }
-    for client in clients {
-        let attrs = HashMap::from([("name".to_string(), string(&client))]);
-        entities.push(
-            Entity::new(uid(&TYPES.client, &client), attrs, HashSet::new()).map_err(internal)?,
-        );
     }
 
     // The object.
@@ -546,6 +506,9 @@ pub fn translate(
             RestrictedExpression::new_entity_uid(uid(&TYPES.tenant, o)),
         );
         parents.insert(uid(&TYPES.tenant, o));
+        if let Some(client) = directory.tenant(o).and_then(|t| t.client.as_ref()) {
+            parents.insert(uid(&TYPES.client, &client.id));
+        }
     }
     let tags = labels_of(object)
         .into_iter()
@@ -553,7 +516,9 @@ pub fn translate(
         .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), string(v))));
     entities
         .push(Entity::new_with_tags(resource_uid.clone(), attrs, parents, tags).map_err(internal)?);
-    entities.extend(inputs.policies.action_entities().iter().cloned());
+    // Only the request's own action is looked up (for `action in …`); it carries its ancestors.
+    let action = uid(&TYPES.action, req.operation.action());
+    entities.extend(inputs.policies.action_entities().iter().filter(|e| e.uid() == action).cloned());
 
     // The context.
     let old_tenant_label = if req.operation == Operation::Update {
@@ -588,7 +553,6 @@ pub fn translate(
     ])
     .map_err(internal)?;
 
-    let action = uid(&TYPES.action, req.operation.action());
     let request = Request::new(principal, action, resource_uid, context, None).map_err(internal)?;
     let entities = Entities::from_entities(entities, None).map_err(internal)?;
     Ok(Translation {
