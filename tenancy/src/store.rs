@@ -143,6 +143,11 @@ impl PolicyStore {
         }
     }
 
+    /// The directory the policies are loaded from.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn outcome(&self) -> ReloadOutcome {
         self.outcome.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

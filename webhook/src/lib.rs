@@ -10,10 +10,13 @@ pub mod admission;
 pub mod contract;
 pub mod decide;
 pub mod embedded;
+pub mod ledger;
+pub mod metrics;
 pub mod mutate;
 pub mod pod;
 pub mod references;
 pub mod review;
+pub mod server;
 pub mod translate;
 pub mod usage;
 

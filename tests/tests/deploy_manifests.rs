@@ -1,0 +1,1526 @@
+//! The Kubernetes manifests in `deploy/` against each other and against the webhook server.
+//!
+//! Every kustomization under `deploy/` is built here the way `kubectl apply -k` builds it, for
+//! the subset of kustomize the manifests use (`resources`, `configMapGenerator`, JSON 6902
+//! `patches`); anything else in a kustomization fails the test rather than being ignored. Every
+//! resulting object is parsed into its typed k8s-openapi struct, and a field the struct drops
+//! (a typo, a field of another kind) fails too. The objects are then checked against
+//! `tenantry_webhook::contract`: the names, ports, paths and kinds the server relies on.
+//!
+//! No cluster and no kubectl: this runs in plain `cargo test`.
+
+// Test code: a broken expectation is a panic with a message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, RuleWithOperations, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PodSpec, PodTemplateSpec, ResourceQuota, Secret, Service,
+    ServiceAccount,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tenantry_tests::repo_root;
+use tenantry_webhook::contract;
+
+/// The server's flags (`tenantry-webhook --help`), and whether each takes a value.
+const SERVER_FLAGS: &[(&str, bool)] = &[
+    ("listen", true),
+    ("metrics-listen", true),
+    ("tls-cert", true),
+    ("tls-key", true),
+    ("tls-bootstrap", false),
+    ("tenants", true),
+    ("policies", true),
+    ("redis", true),
+    ("kubeconfig", true),
+    ("state", true),
+    ("sidecar-image", true),
+    ("sidecar-mode", true),
+];
+
+/// The Secret `--tls-bootstrap` creates and every replica reads.
+const TLS_SECRET: &str = "tenantry-webhook-tls";
+
+/// The API server sets this label on every namespace to its name; nobody else can change it.
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+fn deploy_dir() -> PathBuf {
+    repo_root().join("deploy")
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small kustomize: exactly the features the manifests use.
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Kustomization {
+    api_version: String,
+    kind: String,
+    #[serde(default)]
+    resources: Vec<String>,
+    #[serde(default)]
+    config_map_generator: Vec<Generator>,
+    #[serde(default)]
+    patches: Vec<PatchRef>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Generator {
+    name: String,
+    namespace: Option<String>,
+    behavior: Option<String>,
+    #[serde(default)]
+    files: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchRef {
+    path: String,
+    target: Target,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Target {
+    group: Option<String>,
+    version: Option<String>,
+    kind: String,
+    name: Option<String>,
+    namespace: Option<String>,
+}
+
+/// The output of one kustomization, and every file it read.
+struct Build {
+    root: PathBuf,
+    objects: Vec<Value>,
+    files: BTreeSet<PathBuf>,
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn yaml_documents(path: &Path) -> Vec<Value> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&read(path))
+        .unwrap_or_else(|e| panic!("{}: not YAML: {e}", path.display()));
+    docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+/// A path a kustomization names must stay inside its root: kustomize's default load
+/// restrictor refuses anything else, so `kubectl apply -k` would fail.
+fn inside(root: &Path, relative: &str) -> PathBuf {
+    let path = canonical(&root.join(relative));
+    let within = path.starts_with(canonical(root));
+    assert!(
+        within,
+        "{}: `{relative}` is outside the kustomization root; kustomize refuses it",
+        root.display()
+    );
+    path
+}
+
+fn build(root: &Path) -> Build {
+    let file = root.join("kustomization.yaml");
+    let k: Kustomization =
+        serde_saphyr::from_str(&read(&file)).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    assert_eq!(
+        k.api_version,
+        "kustomize.config.k8s.io/v1beta1",
+        "{}",
+        file.display()
+    );
+    assert_eq!(k.kind, "Kustomization", "{}", file.display());
+    let mut out = Build {
+        root: root.to_path_buf(),
+        objects: Vec::new(),
+        files: BTreeSet::from([canonical(&file)]),
+    };
+
+    for resource in &k.resources {
+        let path = canonical(&root.join(resource));
+        if path.is_dir() {
+            let base = build(&path);
+            out.objects.extend(base.objects);
+            out.files.extend(base.files);
+        } else {
+            let path = inside(root, resource);
+            out.objects.extend(yaml_documents(&path));
+            out.files.insert(path);
+        }
+    }
+
+    for generator in &k.config_map_generator {
+        let mut data = serde_json::Map::new();
+        for entry in &generator.files {
+            // `key=path` or just `path` (the key is then the file name).
+            let (key, relative) = match entry.split_once('=') {
+                Some((key, path)) => (key.to_string(), path),
+                None => (
+                    Path::new(entry)
+                        .file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                    entry.as_str(),
+                ),
+            };
+            let path = inside(root, relative);
+            data.insert(key, Value::String(read(&path)));
+            out.files.insert(path);
+        }
+        let existing = out.objects.iter().position(|o| {
+            o["kind"] == "ConfigMap"
+                && o["metadata"]["name"] == generator.name.as_str()
+                && o["metadata"]["namespace"].as_str() == generator.namespace.as_deref()
+        });
+        match (generator.behavior.as_deref().unwrap_or("create"), existing) {
+            ("create", None) => out.objects.push(json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": generator.name, "namespace": generator.namespace},
+                "data": data,
+            })),
+            ("replace", Some(i)) => out.objects[i]["data"] = Value::Object(data),
+            ("merge", Some(i)) => {
+                let current = out.objects[i]["data"].as_object_mut().unwrap();
+                current.extend(data);
+            }
+            (behavior, existing) => panic!(
+                "{}: configMapGenerator `{}` with behavior `{behavior}` but the ConfigMap {}",
+                file.display(),
+                generator.name,
+                if existing.is_some() {
+                    "already exists"
+                } else {
+                    "does not exist"
+                }
+            ),
+        }
+    }
+
+    for patch_ref in &k.patches {
+        let path = inside(root, &patch_ref.path);
+        let docs = yaml_documents(&path);
+        assert!(
+            docs.len() == 1 && docs[0].is_array(),
+            "{}: only JSON 6902 patches (a YAML list of operations) are modelled here",
+            path.display()
+        );
+        let patch: json_patch::Patch = serde_json::from_value(docs[0].clone())
+            .unwrap_or_else(|e| panic!("{}: not a JSON patch: {e}", path.display()));
+        let t = &patch_ref.target;
+        let mut matched = 0;
+        for object in &mut out.objects {
+            let (group, version) = group_version(object["apiVersion"].as_str().unwrap_or(""));
+            let hit = object["kind"] == t.kind.as_str()
+                && t.group.as_deref().is_none_or(|g| g == group)
+                && t.version.as_deref().is_none_or(|v| v == version)
+                && t.name
+                    .as_deref()
+                    .is_none_or(|n| object["metadata"]["name"] == n)
+                && t.namespace
+                    .as_deref()
+                    .is_none_or(|n| object["metadata"]["namespace"] == n);
+            if hit {
+                json_patch::patch(object, &patch)
+                    .unwrap_or_else(|e| panic!("{}: does not apply: {e}", path.display()));
+                matched += 1;
+            }
+        }
+        assert!(
+            matched > 0,
+            "{}: the target matches nothing",
+            path.display()
+        );
+        out.files.insert(path);
+    }
+    out
+}
+
+fn group_version(api_version: &str) -> (&str, &str) {
+    api_version.split_once('/').unwrap_or(("", api_version))
+}
+
+/// Every directory under `deploy/` with a kustomization.yaml.
+fn kustomization_roots() -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = all_files(&deploy_dir())
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "kustomization.yaml"))
+        .map(|p| p.parent().unwrap().to_path_buf())
+        .collect();
+    roots.sort();
+    roots
+}
+
+fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(all_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn builds() -> Vec<Build> {
+    let roots = kustomization_roots();
+    let names: Vec<String> = roots
+        .iter()
+        .map(|r| r.strip_prefix(deploy_dir()).unwrap().display().to_string())
+        .collect();
+    assert!(
+        names.contains(&"base".to_string()) && names.contains(&"overlays/dev".to_string()),
+        "expected deploy/base and deploy/overlays/dev, found {names:?}"
+    );
+    roots.iter().map(|r| build(r.as_path())).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed views.
+
+/// Parses `value` into `T` and fails if `T` drops any field the manifest wrote.
+fn typed_strict<T: DeserializeOwned + serde::Serialize>(value: &Value, origin: &str) -> T {
+    let object: T = serde_json::from_value(value.clone())
+        .unwrap_or_else(|e| panic!("{origin}: not a valid {}: {e}", type_name::<T>()));
+    let back = serde_json::to_value(&object).unwrap();
+    if let Some(path) = lost_field(value, &back, String::new()) {
+        panic!(
+            "{origin}: `{path}` is not a field of {} (typo, or wrong place?)",
+            type_name::<T>()
+        );
+    }
+    object
+}
+
+fn type_name<T>() -> &'static str {
+    std::any::type_name::<T>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("?")
+}
+
+/// The first path present in `written` but absent from `parsed`.
+fn lost_field(written: &Value, parsed: &Value, at: String) -> Option<String> {
+    match (written, parsed) {
+        (Value::Object(w), Value::Object(p)) => w.iter().find_map(|(k, v)| match p.get(k) {
+            None if !v.is_null() => Some(format!("{at}.{k}")),
+            None => None,
+            Some(pv) => lost_field(v, pv, format!("{at}.{k}")),
+        }),
+        (Value::Array(w), Value::Array(p)) => w
+            .iter()
+            .zip(p)
+            .enumerate()
+            .find_map(|(i, (wv, pv))| lost_field(wv, pv, format!("{at}[{i}]"))),
+        _ => None,
+    }
+}
+
+fn parses<T: DeserializeOwned + serde::Serialize>(value: &Value, origin: &str) {
+    typed_strict::<T>(value, origin);
+}
+
+/// Parses every object of the build into its typed struct; unknown kinds fail.
+fn check_all_typed(b: &Build) {
+    for o in &b.objects {
+        let origin = format!(
+            "{}: {} {}",
+            b.root.display(),
+            o["kind"].as_str().unwrap_or("?"),
+            o["metadata"]["name"].as_str().unwrap_or("?")
+        );
+        let key = (
+            o["apiVersion"].as_str().unwrap_or(""),
+            o["kind"].as_str().unwrap_or(""),
+        );
+        match key {
+            ("v1", "Namespace") => parses::<Namespace>(o, &origin),
+            ("v1", "ServiceAccount") => parses::<ServiceAccount>(o, &origin),
+            ("v1", "Service") => parses::<Service>(o, &origin),
+            ("v1", "ConfigMap") => parses::<ConfigMap>(o, &origin),
+            ("v1", "Secret") => parses::<Secret>(o, &origin),
+            ("v1", "ResourceQuota") => parses::<ResourceQuota>(o, &origin),
+            ("apps/v1", "Deployment") => parses::<Deployment>(o, &origin),
+            ("batch/v1", "Job") => parses::<Job>(o, &origin),
+            ("policy/v1", "PodDisruptionBudget") => parses::<PodDisruptionBudget>(o, &origin),
+            ("rbac.authorization.k8s.io/v1", "ClusterRole") => parses::<ClusterRole>(o, &origin),
+            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+                parses::<ClusterRoleBinding>(o, &origin)
+            }
+            ("rbac.authorization.k8s.io/v1", "Role") => parses::<Role>(o, &origin),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => parses::<RoleBinding>(o, &origin),
+            ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
+                parses::<MutatingWebhookConfiguration>(o, &origin)
+            }
+            ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration") => {
+                parses::<ValidatingWebhookConfiguration>(o, &origin)
+            }
+            (api_version, kind) => panic!(
+                "{origin}: {api_version} {kind} is not a kind this test knows; add it to check_all_typed"
+            ),
+        }
+    }
+}
+
+impl Build {
+    fn all<T: k8s_openapi::Resource + DeserializeOwned>(&self) -> Vec<T> {
+        self.objects
+            .iter()
+            .filter(|o| o["apiVersion"] == T::API_VERSION && o["kind"] == T::KIND)
+            .map(|o| serde_json::from_value(o.clone()).unwrap())
+            .collect()
+    }
+
+    fn one<T: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta> + DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> T {
+        let mut found: Vec<T> = self
+            .all::<T>()
+            .into_iter()
+            .filter(|o| o.metadata().name.as_deref() == Some(name))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "{}: expected exactly one {} `{name}`",
+            self.root.display(),
+            T::KIND
+        );
+        found.remove(0)
+    }
+
+    fn find<
+        T: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta> + DeserializeOwned,
+    >(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<T> {
+        self.all::<T>().into_iter().find(|o| {
+            o.metadata().name.as_deref() == Some(name)
+                && o.metadata().namespace.as_deref() == Some(namespace)
+        })
+    }
+
+    /// Every pod template with where it came from.
+    fn pod_templates(&self) -> Vec<(String, PodTemplateSpec)> {
+        let mut out: Vec<(String, PodTemplateSpec)> = self
+            .all::<Deployment>()
+            .into_iter()
+            .map(|d| {
+                (
+                    format!("Deployment {}", d.metadata.name.unwrap_or_default()),
+                    d.spec.template,
+                )
+            })
+            .collect();
+        out.extend(self.all::<Job>().into_iter().map(|j| {
+            (
+                format!("Job {}", j.metadata.name.unwrap_or_default()),
+                j.spec.unwrap().template,
+            )
+        }));
+        out
+    }
+
+    fn webhook_deployment(&self) -> Deployment {
+        self.one::<Deployment>(contract::SERVICE_NAME)
+    }
+}
+
+fn pod_spec(d: &Deployment) -> PodSpec {
+    d.spec.template.spec.clone().unwrap()
+}
+
+fn template_labels(d: &Deployment) -> BTreeMap<String, String> {
+    d.spec
+        .template
+        .metadata
+        .clone()
+        .and_then(|m| m.labels)
+        .unwrap_or_default()
+}
+
+fn webhook_container(d: &Deployment) -> Container {
+    let spec = pod_spec(d);
+    let mut found: Vec<Container> = spec
+        .containers
+        .into_iter()
+        .filter(|c| {
+            c.image
+                .as_deref()
+                .is_some_and(|i| i.starts_with("ghcr.io/tenantry/tenantry-webhook:"))
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one container runs the tenantry-webhook image"
+    );
+    found.remove(0)
+}
+
+/// Whether `selector` selects pods labelled `labels` (matchLabels and matchExpressions).
+fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.clone().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            other => panic!("unknown selector operator `{other}`"),
+        }
+    });
+    let empty = selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(|m| m.is_empty());
+    !empty && by_labels && by_expressions
+}
+
+fn port_of(addr: &str) -> i32 {
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// The container port an `IntOrString` names (a number, or a port name of the container).
+fn resolve_port(container: &Container, port: &IntOrString) -> Option<i32> {
+    let ports = container.ports.clone().unwrap_or_default();
+    match port {
+        IntOrString::Int(n) => ports.iter().find(|p| p.container_port == *n).map(|_| *n),
+        IntOrString::String(name) => ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .map(|p| p.container_port),
+    }
+}
+
+/// `--flag=value` and `--flag value` arguments as a map; unknown flags fail.
+fn server_flags(
+    args: &[String],
+    env: &[(String, String)],
+    origin: &str,
+) -> BTreeMap<String, String> {
+    let mut flags = BTreeMap::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        let Some(flag) = arg.strip_prefix("--") else {
+            panic!("{origin}: `{arg}` is not a flag; the server takes no positional arguments");
+        };
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (flag, None),
+        };
+        let Some((_, takes_value)) = SERVER_FLAGS.iter().find(|(f, _)| *f == name) else {
+            panic!("{origin}: tenantry-webhook has no flag `--{name}`");
+        };
+        let value = match (takes_value, inline) {
+            (true, Some(v)) => v,
+            (true, None) => {
+                i += 1;
+                args.get(i)
+                    .unwrap_or_else(|| panic!("{origin}: `--{name}` needs a value"))
+                    .clone()
+            }
+            (false, None) => "true".to_string(),
+            (false, Some(v)) => panic!("{origin}: `--{name}` takes no value, got `{v}`"),
+        };
+        assert!(
+            flags.insert(name.to_string(), value).is_none(),
+            "{origin}: `--{name}` given twice"
+        );
+        i += 1;
+    }
+    for (var, value) in env {
+        let Some(name) = var.strip_prefix("TENANTRY_") else {
+            continue;
+        };
+        let name = name.to_lowercase().replace('_', "-");
+        assert!(
+            SERVER_FLAGS.iter().any(|(f, _)| *f == name),
+            "{origin}: env `{var}` matches no tenantry-webhook flag"
+        );
+        // clap: a flag on the command line wins over its environment variable, so giving both
+        // is a configuration that silently ignores one of them.
+        assert!(
+            !flags.contains_key(&name),
+            "{origin}: `--{name}` is given both as an argument and as env `{var}`"
+        );
+        flags.insert(name, value.clone());
+    }
+    flags
+}
+
+/// A container's env as (name, value), with `valueFrom` Secret keys resolved in the build.
+fn resolved_env(b: &Build, namespace: &str, c: &Container) -> Vec<(String, String)> {
+    c.env
+        .iter()
+        .flatten()
+        .map(|e| {
+            let value = match (&e.value, &e.value_from) {
+                (Some(v), None) => v.clone(),
+                (None, Some(from)) => {
+                    if let Some(r) = &from.secret_key_ref {
+                        secret_value(b, namespace, &r.name, &r.key)
+                    } else if let Some(r) = &from.config_map_key_ref {
+                        config_map(b, namespace, &r.name)
+                            .get(&r.key)
+                            .cloned()
+                            .unwrap_or_else(|| {
+                                panic!(
+                                    "env {}: ConfigMap `{}` has no key `{}`",
+                                    e.name, r.name, r.key
+                                )
+                            })
+                    } else {
+                        panic!(
+                            "env {}: only Secret and ConfigMap keys are resolved here",
+                            e.name
+                        )
+                    }
+                }
+                (None, None) => String::new(),
+                (Some(_), Some(_)) => panic!("env {} has both value and valueFrom", e.name),
+            };
+            (e.name.clone(), value)
+        })
+        .collect()
+}
+
+fn secret_value(b: &Build, namespace: &str, name: &str, key: &str) -> String {
+    let secret: Secret = b
+        .find(namespace, name)
+        .unwrap_or_else(|| panic!("{}: no Secret `{namespace}/{name}`", b.root.display()));
+    if let Some(v) = secret.string_data.and_then(|d| d.get(key).cloned()) {
+        return v;
+    }
+    secret
+        .data
+        .and_then(|d| d.get(key).cloned())
+        .map(|v| String::from_utf8(v.0).unwrap())
+        .unwrap_or_else(|| panic!("{}: Secret `{name}` has no key `{key}`", b.root.display()))
+}
+
+fn config_map(b: &Build, namespace: &str, name: &str) -> BTreeMap<String, String> {
+    let cm: ConfigMap = b
+        .find(namespace, name)
+        .unwrap_or_else(|| panic!("{}: no ConfigMap `{namespace}/{name}`", b.root.display()));
+    cm.data.unwrap_or_default()
+}
+
+/// For a `scheme://[user@]host.namespace.svc[:port]/…` URL: the Service it names exists and
+/// exposes that port.
+fn check_service_url(b: &Build, url: &str, default_port: i32, origin: &str) {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next().unwrap();
+    let host_port = authority.rsplit('@').next().unwrap();
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<i32>().unwrap()),
+        None => (host_port, default_port),
+    };
+    let Some(in_cluster) = host
+        .strip_suffix(".svc")
+        .or_else(|| host.strip_suffix(".svc.cluster.local"))
+    else {
+        panic!("{origin}: `{url}` does not name an in-cluster Service (NAME.NAMESPACE.svc)");
+    };
+    let (name, namespace) = in_cluster.split_once('.').unwrap();
+    let service: Service = b.find(namespace, name).unwrap_or_else(|| {
+        panic!("{origin}: `{url}` names Service {namespace}/{name}, which is not in the build")
+    });
+    let ports = service.spec.unwrap().ports.unwrap_or_default();
+    assert!(
+        ports.iter().any(|p| p.port == port),
+        "{origin}: Service {name} has no port {port} for `{url}`"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checks.
+
+#[test]
+fn every_file_under_deploy_is_used_by_a_kustomization() {
+    let used: BTreeSet<PathBuf> = builds().into_iter().flat_map(|b| b.files).collect();
+    let unused: Vec<PathBuf> = all_files(&deploy_dir())
+        .into_iter()
+        .map(|p| canonical(&p))
+        .filter(|p| !used.contains(p))
+        .filter(|p| p.extension().is_none_or(|e| e != "md"))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "files under deploy/ that no kustomization reads (list them, or delete them): {unused:#?}"
+    );
+}
+
+#[test]
+fn every_object_parses_into_its_typed_struct() {
+    for b in builds() {
+        check_all_typed(&b);
+    }
+}
+
+#[test]
+fn names_and_namespaces() {
+    for b in builds() {
+        let mut seen = BTreeSet::new();
+        for o in &b.objects {
+            let kind = o["kind"].as_str().unwrap();
+            let name = o["metadata"]["name"].as_str().unwrap_or_default();
+            let namespace = o["metadata"]["namespace"].as_str();
+            let cluster_scoped = matches!(
+                kind,
+                "Namespace"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "MutatingWebhookConfiguration"
+                    | "ValidatingWebhookConfiguration"
+            );
+            if cluster_scoped {
+                assert_eq!(namespace, None, "{kind} {name} is cluster-scoped");
+            } else {
+                assert_eq!(
+                    namespace,
+                    Some(contract::NAMESPACE),
+                    "{}: {kind} {name} must say `namespace: {}` itself",
+                    b.root.display(),
+                    contract::NAMESPACE
+                );
+            }
+            assert!(
+                seen.insert((
+                    kind.to_string(),
+                    namespace.map(str::to_string),
+                    name.to_string()
+                )),
+                "{}: {kind} {name} defined twice",
+                b.root.display()
+            );
+        }
+
+        let ns = b.one::<Namespace>(contract::NAMESPACE);
+        let labels = ns.metadata.labels.unwrap_or_default();
+        assert_eq!(
+            labels
+                .get("pod-security.kubernetes.io/enforce")
+                .map(String::as_str),
+            Some("restricted")
+        );
+        b.one::<ServiceAccount>(contract::SERVICE_ACCOUNT);
+        b.one::<Service>(contract::SERVICE_NAME);
+        let d = b.webhook_deployment();
+        assert_eq!(
+            pod_spec(&d).service_account_name.as_deref(),
+            Some(contract::SERVICE_ACCOUNT)
+        );
+    }
+}
+
+#[test]
+fn deployment_is_highly_available() {
+    for b in builds() {
+        let d = b.webhook_deployment();
+        let spec = d.spec.clone();
+        let labels = template_labels(&d);
+        assert_eq!(spec.replicas, Some(3));
+        assert!(
+            selects(&spec.selector, &labels),
+            "the Deployment's selector must match its own template labels"
+        );
+
+        let pdbs: Vec<PodDisruptionBudget> = b
+            .all::<PodDisruptionBudget>()
+            .into_iter()
+            .filter(|p| selects(p.spec.as_ref().unwrap().selector.as_ref().unwrap(), &labels))
+            .collect();
+        assert_eq!(
+            pdbs.len(),
+            1,
+            "one PodDisruptionBudget covers the webhook pods"
+        );
+        let pdb = pdbs[0].spec.clone().unwrap();
+        let ok = pdb.min_available == Some(IntOrString::Int(2))
+            || pdb.max_unavailable == Some(IntOrString::Int(1));
+        assert!(ok, "PDB: minAvailable 2 or maxUnavailable 1, got {pdb:?}");
+
+        let anti = pod_spec(&d)
+            .affinity
+            .and_then(|a| a.pod_anti_affinity)
+            .and_then(|a| a.preferred_during_scheduling_ignored_during_execution)
+            .unwrap_or_default();
+        assert!(
+            anti.iter().any(
+                |t| t.pod_affinity_term.topology_key == "kubernetes.io/hostname"
+                    && t.pod_affinity_term
+                        .label_selector
+                        .as_ref()
+                        .is_some_and(|s| selects(s, &labels))
+            ),
+            "preferred podAntiAffinity on kubernetes.io/hostname selecting the webhook pods"
+        );
+
+        let c = webhook_container(&d);
+        let requests = c
+            .resources
+            .clone()
+            .and_then(|r| r.requests)
+            .unwrap_or_default();
+        assert!(
+            requests.contains_key("cpu") && requests.contains_key("memory"),
+            "the webhook requests cpu and memory"
+        );
+        let sc = c.security_context.clone().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+    }
+}
+
+#[test]
+fn every_pod_meets_the_restricted_pod_security_standard() {
+    // tenantry-system enforces `restricted`; a pod that misses one of these is rejected at
+    // creation, long after `kubectl apply` reported success.
+    for b in builds() {
+        for (origin, template) in b.pod_templates() {
+            let spec = template.spec.unwrap();
+            let origin = format!("{}: {origin}", b.root.display());
+            let psc = spec.security_context.clone().unwrap_or_default();
+            assert_eq!(
+                psc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+                Some("RuntimeDefault"),
+                "{origin}: seccompProfile RuntimeDefault"
+            );
+            assert!(spec.host_network != Some(true) && spec.host_pid != Some(true));
+            assert!(spec.host_ipc != Some(true), "{origin}: no host namespaces");
+            for v in spec.volumes.iter().flatten() {
+                assert!(v.host_path.is_none(), "{origin}: no hostPath volumes");
+            }
+            let containers = spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten());
+            for c in containers {
+                let sc = c.security_context.clone().unwrap_or_default();
+                let who = format!("{origin} container {}", c.name);
+                assert!(
+                    sc.run_as_non_root.or(psc.run_as_non_root) == Some(true),
+                    "{who}: runAsNonRoot"
+                );
+                assert_ne!(
+                    sc.run_as_user.or(psc.run_as_user),
+                    Some(0),
+                    "{who}: not uid 0"
+                );
+                assert_eq!(sc.allow_privilege_escalation, Some(false), "{who}");
+                assert_ne!(sc.privileged, Some(true), "{who}");
+                let caps = sc.capabilities.unwrap_or_default();
+                assert_eq!(caps.drop, Some(vec!["ALL".to_string()]), "{who}: drop ALL");
+                assert!(
+                    caps.add
+                        .unwrap_or_default()
+                        .iter()
+                        .all(|c| c == "NET_BIND_SERVICE"),
+                    "{who}: adds only NET_BIND_SERVICE"
+                );
+                let requests = c
+                    .resources
+                    .clone()
+                    .and_then(|r| r.requests)
+                    .unwrap_or_default();
+                assert!(
+                    requests.contains_key("cpu") && requests.contains_key("memory"),
+                    "{who}: resource requests"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_service_selects_pods_and_targets_their_ports() {
+    for b in builds() {
+        let deployments = b.all::<Deployment>();
+        for s in b.all::<Service>() {
+            let name = s.metadata.name.clone().unwrap();
+            let spec = s.spec.unwrap();
+            let selector = spec.selector.unwrap_or_default();
+            assert!(!selector.is_empty(), "Service {name} has a selector");
+            let backends: Vec<&Deployment> = deployments
+                .iter()
+                .filter(|d| {
+                    let labels = template_labels(d);
+                    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+                })
+                .collect();
+            assert_eq!(
+                backends.len(),
+                1,
+                "{}: Service {name} selects exactly one Deployment's pods",
+                b.root.display()
+            );
+            let containers = pod_spec(backends[0]).containers;
+            for port in spec.ports.unwrap_or_default() {
+                let target = port
+                    .target_port
+                    .clone()
+                    .unwrap_or(IntOrString::Int(port.port));
+                assert!(
+                    containers
+                        .iter()
+                        .any(|c| resolve_port(c, &target).is_some()),
+                    "Service {name} port {} targets {target:?}, which no container declares",
+                    port.port
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn webhook_service_reaches_the_https_listener() {
+    for b in builds() {
+        let d = b.webhook_deployment();
+        let c = webhook_container(&d);
+        let https = c
+            .ports
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| p.container_port == port_of(contract::DEFAULT_LISTEN))
+            .expect("the webhook container declares its --listen port");
+        let port_name = https.name.expect("the HTTPS port is named");
+
+        let service = b.one::<Service>(contract::SERVICE_NAME);
+        let spec = service.spec.unwrap();
+        let labels = template_labels(&d);
+        let selector = spec.selector.unwrap();
+        assert!(
+            selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+            "Service selector {selector:?} ⊆ Deployment template labels {labels:?}"
+        );
+        let port443 = spec
+            .ports
+            .unwrap()
+            .into_iter()
+            .find(|p| p.port == 443)
+            .expect("the Service listens on 443, where clientConfig.service points");
+        assert_eq!(port443.target_port, Some(IntOrString::String(port_name)));
+    }
+}
+
+#[test]
+fn probes_hit_the_contract_paths_on_the_metrics_port() {
+    for b in builds() {
+        let c = webhook_container(&b.webhook_deployment());
+        for (probe, path) in [
+            (c.readiness_probe.clone(), contract::READYZ_PATH),
+            (c.liveness_probe.clone(), contract::HEALTHZ_PATH),
+        ] {
+            let get = probe
+                .and_then(|p| p.http_get)
+                .unwrap_or_else(|| panic!("an HTTP probe on {path}"));
+            assert_eq!(get.path.as_deref(), Some(path));
+            assert_eq!(get.scheme.as_deref().unwrap_or("HTTP"), "HTTP");
+            assert_eq!(
+                resolve_port(&c, &get.port),
+                Some(port_of(contract::DEFAULT_METRICS_LISTEN)),
+                "probe {path} must hit the --metrics-listen port"
+            );
+        }
+    }
+}
+
+#[test]
+fn server_arguments_are_flags_the_server_has_and_agree_with_the_pod() {
+    for b in builds() {
+        let d = b.webhook_deployment();
+        let spec = pod_spec(&d);
+        let c = webhook_container(&d);
+        let origin = format!("{}: webhook container", b.root.display());
+        let env = resolved_env(&b, contract::NAMESPACE, &c);
+        let flags = server_flags(&c.args.clone().unwrap_or_default(), &env, &origin);
+
+        assert_eq!(
+            flags.get("listen").map(String::as_str),
+            Some(contract::DEFAULT_LISTEN)
+        );
+        assert_eq!(
+            flags.get("metrics-listen").map(String::as_str),
+            Some(contract::DEFAULT_METRICS_LISTEN)
+        );
+        assert_eq!(flags.get("tls-bootstrap").map(String::as_str), Some("true"));
+        assert!(
+            !flags.contains_key("state"),
+            "--state is for clusterless use only"
+        );
+        assert!(
+            !flags.contains_key("kubeconfig"),
+            "in-cluster config, not a kubeconfig"
+        );
+
+        let volumes = spec.volumes.clone().unwrap_or_default();
+        let mounts = c.volume_mounts.clone().unwrap_or_default();
+        let mount_of = |path: &str| {
+            mounts
+                .iter()
+                .filter(|m| Path::new(path).starts_with(&m.mount_path))
+                .max_by_key(|m| m.mount_path.len())
+                .unwrap_or_else(|| panic!("{origin}: nothing is mounted at `{path}`"))
+                .clone()
+        };
+        let volume_of = |name: &str| {
+            volumes
+                .iter()
+                .find(|v| v.name == name)
+                .unwrap_or_else(|| panic!("{origin}: no volume `{name}`"))
+                .clone()
+        };
+
+        // --tls-bootstrap writes the certificate: a writable emptyDir, not the read-only root.
+        for flag in ["tls-cert", "tls-key"] {
+            let path = &flags[flag];
+            let m = mount_of(path);
+            assert_ne!(
+                m.read_only,
+                Some(true),
+                "{origin}: --{flag} must be writable"
+            );
+            assert!(
+                volume_of(&m.name).empty_dir.is_some(),
+                "{origin}: --{flag} lives on an emptyDir"
+            );
+        }
+
+        // --policies is the mount of the policies ConfigMap.
+        let m = mount_of(&flags["policies"]);
+        assert_eq!(
+            m.mount_path, flags["policies"],
+            "{origin}: --policies is the mount itself"
+        );
+        let cm = volume_of(&m.name)
+            .config_map
+            .expect("--policies is a ConfigMap volume");
+        check_policies_config_map(&config_map(&b, contract::NAMESPACE, &cm.name));
+
+        // --tenants: a file in a mounted ConfigMap, or a Postgres URL of a Service in the build.
+        let tenants = flags.get("tenants").expect("--tenants or TENANTRY_TENANTS");
+        if tenants.starts_with("postgres://") || tenants.starts_with("postgresql://") {
+            check_service_url(&b, tenants, 5432, &origin);
+        } else {
+            let m = mount_of(tenants);
+            let cm = volume_of(&m.name)
+                .config_map
+                .expect("tenants ConfigMap volume");
+            let key = Path::new(tenants).strip_prefix(&m.mount_path).unwrap();
+            let text = config_map(&b, contract::NAMESPACE, &cm.name)
+                .get(key.to_str().unwrap())
+                .cloned()
+                .unwrap_or_else(|| {
+                    panic!("{origin}: ConfigMap {} has no `{}`", cm.name, key.display())
+                });
+            tenantry_tenancy::source::parse_yaml(&text, Path::new(tenants))
+                .unwrap_or_else(|e| panic!("{origin}: {tenants}: {e}"));
+        }
+        if let Some(redis) = flags.get("redis") {
+            assert!(redis.starts_with("redis://") || redis.starts_with("rediss://"));
+            check_service_url(&b, redis, 6379, &origin);
+        }
+
+        if let Some(mode) = flags.get("sidecar-mode") {
+            assert!(
+                mode.parse::<tenantry_webhook::pod::SidecarMode>().is_ok(),
+                "{origin}: --sidecar-mode `{mode}`"
+            );
+        }
+        // The enforcer image follows the webhook's version.
+        let version = |image: &str| image.rsplit_once(':').map(|(_, t)| t.to_string());
+        if let Some(image) = flags.get("sidecar-image") {
+            assert!(image.starts_with("ghcr.io/tenantry/tenantry-enforcer:"));
+            assert_eq!(version(image), version(c.image.as_deref().unwrap()));
+        }
+    }
+}
+
+/// The ConfigMap carries exactly `policies/*.cedar` and the schema, byte for byte.
+fn check_policies_config_map(data: &BTreeMap<String, String>) {
+    let dir = repo_root().join("policies");
+    let mut expected = BTreeMap::new();
+    for path in all_files(&dir) {
+        if path.parent() != Some(dir.as_path()) {
+            continue; // policies/tests/ holds test cases, not policies
+        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".cedar") || name == "tenantry.cedarschema" {
+            expected.insert(name, read(&path));
+        }
+    }
+    assert!(expected.contains_key("tenantry.cedarschema"));
+    let have: BTreeSet<&String> = data.keys().collect();
+    let want: BTreeSet<&String> = expected.keys().collect();
+    assert_eq!(
+        have, want,
+        "the policies ConfigMap must list every policies/*.cedar file and the schema \
+         (deploy/base/kustomization.yaml configMapGenerator)"
+    );
+    for (name, text) in &expected {
+        assert!(
+            data[name] == *text,
+            "deploy/base/policies/{name} differs from policies/{name}; refresh the copies:\n  \
+             cp policies/*.cedar policies/tenantry.cedarschema deploy/base/policies/"
+        );
+    }
+}
+
+#[test]
+fn webhook_configurations_point_at_the_server() {
+    for b in builds() {
+        let service = b.one::<Service>(contract::SERVICE_NAME);
+        let service_ports: Vec<i32> = service
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .iter()
+            .map(|p| p.port)
+            .collect();
+
+        let mutating = b.one::<MutatingWebhookConfiguration>(contract::WEBHOOK_CONFIGURATION);
+        let webhooks = mutating.webhooks.unwrap();
+        assert_eq!(webhooks.len(), 1);
+        let m = &webhooks[0];
+        assert_eq!(m.name, contract::MUTATING_WEBHOOK_NAME);
+        assert_eq!(m.reinvocation_policy.as_deref(), Some("IfNeeded"));
+        check_webhook(Webhook {
+            config: &m.client_config,
+            path: contract::MUTATE_PATH,
+            versions: &m.admission_review_versions,
+            failure_policy: m.failure_policy.as_deref(),
+            side_effects: &m.side_effects,
+            match_policy: m.match_policy.as_deref(),
+            timeout: m.timeout_seconds,
+            namespace_selector: m.namespace_selector.as_ref(),
+            object_selector: m.object_selector.as_ref(),
+            service_ports: &service_ports,
+        });
+        let rules = m.rules.clone().unwrap_or_default();
+        assert!(
+            rules
+                .iter()
+                .any(|r| all_resources(r) && has_operations(r, &["CREATE", "UPDATE"])),
+            "mutating: CREATE and UPDATE of every resource"
+        );
+
+        let validating = b.one::<ValidatingWebhookConfiguration>(contract::WEBHOOK_CONFIGURATION);
+        let webhooks = validating.webhooks.unwrap();
+        assert_eq!(webhooks.len(), 1);
+        let v = &webhooks[0];
+        assert_eq!(v.name, contract::VALIDATING_WEBHOOK_NAME);
+        check_webhook(Webhook {
+            config: &v.client_config,
+            path: contract::VALIDATE_PATH,
+            versions: &v.admission_review_versions,
+            failure_policy: v.failure_policy.as_deref(),
+            side_effects: &v.side_effects,
+            match_policy: v.match_policy.as_deref(),
+            timeout: v.timeout_seconds,
+            namespace_selector: v.namespace_selector.as_ref(),
+            object_selector: v.object_selector.as_ref(),
+            service_ports: &service_ports,
+        });
+        let rules = v.rules.clone().unwrap_or_default();
+        let every_op = ["CREATE", "UPDATE", "DELETE", "CONNECT"];
+        assert!(
+            rules
+                .iter()
+                .any(|r| all_resources(r) && has_operations(r, &every_op)),
+            "validating: CREATE, UPDATE, DELETE and CONNECT of every resource"
+        );
+        let mut subresources = BTreeSet::new();
+        for r in &rules {
+            for resource in r.resources.iter().flatten().filter(|r| r.contains('/')) {
+                assert!(
+                    has_operations(r, &every_op),
+                    "validating: {resource} for every operation"
+                );
+                assert!(
+                    r.api_groups
+                        .iter()
+                        .flatten()
+                        .any(|g| g.is_empty() || g == "*"),
+                    "validating: {resource} is in the core group"
+                );
+                subresources.insert(resource.as_str().to_string());
+            }
+        }
+        let expected: BTreeSet<String> = contract::INTERCEPTED_SUBRESOURCES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            subresources, expected,
+            "validating rules must list exactly contract::INTERCEPTED_SUBRESOURCES"
+        );
+    }
+}
+
+struct Webhook<'a> {
+    config: &'a k8s_openapi::api::admissionregistration::v1::WebhookClientConfig,
+    path: &'a str,
+    versions: &'a [String],
+    failure_policy: Option<&'a str>,
+    side_effects: &'a str,
+    match_policy: Option<&'a str>,
+    timeout: Option<i32>,
+    namespace_selector: Option<&'a LabelSelector>,
+    object_selector: Option<&'a LabelSelector>,
+    service_ports: &'a [i32],
+}
+
+fn check_webhook(w: Webhook<'_>) {
+    let who = w.path;
+    assert_eq!(
+        w.config.url, None,
+        "{who}: in-cluster webhooks use clientConfig.service"
+    );
+    assert_eq!(
+        w.config.ca_bundle, None,
+        "{who}: caBundle stays absent in the manifests; --tls-bootstrap fills it in"
+    );
+    let service = w.config.service.clone().expect("clientConfig.service");
+    assert_eq!(service.name, contract::SERVICE_NAME);
+    assert_eq!(service.namespace, contract::NAMESPACE);
+    assert_eq!(service.path.as_deref(), Some(w.path));
+    let port = service.port.unwrap_or(443);
+    assert!(
+        w.service_ports.contains(&port),
+        "{who}: the Service has port {port}"
+    );
+    assert_eq!(w.versions, ["v1"], "{who}: admissionReviewVersions");
+    assert_eq!(w.failure_policy, Some("Fail"), "{who}: failurePolicy");
+    assert_eq!(w.side_effects, "NoneOnDryRun", "{who}: sideEffects");
+    assert_eq!(w.match_policy, Some("Equivalent"), "{who}: matchPolicy");
+    let timeout = w.timeout.expect("an explicit timeoutSeconds");
+    assert!(
+        (1..=10).contains(&timeout),
+        "{who}: timeoutSeconds {timeout} is not short"
+    );
+
+    assert_eq!(
+        w.object_selector, None,
+        "{who}: no objectSelector (object labels are the tenant's)"
+    );
+    let selector = w.namespace_selector.expect("a namespaceSelector");
+    assert!(
+        selector.match_labels.as_ref().is_none_or(|m| m.is_empty()),
+        "{who}: namespaceSelector uses no matchLabels"
+    );
+    let expressions = selector.match_expressions.clone().unwrap_or_default();
+    assert_eq!(
+        expressions.len(),
+        1,
+        "{who}: exactly one namespace exclusion"
+    );
+    let e = &expressions[0];
+    assert_eq!(
+        e.key, NAMESPACE_NAME_LABEL,
+        "{who}: exclusions only by the API-server-set label"
+    );
+    assert_eq!(e.operator, "NotIn");
+    let values: BTreeSet<&str> = e.values.iter().flatten().map(String::as_str).collect();
+    let excluded: BTreeSet<&str> = contract::EXCLUDED_NAMESPACES.iter().copied().collect();
+    assert_eq!(
+        values, excluded,
+        "{who}: exactly contract::EXCLUDED_NAMESPACES"
+    );
+    for ns in ["acme-dev", "default", "kube-public"] {
+        let labels = BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), ns.to_string())]);
+        assert!(selects(selector, &labels), "{who}: `{ns}` is intercepted");
+    }
+}
+
+fn all_resources(r: &RuleWithOperations) -> bool {
+    let star = |v: &Option<Vec<String>>| v.as_deref() == Some(&["*".to_string()][..]);
+    star(&r.api_groups)
+        && star(&r.api_versions)
+        && star(&r.resources)
+        && r.scope.as_deref().is_none_or(|s| s == "*")
+}
+
+fn has_operations(r: &RuleWithOperations, ops: &[&str]) -> bool {
+    let have = r.operations.clone().unwrap_or_default();
+    have.iter().any(|o| o == "*") || ops.iter().all(|o| have.iter().any(|h| h == o))
+}
+
+/// One permission: (apiGroup, resource, verb, resourceName or "").
+type Grant = (String, String, String, String);
+
+fn grants(rules: &[PolicyRule], origin: &str) -> BTreeSet<Grant> {
+    let mut out = BTreeSet::new();
+    for rule in rules {
+        assert!(
+            rule.non_resource_urls.is_none(),
+            "{origin}: no nonResourceURLs"
+        );
+        let names = rule.resource_names.clone().unwrap_or_default();
+        let names = if names.is_empty() {
+            vec![String::new()]
+        } else {
+            names
+        };
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    for name in &names {
+                        for part in [group, resource, verb] {
+                            assert_ne!(part, "*", "{origin}: no wildcards in RBAC");
+                        }
+                        out.insert((group.clone(), resource.clone(), verb.clone(), name.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn grant(group: &str, resource: &str, verb: &str, name: &str) -> Grant {
+    (group.into(), resource.into(), verb.into(), name.into())
+}
+
+#[test]
+fn rbac_is_exactly_what_the_server_needs() {
+    for b in builds() {
+        let origin = b.root.display().to_string();
+        let sa_subject = |subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
+            subjects.iter().flatten().any(|s| {
+                s.kind == "ServiceAccount"
+                    && s.name == contract::SERVICE_ACCOUNT
+                    && s.namespace.as_deref() == Some(contract::NAMESPACE)
+            })
+        };
+
+        // Cluster-wide: watch the usage kinds, patch the two webhook configurations.
+        let roles = b.all::<ClusterRole>();
+        assert_eq!(roles.len(), 1, "{origin}: one ClusterRole");
+        let role = &roles[0];
+        let bindings = b.all::<ClusterRoleBinding>();
+        assert!(
+            bindings.iter().any(|rb| rb.role_ref.kind == "ClusterRole"
+                && Some(&rb.role_ref.name) == role.metadata.name.as_ref()
+                && sa_subject(&rb.subjects)),
+            "{origin}: the ClusterRole is bound to the webhook's ServiceAccount"
+        );
+        let have = grants(role.rules.as_deref().unwrap_or_default(), &origin);
+        let mut want = BTreeSet::new();
+        for (group, _version, resource) in contract::WATCHED_RESOURCES {
+            for verb in ["list", "watch"] {
+                want.insert(grant(group, resource, verb, ""));
+            }
+        }
+        for resource in [
+            "mutatingwebhookconfigurations",
+            "validatingwebhookconfigurations",
+        ] {
+            for verb in ["get", "patch"] {
+                want.insert(grant(
+                    "admissionregistration.k8s.io",
+                    resource,
+                    verb,
+                    contract::WEBHOOK_CONFIGURATION,
+                ));
+            }
+        }
+        assert_eq!(
+            have, want,
+            "{origin}: ClusterRole grants (left) must be exactly list+watch on WATCHED_RESOURCES \
+             and get+patch on the `tenantry` webhook configurations (right)"
+        );
+
+        // In tenantry-system: read and create the TLS Secret, nothing else.
+        let roles = b.all::<Role>();
+        assert_eq!(roles.len(), 1, "{origin}: one Role");
+        let role = &roles[0];
+        assert_eq!(
+            role.metadata.namespace.as_deref(),
+            Some(contract::NAMESPACE)
+        );
+        assert!(
+            b.all::<RoleBinding>()
+                .iter()
+                .any(|rb| rb.role_ref.kind == "Role"
+                    && Some(&rb.role_ref.name) == role.metadata.name.as_ref()
+                    && sa_subject(&rb.subjects)),
+            "{origin}: the Role is bound to the webhook's ServiceAccount"
+        );
+        let have = grants(role.rules.as_deref().unwrap_or_default(), &origin);
+        let get_named = grant("", "secrets", "get", TLS_SECRET);
+        let get_any = grant("", "secrets", "get", "");
+        let create = grant("", "secrets", "create", "");
+        assert!(
+            have.contains(&create) && (have.contains(&get_named) || have.contains(&get_any)),
+            "{origin}: get+create on Secrets in {}",
+            contract::NAMESPACE
+        );
+        assert!(
+            have.len() == 2,
+            "{origin}: the Role grants only get+create on Secrets, got {have:?}"
+        );
+    }
+}
+
+#[test]
+fn generated_config_maps_and_secrets_are_referenced_and_exist() {
+    for b in builds() {
+        for (origin, template) in b.pod_templates() {
+            let origin = format!("{}: {origin}", b.root.display());
+            let spec = template.spec.unwrap();
+            for v in spec.volumes.iter().flatten() {
+                if let Some(cm) = &v.config_map {
+                    config_map(&b, contract::NAMESPACE, &cm.name);
+                }
+                if let Some(secret) = &v.secret {
+                    let name = secret.secret_name.clone().unwrap();
+                    assert!(
+                        name == TLS_SECRET
+                            || b.find::<Secret>(contract::NAMESPACE, &name).is_some(),
+                        "{origin}: Secret volume `{name}`"
+                    );
+                }
+            }
+            let containers = spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten());
+            for c in containers {
+                resolved_env(&b, contract::NAMESPACE, c);
+                let mounts = c.volume_mounts.clone().unwrap_or_default();
+                for m in &mounts {
+                    assert!(
+                        spec.volumes.iter().flatten().any(|v| v.name == m.name),
+                        "{origin}: mount of unknown volume `{}`",
+                        m.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dev_overlay_uses_postgres_and_redis_and_imports_the_example_tenants() {
+    let b = build(&deploy_dir().join("overlays/dev"));
+    let d = b.webhook_deployment();
+    let c = webhook_container(&d);
+    let env = resolved_env(&b, contract::NAMESPACE, &c);
+    let flags = server_flags(&c.args.clone().unwrap_or_default(), &env, "dev webhook");
+    assert!(
+        flags["tenants"].starts_with("postgres://"),
+        "dev: tenants from Postgres"
+    );
+    assert!(flags.contains_key("redis"), "dev: --redis");
+
+    // The password reaches Postgres and the webhook from one Secret.
+    let postgres = b.one::<Deployment>("postgres");
+    let pg = &pod_spec(&postgres).containers[0];
+    let pg_env: BTreeMap<String, String> = resolved_env(&b, contract::NAMESPACE, pg)
+        .into_iter()
+        .collect();
+    let expected_url = format!(
+        "postgres://{}:{}@postgres.{}.svc:5432/{}",
+        pg_env["POSTGRES_USER"],
+        pg_env["POSTGRES_PASSWORD"],
+        contract::NAMESPACE,
+        pg_env["POSTGRES_DB"]
+    );
+    assert_eq!(flags["tenants"], expected_url);
+
+    // The Job migrates, then imports the file its ConfigMap mounts: the example tenants.
+    let job = b.one::<Job>("tenantry-import-tenants");
+    let spec = job.spec.unwrap().template.spec.unwrap();
+    let steps: Vec<&Container> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .collect();
+    let args: Vec<Vec<String>> = steps.iter().map(|c| c.args.clone().unwrap()).collect();
+    assert_eq!(args[0], ["migrate"]);
+    assert_eq!(args[1][..2], ["tenants".to_string(), "import".to_string()]);
+    for step in &steps {
+        assert!(
+            step.image
+                .as_deref()
+                .unwrap()
+                .starts_with("ghcr.io/tenantry/tenantry:")
+        );
+        let env = resolved_env(&b, contract::NAMESPACE, step);
+        assert!(
+            env.iter()
+                .any(|(k, v)| k == "TENANTRY_TENANTS" && *v == expected_url),
+            "job step {}: TENANTRY_TENANTS from the Postgres Secret",
+            step.name
+        );
+    }
+    let file = Path::new(&args[1][2]);
+    let mount = steps[1]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| file.starts_with(&m.mount_path))
+        .expect("the imported file is mounted");
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let cm = config_map(
+        &b,
+        contract::NAMESPACE,
+        &volume.config_map.as_ref().unwrap().name,
+    );
+    let key = file
+        .strip_prefix(&mount.mount_path)
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let example = read(&repo_root().join("examples/tenants.yaml"));
+    assert!(
+        cm.get(key) == Some(&example),
+        "deploy/overlays/dev/tenants.yaml differs from examples/tenants.yaml; refresh it:\n  \
+         cp examples/tenants.yaml deploy/overlays/dev/tenants.yaml"
+    );
+}
+
+#[test]
+fn base_tenants_file_is_a_valid_directory() {
+    let path = deploy_dir().join("base/tenants.yaml");
+    tenantry_tenancy::source::parse_yaml(&read(&path), &path).unwrap();
+}

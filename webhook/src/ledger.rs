@@ -1,0 +1,266 @@
+//! The usage ledger: what each tenant uses (observed objects) plus what admitted but not yet
+//! observed creates will use (reservations), as per-tenant counters — never whole objects.
+//!
+//! Concurrent creates cannot overshoot a limit: a create first *reserves* what it adds, then is
+//! decided against everyone else's usage and reservations, and releases its reservation if it
+//! is denied. Reservations expire, and are released early when the object is observed (a watch
+//! event) — or, with no cluster to observe, settle into usage once admitted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tenantry_tenancy::Directory;
+
+use crate::usage::{Amounts, UsageView, count_key, ingress_hosts, resource_of};
+
+/// `(ResourceQuota name, amount)` pairs one object adds.
+pub type Charges = Vec<(String, i64)>;
+
+/// The charges of an object of `group`/`resource`: its amounts plus its `count/…`.
+pub fn charges(group: &str, resource: &str, amounts: &Amounts) -> Charges {
+    let mut out: Charges = amounts
+        .fields()
+        .into_iter()
+        .filter(|(k, v)| *k != "count" && *v != 0)
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    out.push((count_key(group, resource), amounts.count));
+    out
+}
+
+#[derive(Debug)]
+struct Reservation {
+    tenant: Arc<str>,
+    charges: Charges,
+    expires: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct Observed {
+    tenant: Arc<str>,
+    charges: Charges,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Per tenant, per quota name: observed objects.
+    observed: HashMap<Arc<str>, HashMap<String, i64>>,
+    /// Per tenant, per quota name: outstanding reservations.
+    reserved: HashMap<Arc<str>, HashMap<String, i64>>,
+    /// Observed objects by key (`resource/namespace/name`), to undo them on delete or update.
+    objects: HashMap<String, Observed>,
+    reservations: HashMap<String, Reservation>,
+    hosts: HashMap<String, Arc<str>>,
+    host_keys: HashMap<String, Vec<String>>,
+}
+
+fn apply(map: &mut HashMap<Arc<str>, HashMap<String, i64>>, tenant: &Arc<str>, charges: &Charges, sign: i64) {
+    let counters = map.entry(tenant.clone()).or_default();
+    for (k, v) in charges {
+        *counters.entry(k.clone()).or_default() += sign * v;
+    }
+}
+
+/// The in-process ledger, shared by every request of one webhook replica.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    state: Mutex<State>,
+}
+
+/// The key an object is observed and reserved under: `resource/namespace/name`.
+pub fn object_key(resource: &str, namespace: &str, name: &str) -> String {
+    format!("{resource}/{namespace}/{name}")
+}
+
+impl Ledger {
+    pub fn new() -> Ledger {
+        Ledger::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an existing object (a `--state` entry or a watch event). Observing an object
+    /// again replaces what it was charged before; it also releases a reservation made for it.
+    pub fn observe(&self, directory: &Directory, object: &Value) -> Result<(), String> {
+        let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
+        let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let (group, resource) = resource_of(api_version, kind);
+        let namespace = if kind == "Namespace" {
+            name
+        } else {
+            object.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("")
+        };
+        let key = object_key(&resource, namespace, name);
+        let Some(owner) = directory.namespace_owner(namespace) else {
+            self.forget(&key);
+            return Ok(());
+        };
+        let tenant = owner.tenant.id.clone();
+        let amounts = crate::usage::amounts_of(&group, &resource, object)
+            .map_err(|e| format!("{kind} `{namespace}/{name}`: {e}"))?;
+        let charges = charges(&group, &resource, &amounts);
+        let mut s = self.state();
+        if let Some(old) = s.objects.remove(&key) {
+            apply(&mut s.observed, &old.tenant, &old.charges, -1);
+        }
+        if let Some(r) = s.reservations.remove(&key) {
+            apply(&mut s.reserved, &r.tenant, &r.charges, -1);
+        }
+        apply(&mut s.observed, &tenant, &charges, 1);
+        s.objects.insert(key.clone(), Observed { tenant: tenant.clone(), charges });
+        if kind == "Ingress" {
+            let hosts: Vec<String> = ingress_hosts(object).into_iter().map(str::to_string).collect();
+            for h in &hosts {
+                s.hosts.entry(h.clone()).or_insert_with(|| tenant.clone());
+            }
+            s.host_keys.insert(key, hosts);
+        }
+        Ok(())
+    }
+
+    /// Removes an object that was deleted.
+    pub fn forget(&self, key: &str) {
+        let mut s = self.state();
+        if let Some(old) = s.objects.remove(key) {
+            apply(&mut s.observed, &old.tenant, &old.charges, -1);
+        }
+        if let Some(hosts) = s.host_keys.remove(key) {
+            for h in hosts {
+                s.hosts.remove(&h);
+            }
+        }
+    }
+
+    /// Reserves `charges` for `tenant` under `key` until `ttl` passes.
+    pub fn reserve(&self, key: &str, tenant: &Arc<str>, charges: Charges, ttl: Duration) {
+        let mut s = self.state();
+        let now = Instant::now();
+        let expired: Vec<String> =
+            s.reservations.iter().filter(|(_, r)| r.expires <= now).map(|(k, _)| k.clone()).collect();
+        for k in expired {
+            if let Some(r) = s.reservations.remove(&k) {
+                apply(&mut s.reserved, &r.tenant, &r.charges, -1);
+            }
+        }
+        apply(&mut s.reserved, tenant, &charges, 1);
+        if let Some(old) = s
+            .reservations
+            .insert(key.to_string(), Reservation { tenant: tenant.clone(), charges, expires: now + ttl })
+        {
+            apply(&mut s.reserved, &old.tenant, &old.charges, -1);
+        }
+    }
+
+    /// Drops a reservation (the create was denied).
+    pub fn release(&self, key: &str) {
+        let mut s = self.state();
+        if let Some(r) = s.reservations.remove(key) {
+            apply(&mut s.reserved, &r.tenant, &r.charges, -1);
+        }
+    }
+
+    /// Turns a reservation into observed usage (no cluster will ever report the object).
+    pub fn settle(&self, key: &str) {
+        let mut s = self.state();
+        if let Some(r) = s.reservations.remove(key) {
+            apply(&mut s.reserved, &r.tenant, &r.charges, -1);
+            apply(&mut s.observed, &r.tenant, &r.charges, 1);
+            s.objects.insert(key.to_string(), Observed { tenant: r.tenant, charges: r.charges });
+        }
+    }
+
+    /// Outstanding reservations, for metrics.
+    pub fn reservations(&self) -> usize {
+        self.state().reservations.len()
+    }
+
+    /// Observed objects, for metrics.
+    pub fn objects(&self) -> usize {
+        self.state().objects.len()
+    }
+
+    /// Usage as seen by the request holding `own` (its own reservation is not counted twice).
+    pub fn view<'a>(&'a self, own: Option<&'a str>) -> LedgerView<'a> {
+        LedgerView { ledger: self, own }
+    }
+}
+
+/// A read view of the ledger for one decision.
+pub struct LedgerView<'a> {
+    ledger: &'a Ledger,
+    own: Option<&'a str>,
+}
+
+impl UsageView for LedgerView<'_> {
+    fn used(&self, tenant: &str, resource: &str) -> i64 {
+        let s = self.ledger.state();
+        let get = |m: &HashMap<Arc<str>, HashMap<String, i64>>| {
+            m.get(tenant).and_then(|c| c.get(resource)).copied().unwrap_or(0)
+        };
+        let own = self
+            .own
+            .and_then(|k| s.reservations.get(k))
+            .filter(|r| &*r.tenant == tenant)
+            .and_then(|r| r.charges.iter().find(|(k, _)| k == resource).map(|(_, v)| *v))
+            .unwrap_or(0);
+        get(&s.observed) + get(&s.reserved) - own
+    }
+
+    fn host_holder(&self, host: &str) -> Option<Arc<str>> {
+        self.ledger.state().hosts.get(host).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn directory() -> Directory {
+        tenantry_tenancy::embedded::directory().unwrap()
+    }
+
+    #[test]
+    fn reservations_count_for_others_not_for_their_owner() {
+        let ledger = Ledger::new();
+        let acme: Arc<str> = "acme".into();
+        ledger.reserve("pods/acme-dev/a", &acme, vec![("pods".into(), 1)], Duration::from_secs(30));
+        ledger.reserve("pods/acme-dev/b", &acme, vec![("pods".into(), 1)], Duration::from_secs(30));
+        assert_eq!(ledger.view(None).used("acme", "pods"), 2);
+        assert_eq!(ledger.view(Some("pods/acme-dev/a")).used("acme", "pods"), 1);
+        ledger.release("pods/acme-dev/a");
+        assert_eq!(ledger.view(None).used("acme", "pods"), 1);
+    }
+
+    #[test]
+    fn observing_the_object_replaces_its_reservation() {
+        let d = directory();
+        let ledger = Ledger::new();
+        let acme: Arc<str> = "acme".into();
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "acme-dev"},
+                         "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]}});
+        ledger.reserve("pods/acme-dev/a", &acme, vec![("pods".into(), 1), ("requests.cpu".into(), 1000)], Duration::from_secs(30));
+        ledger.observe(&d, &pod).unwrap();
+        assert_eq!(ledger.view(None).used("acme", "pods"), 1);
+        assert_eq!(ledger.view(None).used("acme", "requests.cpu"), 1000);
+        assert_eq!(ledger.reservations(), 0);
+        ledger.observe(&d, &pod).unwrap();
+        assert_eq!(ledger.view(None).used("acme", "pods"), 1, "re-observing does not double count");
+        ledger.forget("pods/acme-dev/a");
+        assert_eq!(ledger.view(None).used("acme", "pods"), 0);
+    }
+
+    #[test]
+    fn expired_reservations_stop_counting() {
+        let ledger = Ledger::new();
+        let acme: Arc<str> = "acme".into();
+        ledger.reserve("x", &acme, vec![("pods".into(), 1)], Duration::from_millis(0));
+        ledger.reserve("y", &acme, vec![("pods".into(), 1)], Duration::from_secs(30));
+        assert_eq!(ledger.view(None).used("acme", "pods"), 1);
+    }
+}

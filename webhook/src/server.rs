@@ -1,0 +1,637 @@
+//! The HTTPS admission server: `POST /mutate` and `POST /validate` around the pure decision,
+//! with the live tenant snapshot, policy set and usage ledger it reads, and `/healthz`,
+//! `/readyz`, `/metrics` for operators.
+//!
+//! [`router`] builds the axum router from an [`AppState`], so tests can drive it without a socket;
+//! [`run`] loads everything from a [`Config`] and serves it over rustls until SIGTERM, letting
+//! in-flight reviews finish.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use tenantry_certs::ReloadingCert;
+use tenantry_tenancy::{DirectoryStore, PolicyStore, PostgresSource, TenantSource};
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use crate::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use crate::contract;
+use crate::decide::{self, Decision};
+use crate::ledger::{Ledger, charges, object_key};
+use crate::metrics::{EndpointLabels, Metrics, RequestLabels, ResultLabels};
+use crate::pod::{InjectionConfig, SidecarMode};
+use crate::translate::{Inputs, object_namespace};
+use crate::usage::amounts_of;
+
+/// `tenantry-webhook` flags. Every flag also reads `TENANTRY_<FLAG>`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tenantry-webhook", version, about = "Tenantry's admission webhook: mutate and validate every write with Cedar policies")]
+pub struct Config {
+    /// HTTPS address for the API server.
+    #[arg(long, env = "TENANTRY_LISTEN", default_value = contract::DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Plain HTTP address for /healthz, /readyz and /metrics (they are also served over HTTPS).
+    #[arg(long, env = "TENANTRY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// PEM certificate chain; reloaded when the file changes.
+    #[arg(long, env = "TENANTRY_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key; reloaded when the file changes.
+    #[arg(long, env = "TENANTRY_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// Tenant source: a postgres:// URL or a YAML file (reloaded when it changes).
+    #[arg(long, env = "TENANTRY_TENANTS")]
+    pub tenants: String,
+    /// Directory with tenantry.cedarschema and *.cedar; reloaded when a file changes.
+    #[arg(long, env = "TENANTRY_POLICIES")]
+    pub policies: PathBuf,
+    /// Existing objects (multi-document YAML) giving usage when no cluster is watched.
+    #[arg(long, env = "TENANTRY_STATE")]
+    pub state: Option<PathBuf>,
+    /// Redis URL for quota reservations shared by replicas.
+    #[arg(long, env = "TENANTRY_REDIS")]
+    pub redis: Option<String>,
+    /// Kubeconfig for watching usage (in-cluster config when running in a pod).
+    #[arg(long, env = "TENANTRY_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// How long to keep deciding from the last tenant snapshot while its source is unreachable;
+    /// after that, writes to tenant namespaces are refused.
+    #[arg(long, env = "TENANTRY_MAX_STALE", default_value = "300s", value_parser = parse_duration)]
+    pub max_stale: Duration,
+    /// How often the Postgres source re-checks the directory version (a missed NOTIFY).
+    #[arg(long, env = "TENANTRY_RESYNC", default_value = "30s", value_parser = parse_duration)]
+    pub resync: Duration,
+    /// How often policy, tenants and certificate files are checked for changes.
+    #[arg(long, env = "TENANTRY_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+    /// How long an admitted create holds its quota before the object is observed.
+    #[arg(long, env = "TENANTRY_RESERVATION_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub reservation_ttl: Duration,
+    /// Largest request body; larger ones get 413.
+    #[arg(long, env = "TENANTRY_MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// How long in-flight reviews may take to finish after SIGTERM.
+    #[arg(long, env = "TENANTRY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Image of the injected enforcer sidecar.
+    #[arg(long, env = "TENANTRY_SIDECAR_IMAGE", default_value = "ghcr.io/tenantry/tenantry-enforcer:0.1.0")]
+    pub sidecar_image: String,
+    /// `native` (init container with restartPolicy Always) or `container`.
+    #[arg(long, env = "TENANTRY_SIDECAR_MODE", default_value = "native")]
+    pub sidecar_mode: SidecarMode,
+    /// TENANTRY_TENANTS given to injected enforcers.
+    #[arg(long, env = "TENANTRY_SIDECAR_TENANTS")]
+    pub sidecar_tenants: Option<String>,
+    /// TENANTRY_REDIS given to injected enforcers.
+    #[arg(long, env = "TENANTRY_SIDECAR_REDIS")]
+    pub sidecar_redis: Option<String>,
+}
+
+/// `250ms`, `30s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
+    let n: u64 = number.parse().map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 30s, 5m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("`{s}` is not a duration (e.g. 500ms, 30s, 5m)")),
+    }
+}
+
+/// What every request reads. Cheap to share; each request loads the current snapshots once.
+#[derive(Debug)]
+pub struct AppState {
+    pub directory: Arc<DirectoryStore>,
+    pub policies: Arc<PolicyStore>,
+    pub ledger: Arc<Ledger>,
+    pub injection: InjectionConfig,
+    pub metrics: Arc<Metrics>,
+    /// Longest the directory may go unconfirmed before writes are refused.
+    pub max_stale: Duration,
+    pub reservation_ttl: Duration,
+    /// A cluster watch will observe admitted objects; without one, admitted creates settle into
+    /// usage at once.
+    pub observes_cluster: bool,
+    /// The usage view has loaded (the --state file, or the first list of every watch).
+    pub usage_ready: AtomicBool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Mutate,
+    Validate,
+}
+
+impl Endpoint {
+    fn name(self) -> &'static str {
+        match self {
+            Endpoint::Mutate => "mutate",
+            Endpoint::Validate => "validate",
+        }
+    }
+}
+
+impl AppState {
+    /// Why decisions cannot be trusted right now, if they cannot.
+    fn staleness(&self) -> Option<String> {
+        let f = self.directory.freshness();
+        match f.confirmed_at {
+            None => Some("tenant data has not loaded yet".to_string()),
+            Some(t) if t.elapsed() > self.max_stale => Some(format!(
+                "tenant data was last confirmed {}s ago ({}); refusing writes until the tenant source is reachable",
+                t.elapsed().as_secs(),
+                f.last_error.as_deref().unwrap_or("no error recorded")
+            )),
+            Some(_) => None,
+        }
+    }
+
+    fn decide(&self, endpoint: Endpoint, req: &AdmissionRequest) -> Decision {
+        if let Some(why) = self.staleness() {
+            // "Could not load" must never mean "no restriction".
+            let response = AdmissionResponse::deny(&req.uid, 503, format!("tenantry: {why}"));
+            return Decision { response, denied_by: Vec::new(), tenant: None, mutated: None };
+        }
+        let directory = self.directory.current();
+        let policies = self.policies.current();
+        let reservation = match endpoint {
+            Endpoint::Validate => self.reserve(&directory, req),
+            Endpoint::Mutate => None,
+        };
+        let view = self.ledger.view(reservation.as_deref());
+        let inputs = Inputs { directory: &directory, usage: &view, policies: &policies, injection: &self.injection };
+        let decision = match endpoint {
+            Endpoint::Mutate => decide::mutate(&inputs, req),
+            Endpoint::Validate => decide::validate(&inputs, req),
+        };
+        if let Some(key) = reservation {
+            if !decision.response.allowed {
+                self.ledger.release(&key);
+            } else if !self.observes_cluster {
+                self.ledger.settle(&key);
+            }
+        }
+        decision
+    }
+
+    /// Reserves what a create adds before it is decided, so concurrent creates see each other.
+    /// Dry-run requests never reserve.
+    fn reserve(&self, directory: &tenantry_tenancy::Directory, req: &AdmissionRequest) -> Option<String> {
+        if req.operation != Operation::Create || !req.subresource().is_empty() || req.is_dry_run() {
+            return None;
+        }
+        let namespace = object_namespace(req);
+        let owner = directory.namespace_owner(&namespace)?;
+        let group = &req.resource.group;
+        let resource = &req.resource.resource;
+        // Unreadable objects are denied by the decision itself.
+        let amounts = amounts_of(group, resource, &req.object).ok()?;
+        let name = req
+            .name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .or_else(|| req.object.pointer("/metadata/name").and_then(|v| v.as_str()))
+            .map_or_else(|| format!("~{}", req.uid), str::to_string);
+        let key = object_key(resource, &namespace, &name);
+        let tenant = owner.tenant.id.clone();
+        self.ledger.reserve(&key, &tenant, charges(group, resource, &amounts), self.reservation_ttl);
+        Some(key)
+    }
+
+    fn review(&self, endpoint: Endpoint, body: &[u8]) -> Response {
+        let started = Instant::now();
+        let req = match AdmissionReview::parse_request(body) {
+            Ok(req) => req,
+            Err(e) => {
+                self.metrics.bad_requests.inc();
+                warn!(endpoint = endpoint.name(), error = %e, "rejected a body that is not an AdmissionReview");
+                let body = json!({"error": "bad_request", "message": e.to_string()});
+                return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+            }
+        };
+        let decision = self.decide(endpoint, &req);
+        let allowed = decision.response.allowed;
+        let elapsed = started.elapsed();
+        self.metrics
+            .latency
+            .get_or_create(&EndpointLabels { endpoint: endpoint.name() })
+            .observe(elapsed.as_secs_f64());
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.name(),
+                operation: req.operation.as_str(),
+                kind: req.kind.kind.clone(),
+                decision: if allowed { "allowed" } else { "denied" },
+            })
+            .inc();
+        let tenant = decision.tenant.as_deref().unwrap_or("");
+        if allowed {
+            tracing::debug!(uid = %req.uid, endpoint = endpoint.name(), tenant, kind = %req.kind.kind, operation = req.operation.as_str(), allowed, micros = elapsed.as_micros() as u64, "reviewed");
+        } else {
+            info!(
+                uid = %req.uid,
+                endpoint = endpoint.name(),
+                tenant,
+                kind = %req.kind.kind,
+                namespace = req.namespace.as_deref().unwrap_or(""),
+                user = %req.user_info.username,
+                operation = req.operation.as_str(),
+                allowed,
+                policies = ?decision.denied_by,
+                message = decision.response.message(),
+                "denied"
+            );
+        }
+        axum::Json(AdmissionReview::respond(decision.response)).into_response()
+    }
+
+    /// Readiness with the reason, for `/readyz` and the logs.
+    pub fn readiness(&self) -> (bool, serde_json::Value) {
+        let f = self.directory.freshness();
+        let age = f.confirmed_at.map(|t| t.elapsed().as_secs());
+        let directory_ok = self.staleness().is_none();
+        let policies = self.policies.outcome();
+        let usage_ok = self.usage_ready.load(Ordering::Acquire);
+        let ready = directory_ok && usage_ok;
+        let detail = json!({
+            "ready": ready,
+            "directory": {
+                "ok": directory_ok,
+                "version": self.directory.current().version(),
+                "confirmed_seconds_ago": age,
+                "last_error": f.last_error,
+            },
+            "policies": {
+                "loaded": self.policies.current().len(),
+                "last_reload_error": policies.last_error,
+            },
+            "usage": { "ok": usage_ok },
+        });
+        (ready, detail)
+    }
+
+    fn refresh_gauges(&self) {
+        let m = &self.metrics;
+        m.directory_version.set(self.directory.current().version() as i64);
+        let age = self.directory.freshness().confirmed_at.map_or(-1, |t| t.elapsed().as_secs() as i64);
+        m.directory_age_seconds.set(age);
+        m.directory_stale.set(i64::from(self.staleness().is_some()));
+        m.policies_loaded.set(self.policies.current().len() as i64);
+        m.reservations.set(self.ledger.reservations() as i64);
+        m.tracked_objects.set(self.ledger.objects() as i64);
+    }
+}
+
+/// The HTTPS router: the admission endpoints plus the operator endpoints.
+pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route(contract::MUTATE_PATH, post(mutate))
+        .route(contract::VALIDATE_PATH, post(validate))
+        .merge(operator_router())
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// `/healthz`, `/readyz`, `/metrics`.
+pub fn operator_router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(contract::HEALTHZ_PATH, get(|| async { "ok" }))
+        .route(contract::READYZ_PATH, get(readyz))
+        .route(contract::METRICS_PATH, get(metrics))
+}
+
+async fn mutate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    state.review(Endpoint::Mutate, &body)
+}
+
+async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    state.review(Endpoint::Validate, &body)
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let (ready, detail) = state.readiness();
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(detail)).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.refresh_gauges();
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Loads everything the configuration names and serves until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let policies = Arc::new(
+        PolicyStore::load(&config.policies)
+            .with_context(|| format!("cannot load policies from `{}`", config.policies.display()))?,
+    );
+    info!(policies = policies.current().len(), dir = %config.policies.display(), "policies loaded");
+
+    let source = TenantSource::parse(&config.tenants);
+    let directory = Arc::new(DirectoryStore::unloaded());
+    match &source {
+        TenantSource::File(path) => {
+            let loaded = tenantry_tenancy::source::load_file(path)?;
+            info!(tenants = loaded.tenant_count(), file = %path.display(), "tenant directory loaded");
+            directory.publish(loaded);
+            tokio::spawn(watch_tenants_file(path.clone(), directory.clone(), metrics.clone(), config.reload_interval));
+        }
+        TenantSource::Postgres(url) => {
+            tokio::spawn(follow_postgres(url.clone(), directory.clone(), config.resync));
+        }
+    }
+
+    let ledger = Arc::new(Ledger::new());
+    let state = Arc::new(AppState {
+        directory: directory.clone(),
+        policies: policies.clone(),
+        ledger: ledger.clone(),
+        injection: InjectionConfig {
+            image: config.sidecar_image.clone(),
+            mode: config.sidecar_mode,
+            tenants: config.sidecar_tenants.clone(),
+            redis: config.sidecar_redis.clone(),
+            ..InjectionConfig::default()
+        },
+        metrics: metrics.clone(),
+        max_stale: config.max_stale,
+        reservation_ttl: config.reservation_ttl,
+        observes_cluster: false,
+        usage_ready: AtomicBool::new(false),
+    });
+    if config.kubeconfig.is_some() || config.redis.is_some() {
+        warn!("--kubeconfig and --redis are not implemented yet: usage comes from --state plus what this replica admits");
+    }
+    tokio::spawn(load_state(state.clone(), config.state.clone()));
+    tokio::spawn(watch_policies(policies.clone(), metrics.clone(), config.reload_interval));
+
+    let cert = ReloadingCert::load(&config.tls_cert, &config.tls_key)?;
+    let tls = cert.server_config()?;
+    {
+        let metrics = metrics.clone();
+        tokio::spawn(cert.clone().watch(config.reload_interval, move |r| {
+            let result = if r.is_ok() { "ok" } else { "error" };
+            metrics.certificate_reloads.get_or_create(&ResultLabels { result }).inc();
+        }));
+    }
+
+    let shutdown = tokio_util_shutdown();
+    let app = router(state.clone(), config.max_body_bytes);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    info!(addr = %listener.local_addr()?, "serving admission reviews over HTTPS");
+    let mut servers = vec![tokio::spawn(serve(listener, Some(tls), app, shutdown.clone(), config.shutdown_grace))];
+    if let Some(addr) = config.metrics_listen {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics over HTTP");
+        let ops = operator_router().with_state(state.clone());
+        servers.push(tokio::spawn(serve(listener, None, ops, shutdown.clone(), config.shutdown_grace)));
+    }
+    wait_for_signal().await;
+    info!("shutting down: finishing in-flight reviews");
+    shutdown.notify_waiters();
+    for s in servers {
+        let _ = s.await;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn tokio_util_shutdown() -> Arc<tokio::sync::Notify> {
+    Arc::new(tokio::sync::Notify::new())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Accepts connections (TLS when `tls` is given) until `shutdown`, then waits up to `grace` for
+/// open connections to finish their in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: Router,
+    shutdown: Arc<tokio::sync::Notify>,
+    grace: Duration,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(10)).keep_alive(true);
+    let builder = Arc::new(builder);
+    let stop = shutdown.notified();
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let acceptor = acceptor.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            match acceptor {
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+                    let tls = match handshake {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(tls), service);
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        warn!(?grace, "connections still open after the shutdown grace period; closing them");
+    }
+}
+
+async fn follow_postgres(url: String, directory: Arc<DirectoryStore>, resync: Duration) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match PostgresSource::connect(&url, Duration::from_secs(5)).await {
+            Ok(source) => {
+                info!("connected to the tenant database");
+                source.watch(directory, resync).await;
+                return;
+            }
+            Err(e) => {
+                error!(error = %e, "tenant database unreachable; retrying");
+                directory.record_failure(e.to_string());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn file_stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+fn dir_stamp(dir: &std::path::Path) -> Vec<(PathBuf, Option<(SystemTime, u64)>)> {
+    let mut stamps: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .map(|p| {
+            let s = file_stamp(&p);
+            (p, s)
+        })
+        .collect();
+    stamps.sort();
+    stamps
+}
+
+async fn watch_tenants_file(path: PathBuf, directory: Arc<DirectoryStore>, metrics: Arc<Metrics>, every: Duration) {
+    let mut last = file_stamp(&path);
+    let mut version = directory.current().version();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let now = file_stamp(&path);
+        if now == last {
+            directory.record_fresh();
+            continue;
+        }
+        last = now;
+        match tenantry_tenancy::source::load_file(&path) {
+            Ok(loaded) => {
+                // Files carry no version; count reloads so metrics show the change.
+                version += 1;
+                let loaded = tenantry_tenancy::Directory::build(loaded.source().clone(), version)
+                    .unwrap_or(loaded);
+                info!(tenants = loaded.tenant_count(), version, "tenants file reloaded");
+                directory.publish(loaded);
+                metrics.tenants_reloads.get_or_create(&ResultLabels { result: "ok" }).inc();
+            }
+            Err(e) => {
+                error!(error = %e, "tenants file not reloaded; the last good snapshot stays");
+                metrics.tenants_reloads.get_or_create(&ResultLabels { result: "error" }).inc();
+                // The file is broken, not unreachable: the last snapshot is still what the
+                // operator last had working, so it stays fresh.
+                directory.record_fresh();
+            }
+        }
+    }
+}
+
+async fn watch_policies(policies: Arc<PolicyStore>, metrics: Arc<Metrics>, every: Duration) {
+    let dir = policies.dir().to_path_buf();
+    let mut last = dir_stamp(&dir);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let now = dir_stamp(&dir);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match policies.reload() {
+            Ok(()) => {
+                info!(policies = policies.current().len(), "policies reloaded");
+                metrics.policy_reloads.get_or_create(&ResultLabels { result: "ok" }).inc();
+            }
+            Err(e) => {
+                error!(error = %e, "policies not reloaded; the last good set stays");
+                metrics.policy_reloads.get_or_create(&ResultLabels { result: "error" }).inc();
+            }
+        }
+    }
+}
+
+/// Counts the --state objects once the directory has loaded, then marks usage ready.
+async fn load_state(state: Arc<AppState>, path: Option<PathBuf>) {
+    while state.directory.freshness().loads == 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(path) = path {
+        let objects = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_saphyr::from_multiple::<serde_json::Value>(&text).map_err(|e| e.to_string()));
+        match objects {
+            Ok(objects) => {
+                let directory = state.directory.current();
+                for object in objects.iter().filter(|o| !o.is_null()) {
+                    if let Err(e) = state.ledger.observe(&directory, object) {
+                        error!(error = %e, file = %path.display(), "object in the state file not counted");
+                    }
+                }
+                info!(objects = state.ledger.objects(), file = %path.display(), "usage loaded from the state file");
+            }
+            Err(e) => {
+                // Without usage, quotas could not be enforced: stay unready rather than allow.
+                error!(error = %e, file = %path.display(), "cannot read the state file; staying unready");
+                return;
+            }
+        }
+    }
+    state.usage_ready.store(true, Ordering::Release);
+}
