@@ -50,25 +50,36 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Reads a certificate chain and its private key, and checks that they belong together.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, CertError> {
-    let cert_pem =
-        std::fs::read(cert).map_err(|source| CertError::Read { path: cert.into(), source })?;
-    let key_pem = std::fs::read(key).map_err(|source| CertError::Read { path: key.into(), source })?;
+    let cert_pem = std::fs::read(cert).map_err(|source| CertError::Read {
+        path: cert.into(),
+        source,
+    })?;
+    let key_pem = std::fs::read(key).map_err(|source| CertError::Read {
+        path: key.into(),
+        source,
+    })?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .filter_map(Result::ok)
         .collect();
     if chain.is_empty() {
         return Err(CertError::NoCertificate { path: cert.into() });
     }
-    let private = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| CertError::BadKey { path: key.into(), reason: e.to_string() })?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CertError::BadKey {
+        path: key.into(),
+        reason: e.to_string(),
+    })?;
     let signing = provider()
         .key_provider
         .load_private_key(private)
-        .map_err(|e| CertError::BadKey { path: key.into(), reason: e.to_string() })?;
+        .map_err(|e| CertError::BadKey {
+            path: key.into(),
+            reason: e.to_string(),
+        })?;
     let certified = CertifiedKey::new(chain, signing);
-    certified
-        .keys_match()
-        .map_err(|_| CertError::Mismatch { cert: cert.into(), key: key.into() })?;
+    certified.keys_match().map_err(|_| CertError::Mismatch {
+        cert: cert.into(),
+        key: key.into(),
+    })?;
     Ok(certified)
 }
 
@@ -107,7 +118,11 @@ impl ReloadingCert {
     }
 
     /// Polls the files every `interval` for as long as the task runs.
-    pub async fn watch(self: Arc<Self>, interval: Duration, on_reload: impl Fn(Result<(), String>)) {
+    pub async fn watch(
+        self: Arc<Self>,
+        interval: Duration,
+        on_reload: impl Fn(Result<(), String>),
+    ) {
         let mut tick = tokio::time::interval(interval);
         loop {
             tick.tick().await;
@@ -138,7 +153,12 @@ impl ReloadingCert {
 
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 }
 
@@ -174,7 +194,9 @@ pub fn generate(names: &[String], days: u32) -> Result<Generated, CertError> {
     let not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
     let not_after = time::OffsetDateTime::now_utc() + time::Duration::days(i64::from(days));
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name.push(DnType::CommonName, "tenantry-ca");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tenantry-ca");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca_params.not_before = not_before;
@@ -184,7 +206,10 @@ pub fn generate(names: &[String], days: u32) -> Result<Generated, CertError> {
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
 
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, names.first().map_or("tenantry", String::as_str));
+    params.distinguished_name.push(
+        DnType::CommonName,
+        names.first().map_or("tenantry", String::as_str),
+    );
     params.subject_alt_names = names
         .iter()
         .map(|n| match n.parse::<std::net::IpAddr>() {
@@ -192,13 +217,21 @@ pub fn generate(names: &[String], days: u32) -> Result<Generated, CertError> {
             Err(_) => n.clone().try_into().map(SanType::DnsName),
         })
         .collect::<Result<_, _>>()?;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.not_before = not_before;
     params.not_after = not_after;
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &ca)?;
-    Ok(Generated { ca_cert: ca.pem(), ca_key: ca_key_pem, cert: cert.pem(), key: key.serialize_pem() })
+    Ok(Generated {
+        ca_cert: ca.pem(),
+        ca_key: ca_key_pem,
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
 }
 
 /// Writes `contents` to `path` atomically (a temporary file renamed over it), so a reader never
@@ -214,7 +247,8 @@ mod tests {
     use super::*;
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tenantry-certs-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tenantry-certs-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -234,7 +268,10 @@ mod tests {
         let second = generate(&["127.0.0.1".to_string()], 30).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         write_atomic(&cert, &second.cert).unwrap();
-        assert!(matches!(serving.reload_if_changed(), Err(CertError::Mismatch { .. })));
+        assert!(matches!(
+            serving.reload_if_changed(),
+            Err(CertError::Mismatch { .. })
+        ));
         write_atomic(&key, &second.key).unwrap();
         assert!(serving.reload_if_changed().unwrap());
     }
@@ -246,8 +283,13 @@ mod tests {
         std::fs::write(&cert, "not a certificate").unwrap();
         std::fs::write(&key, "not a key").unwrap();
         let err = load_pair(&cert, &key).unwrap_err().to_string();
-        assert!(err.contains("tls.crt") && err.contains("no PEM certificate"), "{err}");
-        let missing = load_pair(&dir.join("nope.crt"), &key).unwrap_err().to_string();
+        assert!(
+            err.contains("tls.crt") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+        let missing = load_pair(&dir.join("nope.crt"), &key)
+            .unwrap_err()
+            .to_string();
         assert!(missing.starts_with("cannot read"), "{missing}");
     }
 }

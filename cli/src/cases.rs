@@ -163,21 +163,21 @@ pub fn run_case(suite: &Suite, policies: &PolicyEngine, index: usize) -> Result<
             if e.allowed { "allowed" } else { "denied" }
         ));
     }
-    if let Some(policy) = &e.policy {
-        if !outcome.reasons.contains(policy) {
-            failures.push(format!(
-                "expected policy `{policy}` to deny, denying: {:?}",
-                outcome.reasons
-            ));
-        }
+    if let Some(policy) = &e.policy
+        && !outcome.reasons.contains(policy)
+    {
+        failures.push(format!(
+            "expected policy `{policy}` to deny, denying: {:?}",
+            outcome.reasons
+        ));
     }
-    if let Some(message) = &e.message {
-        if !outcome.message.contains(message.as_str()) {
-            failures.push(format!(
-                "expected message containing {message:?}, got {:?}",
-                outcome.message
-            ));
-        }
+    if let Some(message) = &e.message
+        && !outcome.message.contains(message.as_str())
+    {
+        failures.push(format!(
+            "expected message containing {message:?}, got {:?}",
+            outcome.message
+        ));
     }
     for (key, want) in &e.labels {
         let got = outcome

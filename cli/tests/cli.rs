@@ -1,5 +1,7 @@
 //! The `tenantry` binary, run as users run it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

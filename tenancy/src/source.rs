@@ -24,8 +24,9 @@ pub enum SourceError {
     #[error("tenants file `{path}` is not valid: {source}")]
     Yaml {
         path: PathBuf,
+        // Boxed: the parser's error is large and errors travel through every Result here.
         #[source]
-        source: serde_saphyr::Error,
+        source: Box<serde_saphyr::Error>,
     },
     #[error("tenants data in `{origin}` is invalid: {source}")]
     Invalid {
@@ -88,7 +89,7 @@ pub fn redact_url(url: &str) -> String {
 pub fn parse_yaml(text: &str, origin: &Path) -> Result<TenantsFile, SourceError> {
     serde_saphyr::from_str(text).map_err(|source| SourceError::Yaml {
         path: origin.to_path_buf(),
-        source,
+        source: Box::new(source),
     })
 }
 

@@ -1,5 +1,7 @@
 //! The Postgres tenant source against a real PostgreSQL started for each test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,8 +90,10 @@ async fn a_namespace_claimed_by_a_second_tenant_is_refused_and_nothing_changes()
     let source = migrated(&pg).await;
     source.import(&example()).await.unwrap();
     let before = summary(&source.load().await.unwrap());
-    let mut other = TenantsFile::default();
-    other.tiers = example().tiers;
+    let mut other = TenantsFile {
+        tiers: example().tiers,
+        ..TenantsFile::default()
+    };
     let mut thief = example().tenants["globex"].clone();
     thief.namespaces = vec!["acme-prod".into()];
     other.tenants.insert("hooli".into(), thief);

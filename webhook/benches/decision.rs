@@ -4,6 +4,8 @@
 //!
 //! cargo bench -p tenantry-webhook --bench decision
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::fmt::Write as _;
 
 use criterion::{Criterion, criterion_group, criterion_main};

@@ -56,7 +56,12 @@ struct State {
     host_keys: HashMap<String, Vec<String>>,
 }
 
-fn apply(map: &mut HashMap<Arc<str>, HashMap<String, i64>>, tenant: &Arc<str>, charges: &Charges, sign: i64) {
+fn apply(
+    map: &mut HashMap<Arc<str>, HashMap<String, i64>>,
+    tenant: &Arc<str>,
+    charges: &Charges,
+    sign: i64,
+) {
     let counters = map.entry(tenant.clone()).or_default();
     for (k, v) in charges {
         *counters.entry(k.clone()).or_default() += sign * v;
@@ -87,13 +92,22 @@ impl Ledger {
     /// again replaces what it was charged before; it also releases a reservation made for it.
     pub fn observe(&self, directory: &Directory, object: &Value) -> Result<(), String> {
         let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
-        let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-        let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let api_version = object
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let (group, resource) = resource_of(api_version, kind);
         let namespace = if kind == "Namespace" {
             name
         } else {
-            object.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("")
+            object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("")
         };
         let key = object_key(&resource, namespace, name);
         let Some(owner) = directory.namespace_owner(namespace) else {
@@ -112,9 +126,18 @@ impl Ledger {
             apply(&mut s.reserved, &r.tenant, &r.charges, -1);
         }
         apply(&mut s.observed, &tenant, &charges, 1);
-        s.objects.insert(key.clone(), Observed { tenant: tenant.clone(), charges });
+        s.objects.insert(
+            key.clone(),
+            Observed {
+                tenant: tenant.clone(),
+                charges,
+            },
+        );
         if kind == "Ingress" {
-            let hosts: Vec<String> = ingress_hosts(object).into_iter().map(str::to_string).collect();
+            let hosts: Vec<String> = ingress_hosts(object)
+                .into_iter()
+                .map(str::to_string)
+                .collect();
             for h in &hosts {
                 s.hosts.entry(h.clone()).or_insert_with(|| tenant.clone());
             }
@@ -140,18 +163,26 @@ impl Ledger {
     pub fn reserve(&self, key: &str, tenant: &Arc<str>, charges: Charges, ttl: Duration) {
         let mut s = self.state();
         let now = Instant::now();
-        let expired: Vec<String> =
-            s.reservations.iter().filter(|(_, r)| r.expires <= now).map(|(k, _)| k.clone()).collect();
+        let expired: Vec<String> = s
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.expires <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in expired {
             if let Some(r) = s.reservations.remove(&k) {
                 apply(&mut s.reserved, &r.tenant, &r.charges, -1);
             }
         }
         apply(&mut s.reserved, tenant, &charges, 1);
-        if let Some(old) = s
-            .reservations
-            .insert(key.to_string(), Reservation { tenant: tenant.clone(), charges, expires: now + ttl })
-        {
+        if let Some(old) = s.reservations.insert(
+            key.to_string(),
+            Reservation {
+                tenant: tenant.clone(),
+                charges,
+                expires: now + ttl,
+            },
+        ) {
             apply(&mut s.reserved, &old.tenant, &old.charges, -1);
         }
     }
@@ -170,7 +201,13 @@ impl Ledger {
         if let Some(r) = s.reservations.remove(key) {
             apply(&mut s.reserved, &r.tenant, &r.charges, -1);
             apply(&mut s.observed, &r.tenant, &r.charges, 1);
-            s.objects.insert(key.to_string(), Observed { tenant: r.tenant, charges: r.charges });
+            s.objects.insert(
+                key.to_string(),
+                Observed {
+                    tenant: r.tenant,
+                    charges: r.charges,
+                },
+            );
         }
     }
 
@@ -200,13 +237,21 @@ impl UsageView for LedgerView<'_> {
     fn used(&self, tenant: &str, resource: &str) -> i64 {
         let s = self.ledger.state();
         let get = |m: &HashMap<Arc<str>, HashMap<String, i64>>| {
-            m.get(tenant).and_then(|c| c.get(resource)).copied().unwrap_or(0)
+            m.get(tenant)
+                .and_then(|c| c.get(resource))
+                .copied()
+                .unwrap_or(0)
         };
         let own = self
             .own
             .and_then(|k| s.reservations.get(k))
             .filter(|r| &*r.tenant == tenant)
-            .and_then(|r| r.charges.iter().find(|(k, _)| k == resource).map(|(_, v)| *v))
+            .and_then(|r| {
+                r.charges
+                    .iter()
+                    .find(|(k, _)| k == resource)
+                    .map(|(_, v)| *v)
+            })
             .unwrap_or(0);
         get(&s.observed) + get(&s.reserved) - own
     }
@@ -229,8 +274,18 @@ mod tests {
     fn reservations_count_for_others_not_for_their_owner() {
         let ledger = Ledger::new();
         let acme: Arc<str> = "acme".into();
-        ledger.reserve("pods/acme-dev/a", &acme, vec![("pods".into(), 1)], Duration::from_secs(30));
-        ledger.reserve("pods/acme-dev/b", &acme, vec![("pods".into(), 1)], Duration::from_secs(30));
+        ledger.reserve(
+            "pods/acme-dev/a",
+            &acme,
+            vec![("pods".into(), 1)],
+            Duration::from_secs(30),
+        );
+        ledger.reserve(
+            "pods/acme-dev/b",
+            &acme,
+            vec![("pods".into(), 1)],
+            Duration::from_secs(30),
+        );
         assert_eq!(ledger.view(None).used("acme", "pods"), 2);
         assert_eq!(ledger.view(Some("pods/acme-dev/a")).used("acme", "pods"), 1);
         ledger.release("pods/acme-dev/a");
@@ -244,13 +299,22 @@ mod tests {
         let acme: Arc<str> = "acme".into();
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "acme-dev"},
                          "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]}});
-        ledger.reserve("pods/acme-dev/a", &acme, vec![("pods".into(), 1), ("requests.cpu".into(), 1000)], Duration::from_secs(30));
+        ledger.reserve(
+            "pods/acme-dev/a",
+            &acme,
+            vec![("pods".into(), 1), ("requests.cpu".into(), 1000)],
+            Duration::from_secs(30),
+        );
         ledger.observe(&d, &pod).unwrap();
         assert_eq!(ledger.view(None).used("acme", "pods"), 1);
         assert_eq!(ledger.view(None).used("acme", "requests.cpu"), 1000);
         assert_eq!(ledger.reservations(), 0);
         ledger.observe(&d, &pod).unwrap();
-        assert_eq!(ledger.view(None).used("acme", "pods"), 1, "re-observing does not double count");
+        assert_eq!(
+            ledger.view(None).used("acme", "pods"),
+            1,
+            "re-observing does not double count"
+        );
         ledger.forget("pods/acme-dev/a");
         assert_eq!(ledger.view(None).used("acme", "pods"), 0);
     }
@@ -259,8 +323,18 @@ mod tests {
     fn expired_reservations_stop_counting() {
         let ledger = Ledger::new();
         let acme: Arc<str> = "acme".into();
-        ledger.reserve("x", &acme, vec![("pods".into(), 1)], Duration::from_millis(0));
-        ledger.reserve("y", &acme, vec![("pods".into(), 1)], Duration::from_secs(30));
+        ledger.reserve(
+            "x",
+            &acme,
+            vec![("pods".into(), 1)],
+            Duration::from_millis(0),
+        );
+        ledger.reserve(
+            "y",
+            &acme,
+            vec![("pods".into(), 1)],
+            Duration::from_secs(30),
+        );
         assert_eq!(ledger.view(None).used("acme", "pods"), 1);
     }
 }

@@ -59,7 +59,9 @@ impl Metrics {
         );
         // 50 µs … ~0.4 s: decisions are in-memory, the tail is the interesting part.
         let latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 14))
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.00005, 2.0, 14,
+            ))
         });
         registry.register(
             "admission_duration_seconds",
@@ -67,9 +69,17 @@ impl Metrics {
             latency.clone(),
         );
         let bad_requests = Counter::default();
-        registry.register("admission_bad_requests", "Bodies that were not AdmissionReviews (HTTP 400)", bad_requests.clone());
+        registry.register(
+            "admission_bad_requests",
+            "Bodies that were not AdmissionReviews (HTTP 400)",
+            bad_requests.clone(),
+        );
         let directory_version = Gauge::default();
-        registry.register("directory_version", "Version of the tenant snapshot in use", directory_version.clone());
+        registry.register(
+            "directory_version",
+            "Version of the tenant snapshot in use",
+            directory_version.clone(),
+        );
         let directory_age_seconds = Gauge::default();
         registry.register(
             "directory_age_seconds",
@@ -83,11 +93,23 @@ impl Metrics {
             directory_stale.clone(),
         );
         let policy_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register("policy_reloads", "Policy reloads by result (ok, error)", policy_reloads.clone());
+        registry.register(
+            "policy_reloads",
+            "Policy reloads by result (ok, error)",
+            policy_reloads.clone(),
+        );
         let policies_loaded = Gauge::default();
-        registry.register("policies_loaded", "Policies in the loaded set", policies_loaded.clone());
+        registry.register(
+            "policies_loaded",
+            "Policies in the loaded set",
+            policies_loaded.clone(),
+        );
         let tenants_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register("tenants_file_reloads", "Tenants file reloads by result (ok, error)", tenants_reloads.clone());
+        registry.register(
+            "tenants_file_reloads",
+            "Tenants file reloads by result (ok, error)",
+            tenants_reloads.clone(),
+        );
         let certificate_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "certificate_reloads",
@@ -95,9 +117,17 @@ impl Metrics {
             certificate_reloads.clone(),
         );
         let reservations = Gauge::default();
-        registry.register("quota_reservations", "Admitted creates not yet observed", reservations.clone());
+        registry.register(
+            "quota_reservations",
+            "Admitted creates not yet observed",
+            reservations.clone(),
+        );
         let tracked_objects = Gauge::default();
-        registry.register("usage_tracked_objects", "Objects counted for quota usage", tracked_objects.clone());
+        registry.register(
+            "usage_tracked_objects",
+            "Objects counted for quota usage",
+            tracked_objects.clone(),
+        );
         Metrics {
             registry,
             requests,

@@ -67,11 +67,10 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Mutation, T
         let tier = &owner.tenant.tier;
         if pod::scheduling_state_on_create(object.get("spec").unwrap_or(&Value::Null), tier)
             != pod::SchedulingState::Tier
+            && let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut)
         {
-            if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
-                warnings.extend(pod::apply_scheduling(spec, tier));
-                changed = true;
-            }
+            warnings.extend(pod::apply_scheduling(spec, tier));
+            changed = true;
         }
         if !pod::opted_out(&object) {
             let port =

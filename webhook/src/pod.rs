@@ -237,8 +237,12 @@ pub fn conforms(expected: &Value, actual: &Value) -> bool {
 
 /// Fields the API server fills in on containers after mutation; anything else a pod adds to the
 /// enforcer container (a `command`, `envFrom`, volumes) changes what it runs and is an alteration.
-const DEFAULTED_CONTAINER_FIELDS: &[&str] =
-    &["imagePullPolicy", "terminationMessagePath", "terminationMessagePolicy", "volumeMounts"];
+const DEFAULTED_CONTAINER_FIELDS: &[&str] = &[
+    "imagePullPolicy",
+    "terminationMessagePath",
+    "terminationMessagePolicy",
+    "volumeMounts",
+];
 /// The one volume the API server mounts into every container: the service account token.
 const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
@@ -246,7 +250,9 @@ const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccou
 /// Nested objects (probes, resources, ports) may gain defaulted fields; the container itself may
 /// not gain fields that change what it runs.
 pub fn sidecar_conforms(expected: &Value, actual: &Value) -> bool {
-    let (Some(e), Some(a)) = (expected.as_object(), actual.as_object()) else { return false };
+    let (Some(e), Some(a)) = (expected.as_object(), actual.as_object()) else {
+        return false;
+    };
     let extra_ok = a.iter().all(|(k, v)| {
         e.contains_key(k)
             || match k.as_str() {
@@ -345,14 +351,18 @@ fn is_reserved_toleration(t: &Value) -> bool {
 /// Whether a pod being created is scheduled as its tier says.
 pub fn scheduling_state_on_create(spec: &Value, tier: &Tier) -> SchedulingState {
     // A pod naming its node skips the scheduler, and with it every taint and selector.
-    if spec.get("nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+    if spec
+        .get("nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty())
+    {
         return SchedulingState::Altered;
     }
     let s = &tier.scheduling;
-    if let Some(class) = &s.priority_class {
-        if spec.get("priorityClassName").and_then(Value::as_str) != Some(class) {
-            return SchedulingState::Altered;
-        }
+    if let Some(class) = &s.priority_class
+        && spec.get("priorityClassName").and_then(Value::as_str) != Some(class)
+    {
+        return SchedulingState::Altered;
     }
     let selector = spec.get("nodeSelector").and_then(Value::as_object);
     let selector_ok =
@@ -410,13 +420,13 @@ pub fn scheduling_state_on_update(new_spec: &Value, old_spec: &Value) -> Schedul
 pub fn apply_scheduling(spec: &mut Map<String, Value>, tier: &Tier) -> Vec<String> {
     let s = &tier.scheduling;
     let mut warnings = Vec::new();
-    if let Some(class) = &s.priority_class {
-        if spec.get("priorityClassName").and_then(Value::as_str) != Some(class) {
-            spec.insert("priorityClassName".into(), Value::String(class.clone()));
-            // The API server resolved `priority` from the old class before webhooks ran; it
-            // recomputes it from the new class only if the integer is absent.
-            spec.remove("priority");
-        }
+    if let Some(class) = &s.priority_class
+        && spec.get("priorityClassName").and_then(Value::as_str) != Some(class)
+    {
+        spec.insert("priorityClassName".into(), Value::String(class.clone()));
+        // The API server resolved `priority` from the old class before webhooks ran; it
+        // recomputes it from the new class only if the integer is absent.
+        spec.remove("priority");
     }
     let selector = spec
         .entry("nodeSelector")
@@ -640,7 +650,10 @@ mod tests {
         for (field, value) in [
             ("command", json!(["/bin/sleep", "infinity"])),
             ("envFrom", json!([{"secretRef": {"name": "x"}}])),
-            ("volumeMounts", json!([{"name": "host", "mountPath": "/host"}])),
+            (
+                "volumeMounts",
+                json!([{"name": "host", "mountPath": "/host"}]),
+            ),
         ] {
             let mut altered = defaulted.clone();
             altered[field] = value;

@@ -50,10 +50,10 @@ impl Collector<'_> {
     }
 
     fn namespace_field(&mut self, item: &Value, own_namespace: &str) {
-        if let Some(ns) = item.get("namespace").and_then(Value::as_str) {
-            if ns != own_namespace {
-                self.namespace(ns);
-            }
+        if let Some(ns) = item.get("namespace").and_then(Value::as_str)
+            && ns != own_namespace
+        {
+            self.namespace(ns);
         }
     }
 
@@ -146,10 +146,9 @@ impl Collector<'_> {
             "User" => {
                 if let Some(("serviceaccount", rest)) =
                     name.strip_prefix("system:").and_then(|r| r.split_once(':'))
+                    && let Some((ns, _)) = rest.split_once(':')
                 {
-                    if let Some((ns, _)) = rest.split_once(':') {
-                        self.namespace(ns);
-                    }
+                    self.namespace(ns);
                 }
                 let tenants: Vec<Arc<str>> = self
                     .directory
@@ -212,14 +211,13 @@ pub fn references(
             }
         }
         ("", "Service") => {
-            if spec.get("type").and_then(Value::as_str) == Some("ExternalName") {
-                if let Some(ns) = spec
+            if spec.get("type").and_then(Value::as_str) == Some("ExternalName")
+                && let Some(ns) = spec
                     .get("externalName")
                     .and_then(Value::as_str)
                     .and_then(service_dns_namespace)
-                {
-                    c.namespace(ns);
-                }
+            {
+                c.namespace(ns);
             }
         }
         ("networking.k8s.io", "Ingress") => {
@@ -238,7 +236,10 @@ pub fn references(
             // certificateRefs, …), however deeply nested: collect them all.
             c.nested_namespaces(spec, namespace);
             let listener_hosts = items(spec.get("listeners")).filter_map(|l| l.get("hostname"));
-            for host in items(spec.get("hostnames")).chain(listener_hosts).filter_map(Value::as_str) {
+            for host in items(spec.get("hostnames"))
+                .chain(listener_hosts)
+                .filter_map(Value::as_str)
+            {
                 c.host(usage, host);
             }
         }
@@ -301,8 +302,14 @@ mod tests {
         );
         assert_eq!(service_dns_namespace("db.globex-prod"), Some("globex-prod"));
         assert_eq!(service_dns_namespace("api.example.com"), None);
-        assert_eq!(service_dns_namespace("web-0.web.globex-prod.svc.cluster.local"), Some("globex-prod"));
-        assert_eq!(service_dns_namespace("10-42-1-7.globex-prod.pod.cluster.local"), Some("globex-prod"));
+        assert_eq!(
+            service_dns_namespace("web-0.web.globex-prod.svc.cluster.local"),
+            Some("globex-prod")
+        );
+        assert_eq!(
+            service_dns_namespace("10-42-1-7.globex-prod.pod.cluster.local"),
+            Some("globex-prod")
+        );
         assert_eq!(service_dns_namespace("svc.example.com"), None);
     }
 }

@@ -39,7 +39,11 @@ use crate::usage::amounts_of;
 
 /// `tenantry-webhook` flags. Every flag also reads `TENANTRY_<FLAG>`.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "tenantry-webhook", version, about = "Tenantry's admission webhook: mutate and validate every write with Cedar policies")]
+#[command(
+    name = "tenantry-webhook",
+    version,
+    about = "Tenantry's admission webhook: mutate and validate every write with Cedar policies"
+)]
 pub struct Config {
     /// HTTPS address for the API server.
     #[arg(long, env = "TENANTRY_LISTEN", default_value = contract::DEFAULT_LISTEN)]
@@ -88,7 +92,11 @@ pub struct Config {
     #[arg(long, env = "TENANTRY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// Image of the injected enforcer sidecar.
-    #[arg(long, env = "TENANTRY_SIDECAR_IMAGE", default_value = "ghcr.io/tenantry/tenantry-enforcer:0.1.0")]
+    #[arg(
+        long,
+        env = "TENANTRY_SIDECAR_IMAGE",
+        default_value = "ghcr.io/tenantry/tenantry-enforcer:0.1.0"
+    )]
     pub sidecar_image: String,
     /// `native` (init container with restartPolicy Always) or `container`.
     #[arg(long, env = "TENANTRY_SIDECAR_MODE", default_value = "native")]
@@ -103,8 +111,14 @@ pub struct Config {
 
 /// `250ms`, `30s`, `5m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
-    let n: u64 = number.parse().map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 30s, 5m)"))?;
+    let (number, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.trim().len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 30s, 5m)"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
@@ -166,7 +180,12 @@ impl AppState {
         if let Some(why) = self.staleness() {
             // "Could not load" must never mean "no restriction".
             let response = AdmissionResponse::deny(&req.uid, 503, format!("tenantry: {why}"));
-            return Decision { response, denied_by: Vec::new(), tenant: None, mutated: None };
+            return Decision {
+                response,
+                denied_by: Vec::new(),
+                tenant: None,
+                mutated: None,
+            };
         }
         let directory = self.directory.current();
         let policies = self.policies.current();
@@ -175,7 +194,12 @@ impl AppState {
             Endpoint::Mutate => None,
         };
         let view = self.ledger.view(reservation.as_deref());
-        let inputs = Inputs { directory: &directory, usage: &view, policies: &policies, injection: &self.injection };
+        let inputs = Inputs {
+            directory: &directory,
+            usage: &view,
+            policies: &policies,
+            injection: &self.injection,
+        };
         let decision = match endpoint {
             Endpoint::Mutate => decide::mutate(&inputs, req),
             Endpoint::Validate => decide::validate(&inputs, req),
@@ -192,7 +216,11 @@ impl AppState {
 
     /// Reserves what a create adds before it is decided, so concurrent creates see each other.
     /// Dry-run requests never reserve.
-    fn reserve(&self, directory: &tenantry_tenancy::Directory, req: &AdmissionRequest) -> Option<String> {
+    fn reserve(
+        &self,
+        directory: &tenantry_tenancy::Directory,
+        req: &AdmissionRequest,
+    ) -> Option<String> {
         if req.operation != Operation::Create || !req.subresource().is_empty() || req.is_dry_run() {
             return None;
         }
@@ -206,11 +234,20 @@ impl AppState {
             .name
             .as_deref()
             .filter(|n| !n.is_empty())
-            .or_else(|| req.object.pointer("/metadata/name").and_then(|v| v.as_str()))
+            .or_else(|| {
+                req.object
+                    .pointer("/metadata/name")
+                    .and_then(|v| v.as_str())
+            })
             .map_or_else(|| format!("~{}", req.uid), str::to_string);
         let key = object_key(resource, &namespace, &name);
         let tenant = owner.tenant.id.clone();
-        self.ledger.reserve(&key, &tenant, charges(group, resource, &amounts), self.reservation_ttl);
+        self.ledger.reserve(
+            &key,
+            &tenant,
+            charges(group, resource, &amounts),
+            self.reservation_ttl,
+        );
         Some(key)
     }
 
@@ -230,7 +267,9 @@ impl AppState {
         let elapsed = started.elapsed();
         self.metrics
             .latency
-            .get_or_create(&EndpointLabels { endpoint: endpoint.name() })
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.name(),
+            })
             .observe(elapsed.as_secs_f64());
         self.metrics
             .requests
@@ -289,8 +328,13 @@ impl AppState {
 
     fn refresh_gauges(&self) {
         let m = &self.metrics;
-        m.directory_version.set(self.directory.current().version() as i64);
-        let age = self.directory.freshness().confirmed_at.map_or(-1, |t| t.elapsed().as_secs() as i64);
+        m.directory_version
+            .set(self.directory.current().version() as i64);
+        let age = self
+            .directory
+            .freshness()
+            .confirmed_at
+            .map_or(-1, |t| t.elapsed().as_secs() as i64);
         m.directory_age_seconds.set(age);
         m.directory_stale.set(i64::from(self.staleness().is_some()));
         m.policies_loaded.set(self.policies.current().len() as i64);
@@ -327,14 +371,21 @@ async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let (ready, detail) = state.readiness();
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, axum::Json(detail)).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.refresh_gauges();
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
         .into_response()
@@ -343,10 +394,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 /// Loads everything the configuration names and serves until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let policies = Arc::new(
-        PolicyStore::load(&config.policies)
-            .with_context(|| format!("cannot load policies from `{}`", config.policies.display()))?,
-    );
+    let policies =
+        Arc::new(PolicyStore::load(&config.policies).with_context(|| {
+            format!("cannot load policies from `{}`", config.policies.display())
+        })?);
     info!(policies = policies.current().len(), dir = %config.policies.display(), "policies loaded");
 
     let source = TenantSource::parse(&config.tenants);
@@ -356,10 +407,19 @@ pub async fn run(config: Config) -> Result<()> {
             let loaded = tenantry_tenancy::source::load_file(path)?;
             info!(tenants = loaded.tenant_count(), file = %path.display(), "tenant directory loaded");
             directory.publish(loaded);
-            tokio::spawn(watch_tenants_file(path.clone(), directory.clone(), metrics.clone(), config.reload_interval));
+            tokio::spawn(watch_tenants_file(
+                path.clone(),
+                directory.clone(),
+                metrics.clone(),
+                config.reload_interval,
+            ));
         }
         TenantSource::Postgres(url) => {
-            tokio::spawn(follow_postgres(url.clone(), directory.clone(), config.resync));
+            tokio::spawn(follow_postgres(
+                url.clone(),
+                directory.clone(),
+                config.resync,
+            ));
         }
     }
 
@@ -382,10 +442,16 @@ pub async fn run(config: Config) -> Result<()> {
         usage_ready: AtomicBool::new(false),
     });
     if config.kubeconfig.is_some() || config.redis.is_some() {
-        warn!("--kubeconfig and --redis are not implemented yet: usage comes from --state plus what this replica admits");
+        warn!(
+            "--kubeconfig and --redis are not implemented yet: usage comes from --state plus what this replica admits"
+        );
     }
     tokio::spawn(load_state(state.clone(), config.state.clone()));
-    tokio::spawn(watch_policies(policies.clone(), metrics.clone(), config.reload_interval));
+    tokio::spawn(watch_policies(
+        policies.clone(),
+        metrics.clone(),
+        config.reload_interval,
+    ));
 
     let cert = ReloadingCert::load(&config.tls_cert, &config.tls_key)?;
     let tls = cert.server_config()?;
@@ -393,7 +459,10 @@ pub async fn run(config: Config) -> Result<()> {
         let metrics = metrics.clone();
         tokio::spawn(cert.clone().watch(config.reload_interval, move |r| {
             let result = if r.is_ok() { "ok" } else { "error" };
-            metrics.certificate_reloads.get_or_create(&ResultLabels { result }).inc();
+            metrics
+                .certificate_reloads
+                .get_or_create(&ResultLabels { result })
+                .inc();
         }));
     }
 
@@ -403,12 +472,26 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     info!(addr = %listener.local_addr()?, "serving admission reviews over HTTPS");
-    let mut servers = vec![tokio::spawn(serve(listener, Some(tls), app, shutdown.clone(), config.shutdown_grace))];
+    let mut servers = vec![tokio::spawn(serve(
+        listener,
+        Some(tls),
+        app,
+        shutdown.clone(),
+        config.shutdown_grace,
+    ))];
     if let Some(addr) = config.metrics_listen {
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
         info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics over HTTP");
         let ops = operator_router().with_state(state.clone());
-        servers.push(tokio::spawn(serve(listener, None, ops, shutdown.clone(), config.shutdown_grace)));
+        servers.push(tokio::spawn(serve(
+            listener,
+            None,
+            ops,
+            shutdown.clone(),
+            config.shutdown_grace,
+        )));
     }
     wait_for_signal().await;
     info!("shutting down: finishing in-flight reviews");
@@ -456,7 +539,11 @@ pub async fn serve(
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(10)).keep_alive(true);
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .keep_alive(true);
     let builder = Arc::new(builder);
     let stop = shutdown.notified();
     tokio::pin!(stop);
@@ -480,7 +567,9 @@ pub async fn serve(
         tokio::spawn(async move {
             match acceptor {
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await;
                     let tls = match handshake {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
@@ -507,8 +596,14 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        warn!(?grace, "connections still open after the shutdown grace period; closing them");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(
+            ?grace,
+            "connections still open after the shutdown grace period; closing them"
+        );
     }
 }
 
@@ -550,7 +645,12 @@ fn dir_stamp(dir: &std::path::Path) -> Vec<(PathBuf, Option<(SystemTime, u64)>)>
     stamps
 }
 
-async fn watch_tenants_file(path: PathBuf, directory: Arc<DirectoryStore>, metrics: Arc<Metrics>, every: Duration) {
+async fn watch_tenants_file(
+    path: PathBuf,
+    directory: Arc<DirectoryStore>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+) {
     let mut last = file_stamp(&path);
     let mut version = directory.current().version();
     let mut tick = tokio::time::interval(every);
@@ -568,13 +668,22 @@ async fn watch_tenants_file(path: PathBuf, directory: Arc<DirectoryStore>, metri
                 version += 1;
                 let loaded = tenantry_tenancy::Directory::build(loaded.source().clone(), version)
                     .unwrap_or(loaded);
-                info!(tenants = loaded.tenant_count(), version, "tenants file reloaded");
+                info!(
+                    tenants = loaded.tenant_count(),
+                    version, "tenants file reloaded"
+                );
                 directory.publish(loaded);
-                metrics.tenants_reloads.get_or_create(&ResultLabels { result: "ok" }).inc();
+                metrics
+                    .tenants_reloads
+                    .get_or_create(&ResultLabels { result: "ok" })
+                    .inc();
             }
             Err(e) => {
                 error!(error = %e, "tenants file not reloaded; the last good snapshot stays");
-                metrics.tenants_reloads.get_or_create(&ResultLabels { result: "error" }).inc();
+                metrics
+                    .tenants_reloads
+                    .get_or_create(&ResultLabels { result: "error" })
+                    .inc();
                 // The file is broken, not unreachable: the last snapshot is still what the
                 // operator last had working, so it stays fresh.
                 directory.record_fresh();
@@ -597,11 +706,17 @@ async fn watch_policies(policies: Arc<PolicyStore>, metrics: Arc<Metrics>, every
         match policies.reload() {
             Ok(()) => {
                 info!(policies = policies.current().len(), "policies reloaded");
-                metrics.policy_reloads.get_or_create(&ResultLabels { result: "ok" }).inc();
+                metrics
+                    .policy_reloads
+                    .get_or_create(&ResultLabels { result: "ok" })
+                    .inc();
             }
             Err(e) => {
                 error!(error = %e, "policies not reloaded; the last good set stays");
-                metrics.policy_reloads.get_or_create(&ResultLabels { result: "error" }).inc();
+                metrics
+                    .policy_reloads
+                    .get_or_create(&ResultLabels { result: "error" })
+                    .inc();
             }
         }
     }
@@ -615,7 +730,9 @@ async fn load_state(state: Arc<AppState>, path: Option<PathBuf>) {
     if let Some(path) = path {
         let objects = std::fs::read_to_string(&path)
             .map_err(|e| e.to_string())
-            .and_then(|text| serde_saphyr::from_multiple::<serde_json::Value>(&text).map_err(|e| e.to_string()));
+            .and_then(|text| {
+                serde_saphyr::from_multiple::<serde_json::Value>(&text).map_err(|e| e.to_string())
+            });
         match objects {
             Ok(objects) => {
                 let directory = state.directory.current();

@@ -349,9 +349,14 @@ impl PrincipalBuilder<'_> {
             self.tenants.insert(m.tenant.clone());
             self.parents.insert(uid(&TYPES.tenant, &m.tenant));
             if let Some(team) = &m.team {
-                self.parents.insert(uid(&TYPES.team, &format!("{}/{}", m.tenant, team)));
+                self.parents
+                    .insert(uid(&TYPES.team, &format!("{}/{}", m.tenant, team)));
             }
-            if let Some(client) = self.directory.tenant(&m.tenant).and_then(|t| t.client.as_ref()) {
+            if let Some(client) = self
+                .directory
+                .tenant(&m.tenant)
+                .and_then(|t| t.client.as_ref())
+            {
                 self.parents.insert(uid(&TYPES.client, &client.id));
             }
         }
@@ -402,13 +407,19 @@ pub fn translate(
         builder.add(directory.serviceaccount_memberships(sa_namespace, sa_name));
         // A service account of a tenant namespace acts for that tenant, listed or not.
         if let Some(home) = directory.namespace_owner(sa_namespace) {
-            builder.add(&[Membership { tenant: home.tenant.id.clone(), team: home.team.cloned() }]);
+            builder.add(&[Membership {
+                tenant: home.tenant.id.clone(),
+                team: home.team.cloned(),
+            }]);
         }
         let attrs = HashMap::from([
             ("name".to_string(), string(sa_name)),
             ("namespace".to_string(), string(sa_namespace)),
         ]);
-        (uid(&TYPES.service_account, &format!("{sa_namespace}:{sa_name}")), attrs)
+        (
+            uid(&TYPES.service_account, &format!("{sa_namespace}:{sa_name}")),
+            attrs,
+        )
     } else {
         builder.add(directory.user_memberships(&info.username));
         let attrs = HashMap::from([("name".to_string(), string(&info.username))]);
@@ -518,7 +529,14 @@ pub fn translate(
         .push(Entity::new_with_tags(resource_uid.clone(), attrs, parents, tags).map_err(internal)?);
     // Only the request's own action is looked up (for `action in …`); it carries its ancestors.
     let action = uid(&TYPES.action, req.operation.action());
-    entities.extend(inputs.policies.action_entities().iter().filter(|e| e.uid() == action).cloned());
+    entities.extend(
+        inputs
+            .policies
+            .action_entities()
+            .iter()
+            .filter(|e| e.uid() == action)
+            .cloned(),
+    );
 
     // The context.
     let old_tenant_label = if req.operation == Operation::Update {

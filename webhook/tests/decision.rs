@@ -1,6 +1,8 @@
 //! The decision functions on AdmissionReview bodies shaped exactly like the API server's
 //! (fixtures/*.json), against the embedded example tenants and shipped policies.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use serde_json::{Value, json};
 use tenantry_tenancy::policy::SourceFile;
 use tenantry_tenancy::{Directory, PolicyEngine};

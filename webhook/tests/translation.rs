@@ -1,5 +1,7 @@
 //! Table tests: this manifest, written by this identity, yields these Cedar facts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use serde_json::Value;
 use tenantry_webhook::pod::{EnforcerState, SchedulingState};
 use tenantry_webhook::review::{self, Identity, Write};
