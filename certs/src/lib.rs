@@ -190,9 +190,7 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
 /// Generates a CA and a serving certificate for `names` (DNS names or IP addresses), valid for
 /// `days`.
 pub fn generate(names: &[String], days: u32) -> Result<Generated, CertError> {
-    // Backdated a little so a node with a slow clock does not reject a fresh certificate.
-    let not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-    let not_after = time::OffsetDateTime::now_utc() + time::Duration::days(i64::from(days));
+    let (not_before, not_after) = validity(days);
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params
         .distinguished_name
@@ -200,11 +198,53 @@ pub fn generate(names: &[String], days: u32) -> Result<Generated, CertError> {
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca_params.not_before = not_before;
-    ca_params.not_after = not_after;
+    // The CA outlives the serving certificates it signs, so rotating them keeps clients' trust.
+    ca_params.not_after = not_after + time::Duration::days(i64::from(days) * 4);
     let ca_key = KeyPair::generate()?;
     let ca_key_pem = ca_key.serialize_pem();
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let (cert, key) = serving(names, days, &ca)?;
+    Ok(Generated {
+        ca_cert: ca.pem(),
+        ca_key: ca_key_pem,
+        cert,
+        key,
+    })
+}
 
+/// A new serving certificate signed by an existing CA (rotation without touching `caBundle`).
+pub fn renew(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    names: &[String],
+    days: u32,
+) -> Result<Generated, CertError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca_cert_pem, ca_key)?;
+    let (cert, key) = serving(names, days, &issuer)?;
+    Ok(Generated {
+        ca_cert: ca_cert_pem.to_string(),
+        ca_key: ca_key_pem.to_string(),
+        cert,
+        key,
+    })
+}
+
+fn validity(days: u32) -> (time::OffsetDateTime, time::OffsetDateTime) {
+    // Backdated a little so a node with a slow clock does not reject a fresh certificate.
+    let now = time::OffsetDateTime::now_utc();
+    (
+        now - time::Duration::hours(1),
+        now + time::Duration::days(i64::from(days)),
+    )
+}
+
+fn serving(
+    names: &[String],
+    days: u32,
+    issuer: &rcgen::Issuer<'_, impl rcgen::SigningKey>,
+) -> Result<(String, String), CertError> {
+    let (not_before, not_after) = validity(days);
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(
         DnType::CommonName,
@@ -225,13 +265,8 @@ pub fn generate(names: &[String], days: u32) -> Result<Generated, CertError> {
     params.not_before = not_before;
     params.not_after = not_after;
     let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &ca)?;
-    Ok(Generated {
-        ca_cert: ca.pem(),
-        ca_key: ca_key_pem,
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    })
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// Writes `contents` to `path` atomically (a temporary file renamed over it), so a reader never

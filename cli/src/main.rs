@@ -42,8 +42,34 @@ enum Command {
         #[arg(long, env = "TENANTRY_TENANTS")]
         tenants: String,
     },
+    /// Generate TLS material for the webhook.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Show Tenantry at work on the embedded example tenants and policies (nothing to install).
     Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a CA (ca.crt, ca.key) and a serving certificate (tls.crt, tls.key) for a Service.
+    /// With an existing ca.crt and ca.key in OUT, only the serving certificate is renewed.
+    Generate {
+        /// The Service the API server calls.
+        #[arg(long, default_value = "tenantry-webhook", env = "TENANTRY_SERVICE")]
+        service: String,
+        /// Its namespace.
+        #[arg(long, default_value = "tenantry-system", env = "TENANTRY_NAMESPACE")]
+        namespace: String,
+        /// Extra DNS names or IP addresses (e.g. for a webhook reached by URL); repeatable.
+        #[arg(long = "name", env = "TENANTRY_NAMES", value_delimiter = ',')]
+        names: Vec<String>,
+        /// Validity of the serving certificate in days.
+        #[arg(long, default_value_t = 365, env = "TENANTRY_DAYS")]
+        days: u32,
+        /// Output directory.
+        #[arg(long, default_value = ".", env = "TENANTRY_OUT")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -81,6 +107,13 @@ fn main() -> ExitCode {
         Command::Tenants(command) => tenants_cmd::run(command),
         Command::Migrate { tenants } => tenants_cmd::migrate(&tenants),
         Command::Demo(args) => demo::run(&args),
+        Command::Certs(CertsCommand::Generate {
+            service,
+            namespace,
+            names,
+            days,
+            out,
+        }) => certs_generate(&service, &namespace, &names, days, &out),
     };
     match result {
         Ok(code) => code,
@@ -89,4 +122,48 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn certs_generate(
+    service: &str,
+    namespace: &str,
+    extra: &[String],
+    days: u32,
+    out: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let mut names = tenantry_certs::service_names(service, namespace);
+    names.extend(extra.iter().cloned());
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create `{}`", out.display()))?;
+    let (ca_cert, ca_key) = (out.join("ca.crt"), out.join("ca.key"));
+    let generated = if ca_cert.is_file() && ca_key.is_file() {
+        let cert = std::fs::read_to_string(&ca_cert)?;
+        let key = std::fs::read_to_string(&ca_key)?;
+        println!(
+            "renewing the serving certificate with the existing CA in {}",
+            out.display()
+        );
+        tenantry_certs::renew(&cert, &key, &names, days)?
+    } else {
+        tenantry_certs::generate(&names, days)?
+    };
+    let write = |name: &str, text: &str| -> anyhow::Result<()> {
+        let path = out.join(name);
+        tenantry_certs::write_atomic(&path, text)
+            .with_context(|| format!("cannot write `{}`", path.display()))
+    };
+    write("ca.crt", &generated.ca_cert)?;
+    write("ca.key", &generated.ca_key)?;
+    write("tls.key", &generated.key)?;
+    write("tls.crt", &generated.cert)?;
+    println!(
+        "wrote ca.crt, ca.key, tls.crt, tls.key to {} for {}",
+        out.display(),
+        names.join(", ")
+    );
+    println!(
+        "caBundle for the webhook configurations: base64 -w0 {}",
+        ca_cert.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,8 @@
 //! Nothing is mocked. A test that needs Postgres gets its own cluster (`initdb` + `pg_ctl`), so
 //! tests never share state and can run in parallel.
 
+pub mod https;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

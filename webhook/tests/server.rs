@@ -1,0 +1,588 @@
+//! The real `tenantry-webhook` binary over real HTTPS, with AdmissionReview bodies shaped like
+//! the API server's.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tenantry_tests::https::{Client, Reply};
+use tenantry_tests::{free_port, repo_root};
+
+const TENANTS: &str = r#"
+tiers:
+  small:
+    limits: { pods: 5, count/configmaps: 100 }
+    scheduling: { priority_class: tenant-small }
+tenants:
+  acme:
+    tier: small
+    namespaces: [acme-dev]
+    members: { users: [alice] }
+  globex:
+    tier: small
+    namespaces: [globex-prod]
+    members: { users: [bob] }
+"#;
+
+struct Webhook {
+    child: Child,
+    addr: SocketAddr,
+    ops: SocketAddr,
+    dir: PathBuf,
+    client: Client,
+    ca: String,
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tenantry-webhook-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    for entry in std::fs::read_dir(repo_root().join("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join("policies").join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+async fn start(name: &str, tenants: &str, extra: &[&str]) -> Webhook {
+    let dir = scratch(name);
+    let generated =
+        tenantry_certs::generate(&["localhost".to_string(), "127.0.0.1".to_string()], 30).unwrap();
+    std::fs::write(dir.join("tls.crt"), &generated.cert).unwrap();
+    std::fs::write(dir.join("tls.key"), &generated.key).unwrap();
+    std::fs::write(dir.join("ca.crt"), &generated.ca_cert).unwrap();
+    std::fs::write(dir.join("ca.key"), &generated.ca_key).unwrap();
+    let tenants_arg = if tenants.starts_with("postgres://") {
+        tenants.to_string()
+    } else {
+        std::fs::write(dir.join("tenants.yaml"), tenants).unwrap();
+        dir.join("tenants.yaml").to_str().unwrap().to_string()
+    };
+    let (port, ops_port) = (free_port().unwrap(), free_port().unwrap());
+    let child = Command::new(env!("CARGO_BIN_EXE_tenantry-webhook"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{ops_port}"),
+        ])
+        .args([
+            "--tls-cert",
+            dir.join("tls.crt").to_str().unwrap(),
+            "--tls-key",
+            dir.join("tls.key").to_str().unwrap(),
+        ])
+        .args([
+            "--tenants",
+            &tenants_arg,
+            "--policies",
+            dir.join("policies").to_str().unwrap(),
+        ])
+        .args(["--reload-interval", "100ms"])
+        .args(extra)
+        .env("TENANTRY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let hook = Webhook {
+        child,
+        addr: ([127, 0, 0, 1], port).into(),
+        ops: ([127, 0, 0, 1], ops_port).into(),
+        dir,
+        client: Client::https(&generated.ca_cert, "localhost").unwrap(),
+        ca: generated.ca_cert,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = Client::http().get(hook.ops, "/readyz").await {
+            if r.status == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "webhook did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    hook
+}
+
+fn fixture(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// A Pod CREATE review by `user` in `namespace`, named `name`, with a fresh uid.
+fn pod_review(user: &str, namespace: &str, name: &str, dry_run: bool) -> Value {
+    let mut review = fixture("pod-create.json");
+    let req = &mut review["request"];
+    req["uid"] = json!(format!("uid-{name}"));
+    req["name"] = json!(name);
+    req["namespace"] = json!(namespace);
+    req["dryRun"] = json!(dry_run);
+    req["userInfo"] = json!({"username": user, "groups": ["system:authenticated"]});
+    req["object"]["metadata"]["name"] = json!(name);
+    req["object"]["metadata"]["namespace"] = json!(namespace);
+    review
+}
+
+impl Webhook {
+    async fn post(&self, path: &str, review: &Value) -> Reply {
+        self.client
+            .post(self.addr, path, serde_json::to_vec(review).unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// Mutate, apply the patch, validate: the API server's sequence. Returns the validation
+    /// response.
+    async fn admit(&self, review: &Value) -> Value {
+        let m = self.post("/mutate", review).await;
+        assert_eq!(m.status, 200, "{}", m.text());
+        let m: Value = serde_json::from_slice(&m.body).unwrap();
+        let mut review = review.clone();
+        if let Some(patch) = m["response"]["patch"].as_str() {
+            use base64::Engine as _;
+            let ops = base64::engine::general_purpose::STANDARD
+                .decode(patch)
+                .unwrap();
+            let patch: json_patch::Patch = serde_json::from_slice(&ops).unwrap();
+            json_patch::patch(&mut review["request"]["object"], &patch).unwrap();
+        }
+        let v = self.post("/validate", &review).await;
+        assert_eq!(v.status, 200, "{}", v.text());
+        let v: Value = serde_json::from_slice(&v.body).unwrap();
+        v["response"].clone()
+    }
+
+    async fn metrics(&self) -> String {
+        Client::http()
+            .get(self.ops, "/metrics")
+            .await
+            .unwrap()
+            .text()
+    }
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_are_decided_over_https_and_counted() {
+    let hook = start("https", TENANTS, &[]).await;
+    let review = pod_review("alice", "acme-dev", "web", false);
+    let m = hook.post("/mutate", &review).await;
+    assert_eq!(m.status, 200);
+    let m: Value = serde_json::from_slice(&m.body).unwrap();
+    assert_eq!(m["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(m["kind"], "AdmissionReview");
+    assert_eq!(m["response"]["uid"], "uid-web");
+    assert_eq!(m["response"]["patchType"], "JSONPatch");
+
+    let allowed = hook.admit(&review).await;
+    assert_eq!(allowed["allowed"], true, "{allowed}");
+    let denied = hook
+        .admit(&pod_review("bob", "acme-dev", "intruder", false))
+        .await;
+    assert_eq!(denied["allowed"], false);
+    assert_eq!(denied["uid"], "uid-intruder");
+    assert_eq!(denied["status"]["code"], 403);
+    assert!(
+        denied["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[policy cross-tenant-write]")
+    );
+
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            hook.client.get(hook.addr, path).await.unwrap().status,
+            200,
+            "{path} over HTTPS"
+        );
+    }
+    let metrics = hook.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "tenantry_admission_requests_total{endpoint=\"validate\",operation=\"CREATE\",kind=\"Pod\",decision=\"denied\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+    assert!(metrics.contains("tenantry_admission_duration_seconds_bucket"));
+    assert!(metric(&metrics, "tenantry_directory_version") >= 1.0);
+    assert!(metric(&metrics, "tenantry_policies_loaded") >= 20.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_are_not_reviews_get_400_and_huge_ones_413() {
+    let hook = start("bad", TENANTS, &["--max-body-bytes", "65536"]).await;
+    let r = hook
+        .client
+        .post(hook.addr, "/validate", b"{\"hello\": 1}".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    let body: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["error"], "bad_request");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("not an AdmissionReview"),
+        "{body}"
+    );
+    let r = hook
+        .client
+        .post(hook.addr, "/mutate", vec![b' '; 70_000])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 413);
+    assert!(
+        metric(
+            &hook.metrics().await,
+            "tenantry_admission_bad_requests_total"
+        ) >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_parallel_creates_never_overshoot_the_limit() {
+    let hook = Arc::new(start("parallel", TENANTS, &[]).await);
+    // Dry runs are decided but reserve nothing.
+    for i in 0..3 {
+        let r = hook
+            .admit(&pod_review("alice", "acme-dev", &format!("dry-{i}"), true))
+            .await;
+        assert_eq!(r["allowed"], true);
+    }
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let hook = hook.clone();
+        let admitted = admitted.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = hook
+                .admit(&pod_review("alice", "acme-dev", &format!("p-{i}"), false))
+                .await;
+            if r["allowed"] == true {
+                admitted.fetch_add(1, Ordering::SeqCst);
+            } else {
+                let message = r["status"]["message"].as_str().unwrap().to_string();
+                assert!(message.contains("[policy quota-pods]"), "{message}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        admitted.load(Ordering::SeqCst),
+        5,
+        "exactly the tier's 5 pods"
+    );
+    // Settled: denied creates released their reservations; what fits is admitted, what does not is not.
+    let metrics = hook.metrics().await;
+    assert_eq!(
+        metric(&metrics, "tenantry_quota_reservations"),
+        0.0,
+        "{metrics}"
+    );
+    let mut configmap = fixture("pod-update.json");
+    let req = &mut configmap["request"];
+    req["operation"] = json!("CREATE");
+    req["oldObject"] = Value::Null;
+    req["kind"] = json!({"group": "", "version": "v1", "kind": "ConfigMap"});
+    req["resource"] = json!({"group": "", "version": "v1", "resource": "configmaps"});
+    req["userInfo"] = json!({"username": "alice", "groups": []});
+    req["object"] = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "acme-dev"}});
+    assert_eq!(
+        hook.admit(&configmap).await["allowed"],
+        true,
+        "a create that fits is admitted"
+    );
+    assert_eq!(
+        hook.admit(&pod_review("alice", "acme-dev", "one-more", false))
+            .await["allowed"],
+        false
+    );
+    assert_eq!(
+        hook.admit(&pod_review("bob", "globex-prod", "other-tenant", false))
+            .await["allowed"],
+        true
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_without_a_failed_request() {
+    let hook = Arc::new(start("rotate", TENANTS, &[]).await);
+    let first = hook
+        .client
+        .get(hook.addr, "/healthz")
+        .await
+        .unwrap()
+        .peer_certificate
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen_new = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (hook, stop, sent, failed, seen_new, first) = (
+            hook.clone(),
+            stop.clone(),
+            sent.clone(),
+            failed.clone(),
+            seen_new.clone(),
+            first.clone(),
+        );
+        tokio::spawn(async move {
+            let review = pod_review("alice", "acme-dev", "web", true);
+            let body = serde_json::to_vec(&review).unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                // A new connection per request: every request is a fresh handshake.
+                match hook.client.post(hook.addr, "/validate", body.clone()).await {
+                    Ok(r) if r.status == 200 => {
+                        if r.peer_certificate.as_ref() != Some(&first) {
+                            seen_new.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let ca_key = std::fs::read_to_string(hook.dir.join("ca.key")).unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let renewed =
+            tenantry_certs::renew(&hook.ca, &ca_key, &["localhost".to_string()], 30).unwrap();
+        // Key first, then certificate, as a rotating tool would: the mismatched moment must not
+        // break anything.
+        tenantry_certs::write_atomic(&hook.dir.join("tls.key"), &renewed.key).unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        tenantry_certs::write_atomic(&hook.dir.join("tls.crt"), &renewed.cert).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    assert!(sent.load(Ordering::SeqCst) > 20, "the client kept sending");
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "no request failed during rotation"
+    );
+    assert!(
+        seen_new.load(Ordering::SeqCst),
+        "the new certificate was served"
+    );
+    let metrics = hook.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "tenantry_certificate_reloads_total{result=\"ok\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_and_tenant_reloads_apply_and_broken_ones_keep_the_last_good_set() {
+    let hook = start("reload", TENANTS, &[]).await;
+    let review = pod_review("alice", "acme-dev", "web", true);
+    assert_eq!(hook.admit(&review).await["allowed"], true);
+
+    // A broken policy file: reported, and the good set keeps deciding.
+    std::fs::write(
+        hook.dir.join("policies/broken.cedar"),
+        "@id(\"x\")\nforbid (principal, action, resource) when {",
+    )
+    .unwrap();
+    wait_for(|| async {
+        metric(
+            &hook.metrics().await,
+            "tenantry_policy_reloads_total{result=\"error\"}",
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(hook.admit(&review).await["allowed"], true);
+
+    // A valid new policy takes effect.
+    std::fs::write(
+        hook.dir.join("policies/broken.cedar"),
+        "@id(\"no-web\")\n@message(\"no pods named web\")\nforbid (principal, action == Action::\"create\", resource)\nwhen { resource.name == \"web\" };\n",
+    )
+    .unwrap();
+    wait_for(|| async { hook.admit(&review).await["allowed"] == false }).await;
+    let denied = hook.admit(&review).await;
+    assert!(
+        denied["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no pods named web")
+    );
+    std::fs::remove_file(hook.dir.join("policies/broken.cedar")).unwrap();
+    wait_for(|| async { hook.admit(&review).await["allowed"] == true }).await;
+
+    // Suspending a tenant in the tenants file takes effect; a broken file keeps the last good one.
+    let suspended = TENANTS.replace(
+        "    tier: small\n    namespaces: [acme-dev]",
+        "    tier: small\n    status: suspended\n    namespaces: [acme-dev]",
+    );
+    tenantry_certs::write_atomic(&hook.dir.join("tenants.yaml"), &suspended).unwrap();
+    let suspended_message = || async {
+        hook.admit(&review).await["status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("suspended-tenant")
+    };
+    wait_for(suspended_message).await;
+    tenantry_certs::write_atomic(&hook.dir.join("tenants.yaml"), "tiers: [broken").unwrap();
+    wait_for(|| async {
+        metric(
+            &hook.metrics().await,
+            "tenantry_tenants_file_reloads_total{result=\"error\"}",
+        ) >= 1.0
+    })
+    .await;
+    let still = hook.admit(&review).await;
+    assert!(
+        still["status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("suspended-tenant"),
+        "{still}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_cleanly() {
+    let mut hook = start("sigterm", TENANTS, &[]).await;
+    let review = pod_review("alice", "acme-dev", "web", true);
+    assert_eq!(hook.admit(&review).await["allowed"], true);
+    let pid = hook.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = hook.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "did not stop after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        hook.client.get(hook.addr, "/healthz").await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_changes_reach_decisions_within_a_second_and_outages_fail_closed() {
+    let pg = tenantry_tests::Postgres::start().unwrap();
+    let source = tenantry_tenancy::PostgresSource::connect(&pg.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    source.migrate().await.unwrap();
+    let file: tenantry_tenancy::TenantsFile = serde_saphyr::from_str(TENANTS).unwrap();
+    source.import(&file).await.unwrap();
+    let hook = start(
+        "postgres",
+        &pg.url(),
+        &["--max-stale", "3s", "--resync", "500ms"],
+    )
+    .await;
+    let review = pod_review("alice", "acme-dev", "web", true);
+    assert_eq!(hook.admit(&review).await["allowed"], true);
+
+    let started = Instant::now();
+    source
+        .set_status("acme", tenantry_tenancy::Status::Suspended)
+        .await
+        .unwrap();
+    wait_for(|| async { hook.admit(&review).await["allowed"] == false }).await;
+    let delay = started.elapsed();
+    eprintln!("suspension committed in Postgres → denied by the webhook after {delay:?}");
+    assert!(delay < Duration::from_secs(1), "{delay:?}");
+    source
+        .set_status("acme", tenantry_tenancy::Status::Active)
+        .await
+        .unwrap();
+    wait_for(|| async { hook.admit(&review).await["allowed"] == true }).await;
+
+    // Outage: the last snapshot keeps deciding, readiness says why, and past --max-stale writes
+    // are refused rather than allowed.
+    pg.stop().unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        hook.admit(&review).await["allowed"],
+        true,
+        "within the bound, the last snapshot decides"
+    );
+    wait_for(|| async { hook.admit(&review).await["allowed"] == false }).await;
+    let stale = hook.admit(&review).await;
+    assert_eq!(stale["status"]["code"], 503);
+    assert!(
+        stale["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refusing writes"),
+        "{stale}"
+    );
+    let ready = Client::http().get(hook.ops, "/readyz").await.unwrap();
+    assert_eq!(ready.status, 503);
+    assert!(ready.text().contains("last_error"), "{}", ready.text());
+
+    pg.restart().unwrap();
+    wait_for(|| async { hook.admit(&review).await["allowed"] == true }).await;
+    assert_eq!(
+        Client::http()
+            .get(hook.ops, "/readyz")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+async fn wait_for<F, Fut>(check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        assert!(Instant::now() < deadline, "condition not reached in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
