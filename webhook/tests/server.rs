@@ -111,10 +111,10 @@ async fn start(name: &str, tenants: &str, extra: &[&str]) -> Webhook {
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(r) = Client::http().get(hook.ops, "/readyz").await {
-            if r.status == 200 {
-                break;
-            }
+        if let Ok(r) = Client::http().get(hook.ops, "/readyz").await
+            && r.status == 200
+        {
+            break;
         }
         assert!(Instant::now() < deadline, "webhook did not become ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
