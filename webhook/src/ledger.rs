@@ -119,10 +119,28 @@ impl Ledger {
             .map_err(|e| format!("{kind} `{namespace}/{name}`: {e}"))?;
         let charges = charges(&group, &resource, &amounts);
         let mut s = self.state();
-        if let Some(old) = s.objects.remove(&key) {
-            apply(&mut s.observed, &old.tenant, &old.charges, -1);
-        }
-        if let Some(r) = s.reservations.remove(&key) {
+        let first_sight = match s.objects.remove(&key) {
+            Some(old) => {
+                apply(&mut s.observed, &old.tenant, &old.charges, -1);
+                false
+            }
+            None => true,
+        };
+        let reserved_for = match s.reservations.contains_key(&key) {
+            true => Some(key.clone()),
+            // Objects created with generateName were reserved before they had a name: a new
+            // object of that kind in that namespace settles the oldest such reservation.
+            false if first_sight => {
+                let unnamed = format!("{}~", object_key(&resource, namespace, ""));
+                s.reservations
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&unnamed))
+                    .min_by_key(|(_, r)| r.expires)
+                    .map(|(k, _)| k.clone())
+            }
+            false => None,
+        };
+        if let Some(r) = reserved_for.and_then(|k| s.reservations.remove(&k)) {
             apply(&mut s.reserved, &r.tenant, &r.charges, -1);
         }
         apply(&mut s.observed, &tenant, &charges, 1);
@@ -209,6 +227,16 @@ impl Ledger {
                 },
             );
         }
+    }
+
+    /// Keys of observed objects starting with `prefix` (`pods/`), to reconcile after a relist.
+    pub fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.state()
+            .objects
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
     }
 
     /// Outstanding reservations, for metrics.
@@ -317,6 +345,27 @@ mod tests {
         );
         ledger.forget("pods/acme-dev/a");
         assert_eq!(ledger.view(None).used("acme", "pods"), 0);
+    }
+
+    #[test]
+    fn an_unnamed_reservation_settles_when_a_new_object_appears() {
+        let d = directory();
+        let ledger = Ledger::new();
+        let acme: Arc<str> = "acme".into();
+        ledger.reserve(
+            "pods/acme-dev/~uid-1",
+            &acme,
+            vec![("pods".into(), 1)],
+            Duration::from_secs(30),
+        );
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-x7k2p", "namespace": "acme-dev"}, "spec": {}});
+        ledger.observe(&d, &pod).unwrap();
+        assert_eq!(ledger.reservations(), 0);
+        assert_eq!(
+            ledger.view(None).used("acme", "pods"),
+            1,
+            "counted once, not twice"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! [`review`] replays a manifest through all of it offline, exactly as the API server would.
 
 pub mod admission;
+pub mod cluster;
 pub mod contract;
 pub mod decide;
 pub mod embedded;

@@ -57,6 +57,11 @@ pub struct Config {
     /// PEM private key; reloaded when the file changes.
     #[arg(long, env = "TENANTRY_TLS_KEY")]
     pub tls_key: PathBuf,
+    /// In a cluster: take the CA and serving certificate from the Secret `tenantry-webhook-tls`
+    /// (creating it if no replica has), write them to --tls-cert/--tls-key, and put the CA into
+    /// the webhook configurations' caBundle.
+    #[arg(long, env = "TENANTRY_TLS_BOOTSTRAP")]
+    pub tls_bootstrap: bool,
     /// Tenant source: a postgres:// URL or a YAML file (reloaded when it changes).
     #[arg(long, env = "TENANTRY_TENANTS")]
     pub tenants: String,
@@ -69,7 +74,7 @@ pub struct Config {
     /// Redis URL for quota reservations shared by replicas.
     #[arg(long, env = "TENANTRY_REDIS")]
     pub redis: Option<String>,
-    /// Kubeconfig for watching usage (in-cluster config when running in a pod).
+    /// Kubeconfig for watching usage. In a pod, the in-cluster configuration is used without it.
     #[arg(long, env = "TENANTRY_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// How long to keep deciding from the last tenant snapshot while its source is unreachable;
@@ -423,6 +428,12 @@ pub async fn run(config: Config) -> Result<()> {
         }
     }
 
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let kube = if config.kubeconfig.is_some() || in_cluster {
+        Some(crate::cluster::client(config.kubeconfig.as_deref()).await?)
+    } else {
+        None
+    };
     let ledger = Arc::new(Ledger::new());
     let state = Arc::new(AppState {
         directory: directory.clone(),
@@ -438,21 +449,33 @@ pub async fn run(config: Config) -> Result<()> {
         metrics: metrics.clone(),
         max_stale: config.max_stale,
         reservation_ttl: config.reservation_ttl,
-        observes_cluster: false,
+        observes_cluster: kube.is_some(),
         usage_ready: AtomicBool::new(false),
     });
-    if config.kubeconfig.is_some() || config.redis.is_some() {
-        warn!(
-            "--kubeconfig and --redis are not implemented yet: usage comes from --state plus what this replica admits"
-        );
+    if config.redis.is_some() {
+        warn!("--redis is not implemented yet: quota reservations are kept per replica");
     }
-    tokio::spawn(load_state(state.clone(), config.state.clone()));
+    match &kube {
+        Some(client) => {
+            info!("counting usage from cluster watches");
+            crate::cluster::watch_usage(client.clone(), state.clone());
+        }
+        None => {
+            tokio::spawn(load_state(state.clone(), config.state.clone()));
+        }
+    }
     tokio::spawn(watch_policies(
         policies.clone(),
         metrics.clone(),
         config.reload_interval,
     ));
 
+    if config.tls_bootstrap {
+        let client = kube
+            .clone()
+            .context("--tls-bootstrap needs a cluster (in-cluster config or --kubeconfig)")?;
+        crate::cluster::bootstrap_tls(client, &config.tls_cert, &config.tls_key).await?;
+    }
     let cert = ReloadingCert::load(&config.tls_cert, &config.tls_key)?;
     let tls = cert.server_config()?;
     {

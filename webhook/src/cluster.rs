@@ -1,0 +1,275 @@
+//! The webhook's view of a real cluster: usage from kube-rs watches, and the self-signed TLS
+//! bootstrap that publishes its CA into the webhook configurations.
+//!
+//! Watches keep per-tenant counters in the [`Ledger`], never whole objects: most kinds are
+//! watched metadata-only (Secrets included, so the webhook never reads secret data); Pods,
+//! PersistentVolumeClaims and Ingresses are read in full because their requests, storage and
+//! hosts count.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service,
+};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use crate::contract;
+use crate::ledger::object_key;
+use crate::server::AppState;
+
+/// A kube client from `--kubeconfig`, or the in-cluster configuration.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig `{}`", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?
+        }
+        None => kube::Config::incluster()
+            .context("not running in a cluster and no --kubeconfig given")?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Watches every kind in [`contract::WATCHED_RESOURCES`] into the ledger; marks usage ready once
+/// each has listed completely.
+pub fn watch_usage(client: Client, state: Arc<AppState>) {
+    let synced = Arc::new(AtomicUsize::new(0));
+    let total = contract::WATCHED_RESOURCES.len();
+    macro_rules! full {
+        ($k:ty) => {
+            tokio::spawn(follow(
+                Api::<$k>::all(client.clone()),
+                state.clone(),
+                synced.clone(),
+                total,
+                |o: &$k| serde_json::to_value(o).unwrap_or(Value::Null),
+            ));
+        };
+    }
+    macro_rules! meta {
+        ($k:ty) => {
+            tokio::spawn(follow(
+                Api::<PartialObjectMeta<$k>>::all(client.clone()),
+                state.clone(),
+                synced.clone(),
+                total,
+                |o: &PartialObjectMeta<$k>| {
+                    json!({
+                        "apiVersion": <$k as Resource>::api_version(&()),
+                        "kind": <$k as Resource>::kind(&()),
+                        "metadata": o.metadata,
+                    })
+                },
+            ));
+        };
+    }
+    full!(Pod);
+    full!(PersistentVolumeClaim);
+    full!(Ingress);
+    meta!(Namespace);
+    meta!(Service);
+    meta!(ConfigMap);
+    meta!(Secret);
+    meta!(Deployment);
+    meta!(StatefulSet);
+    meta!(DaemonSet);
+    meta!(ReplicaSet);
+    meta!(Job);
+    meta!(CronJob);
+}
+
+fn key_of(object: &Value) -> Option<String> {
+    let kind = object.get("kind")?.as_str()?;
+    let api_version = object.get("apiVersion")?.as_str()?;
+    let name = object.pointer("/metadata/name")?.as_str()?;
+    let (_, resource) = crate::usage::resource_of(api_version, kind);
+    let namespace = if kind == "Namespace" {
+        name
+    } else {
+        object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    };
+    Some(object_key(&resource, namespace, name))
+}
+
+async fn follow<K>(
+    api: Api<K>,
+    state: Arc<AppState>,
+    synced: Arc<AtomicUsize>,
+    total: usize,
+    to_json: impl Fn(&K) -> Value,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Serialize + 'static,
+{
+    let mut stream = watcher(api).boxed();
+    let mut listing: Option<HashSet<String>> = None;
+    let mut prefix: Option<String> = None;
+    let mut counted_sync = false;
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, "usage watch failed; retrying with backoff");
+                continue;
+            }
+        };
+        match event {
+            Event::Init => listing = Some(HashSet::new()),
+            Event::InitApply(o) | Event::Apply(o) => {
+                let json = to_json(&o);
+                let Some(key) = key_of(&json) else { continue };
+                if prefix.is_none() {
+                    prefix = key.split('/').next().map(|r| format!("{r}/"));
+                }
+                if let Some(seen) = listing.as_mut() {
+                    seen.insert(key);
+                }
+                let directory = state.directory.current();
+                if let Err(e) = state.ledger.observe(&directory, &json) {
+                    warn!(error = %e, "object not counted");
+                }
+            }
+            Event::Delete(o) => {
+                if let Some(key) = key_of(&to_json(&o)) {
+                    state.ledger.forget(&key);
+                }
+            }
+            Event::InitDone => {
+                // Objects that vanished while the watch was down are not in the new listing.
+                if let (Some(seen), Some(prefix)) = (listing.take(), prefix.as_ref()) {
+                    for key in state.ledger.keys_with_prefix(prefix) {
+                        if !seen.contains(&key) {
+                            state.ledger.forget(&key);
+                        }
+                    }
+                }
+                if !counted_sync {
+                    counted_sync = true;
+                    if synced.fetch_add(1, Ordering::AcqRel) + 1 == total {
+                        info!(objects = state.ledger.objects(), "usage watches synced");
+                        state.usage_ready.store(true, Ordering::Release);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn watcher<K>(api: Api<K>) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    watcher::watcher(api, watcher::Config::default()).default_backoff()
+}
+
+/// The Secret replicas share the bootstrap CA and serving certificate through.
+pub const TLS_SECRET: &str = "tenantry-webhook-tls";
+
+/// Self-signed bootstrap: reuse the shared Secret or create it (the first replica wins; the others
+/// read its result), write the PEM files, and put the CA into both webhook configurations.
+pub async fn bootstrap_tls(client: Client, cert: &Path, key: &Path) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), contract::NAMESPACE);
+    let existing = secrets
+        .get_opt(TLS_SECRET)
+        .await
+        .context("cannot read the TLS Secret")?;
+    let secret = match existing {
+        Some(s) => s,
+        None => {
+            let names = tenantry_certs::service_names(contract::SERVICE_NAME, contract::NAMESPACE);
+            let generated = tenantry_certs::generate(&names, 365)?;
+            let data = [
+                ("ca.crt", generated.ca_cert),
+                ("ca.key", generated.ca_key),
+                ("tls.crt", generated.cert),
+                ("tls.key", generated.key),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+            .collect();
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(TLS_SECRET.to_string()),
+                    namespace: Some(contract::NAMESPACE.to_string()),
+                    ..Default::default()
+                },
+                type_: Some("kubernetes.io/tls".to_string()),
+                data: Some(data),
+                ..Default::default()
+            };
+            match secrets.create(&PostParams::default(), &secret).await {
+                Ok(s) => {
+                    info!("created the webhook TLS Secret");
+                    s
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => secrets
+                    .get(TLS_SECRET)
+                    .await
+                    .context("cannot read the TLS Secret another replica created")?,
+                Err(e) => return Err(e).context("cannot create the TLS Secret"),
+            }
+        }
+    };
+    let data = secret.data.unwrap_or_default();
+    let field = |k: &str| -> Result<String> {
+        let bytes = data
+            .get(k)
+            .with_context(|| format!("Secret `{TLS_SECRET}` has no `{k}`"))?;
+        Ok(String::from_utf8_lossy(&bytes.0).into_owned())
+    };
+    let ca = field("ca.crt")?;
+    tenantry_certs::write_atomic(key, &field("tls.key")?)?;
+    tenantry_certs::write_atomic(cert, &field("tls.crt")?)?;
+
+    let patch = |name: &str| json!({"webhooks": [{"name": name, "clientConfig": {"caBundle": base64_encode(ca.as_bytes())}}]});
+    let params = PatchParams::default();
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    mutating
+        .patch(
+            contract::WEBHOOK_CONFIGURATION,
+            &params,
+            &Patch::Strategic(patch(contract::MUTATING_WEBHOOK_NAME)),
+        )
+        .await
+        .context("cannot set caBundle on the MutatingWebhookConfiguration")?;
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client);
+    validating
+        .patch(
+            contract::WEBHOOK_CONFIGURATION,
+            &params,
+            &Patch::Strategic(patch(contract::VALIDATING_WEBHOOK_NAME)),
+        )
+        .await
+        .context("cannot set caBundle on the ValidatingWebhookConfiguration")?;
+    info!("webhook configurations trust the bootstrap CA");
+    Ok(())
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
