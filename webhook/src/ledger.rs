@@ -249,9 +249,30 @@ impl Ledger {
         self.state().objects.len()
     }
 
+    /// Records an admitted object as used (no cluster will report it), without a local
+    /// reservation (reservations are shared through Redis).
+    pub fn record(&self, key: &str, tenant: &Arc<str>, charges: Charges) {
+        let mut s = self.state();
+        if let Some(old) = s.objects.remove(key) {
+            apply(&mut s.observed, &old.tenant, &old.charges, -1);
+        }
+        apply(&mut s.observed, tenant, &charges, 1);
+        s.objects.insert(key.to_string(), Observed { tenant: tenant.clone(), charges });
+    }
+
+    /// Whether this replica counts `key` as observed (its reservation no longer matters).
+    pub fn is_observed(&self, key: &str) -> bool {
+        self.state().objects.contains_key(key)
+    }
+
     /// Usage as seen by the request holding `own` (its own reservation is not counted twice).
     pub fn view<'a>(&'a self, own: Option<&'a str>) -> LedgerView<'a> {
-        LedgerView { ledger: self, own }
+        LedgerView { ledger: self, own, shared: None }
+    }
+
+    /// Usage with `tenant`'s reservations taken from the shared store instead of this replica.
+    pub fn view_shared<'a>(&'a self, tenant: Arc<str>, reserved: HashMap<String, i64>) -> LedgerView<'a> {
+        LedgerView { ledger: self, own: None, shared: Some((tenant, reserved)) }
     }
 }
 
@@ -259,11 +280,18 @@ impl Ledger {
 pub struct LedgerView<'a> {
     ledger: &'a Ledger,
     own: Option<&'a str>,
+    shared: Option<(Arc<str>, HashMap<String, i64>)>,
 }
 
 impl UsageView for LedgerView<'_> {
     fn used(&self, tenant: &str, resource: &str) -> i64 {
         let s = self.ledger.state();
+        if let Some((shared_tenant, reserved)) = &self.shared
+            && &**shared_tenant == tenant
+        {
+            let observed = s.observed.get(tenant).and_then(|c| c.get(resource)).copied().unwrap_or(0);
+            return observed + reserved.get(resource).copied().unwrap_or(0);
+        }
         let get = |m: &HashMap<Arc<str>, HashMap<String, i64>>| {
             m.get(tenant)
                 .and_then(|c| c.get(resource))

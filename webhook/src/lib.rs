@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod mutate;
 pub mod pod;
 pub mod references;
+pub mod reservations;
 pub mod review;
 pub mod server;
 pub mod translate;

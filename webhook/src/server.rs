@@ -149,6 +149,15 @@ pub struct AppState {
     pub observes_cluster: bool,
     /// The usage view has loaded (the --state file, or the first list of every watch).
     pub usage_ready: AtomicBool,
+    /// Reservations shared by replicas (`--redis`); per replica without it.
+    pub shared: Option<crate::reservations::SharedReservations>,
+}
+
+/// A create's claim on its tenant's quota.
+struct Claim {
+    key: String,
+    tenant: Arc<str>,
+    charges: crate::ledger::Charges,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -181,51 +190,66 @@ impl AppState {
         }
     }
 
-    fn decide(&self, endpoint: Endpoint, req: &AdmissionRequest) -> Decision {
+    async fn decide(&self, endpoint: Endpoint, req: &AdmissionRequest) -> Decision {
         if let Some(why) = self.staleness() {
             // "Could not load" must never mean "no restriction".
             let response = AdmissionResponse::deny(&req.uid, 503, format!("tenantry: {why}"));
-            return Decision {
-                response,
-                denied_by: Vec::new(),
-                tenant: None,
-                mutated: None,
-            };
+            return Decision { response, denied_by: Vec::new(), tenant: None, mutated: None };
         }
         let directory = self.directory.current();
         let policies = self.policies.current();
-        let reservation = match endpoint {
-            Endpoint::Validate => self.reserve(&directory, req),
+        let inputs = |usage: &dyn crate::usage::UsageView| -> Decision {
+            let inputs = Inputs { directory: &directory, usage, policies: &policies, injection: &self.injection };
+            match endpoint {
+                Endpoint::Mutate => decide::mutate(&inputs, req),
+                Endpoint::Validate => decide::validate(&inputs, req),
+            }
+        };
+        let claim = match endpoint {
+            Endpoint::Validate => self.claim(&directory, req),
             Endpoint::Mutate => None,
         };
-        let view = self.ledger.view(reservation.as_deref());
-        let inputs = Inputs {
-            directory: &directory,
-            usage: &view,
-            policies: &policies,
-            injection: &self.injection,
+        let Some(claim) = claim else {
+            return inputs(&self.ledger.view(None));
         };
-        let decision = match endpoint {
-            Endpoint::Mutate => decide::mutate(&inputs, req),
-            Endpoint::Validate => decide::validate(&inputs, req),
-        };
-        if let Some(key) = reservation {
-            if !decision.response.allowed {
-                self.ledger.release(&key);
-            } else if !self.observes_cluster {
-                self.ledger.settle(&key);
+        match &self.shared {
+            None => {
+                self.ledger.reserve(&claim.key, &claim.tenant, claim.charges.clone(), self.reservation_ttl);
+                let decision = inputs(&self.ledger.view(Some(&claim.key)));
+                if !decision.response.allowed {
+                    self.ledger.release(&claim.key);
+                } else if !self.observes_cluster {
+                    self.ledger.settle(&claim.key);
+                }
+                decision
+            }
+            Some(shared) => {
+                let others = match shared.reserve(&claim.tenant, &claim.key, &claim.charges, self.reservation_ttl).await {
+                    Ok(others) => others,
+                    Err(e) => {
+                        // The tier limits this create and no replica-wide count can be had:
+                        // refuse rather than risk overshooting.
+                        let message = format!("tenantry: cannot reserve quota for this create: {e}");
+                        let response = AdmissionResponse::deny(&req.uid, 503, message);
+                        return Decision { response, denied_by: Vec::new(), tenant: Some(claim.tenant), mutated: None };
+                    }
+                };
+                let totals = crate::reservations::totals(&others, |k| self.ledger.is_observed(k));
+                let decision = inputs(&self.ledger.view_shared(claim.tenant.clone(), totals));
+                if !decision.response.allowed {
+                    if let Err(e) = shared.release(&claim.tenant, &claim.key).await {
+                        warn!(error = %e, "could not release a quota reservation; it expires on its own");
+                    }
+                } else if !self.observes_cluster {
+                    self.ledger.record(&claim.key, &claim.tenant, claim.charges);
+                }
+                decision
             }
         }
-        decision
     }
 
-    /// Reserves what a create adds before it is decided, so concurrent creates see each other.
-    /// Dry-run requests never reserve.
-    fn reserve(
-        &self,
-        directory: &tenantry_tenancy::Directory,
-        req: &AdmissionRequest,
-    ) -> Option<String> {
+    /// What a create will use, when its tier limits any of it. Dry-run requests never reserve.
+    fn claim(&self, directory: &tenantry_tenancy::Directory, req: &AdmissionRequest) -> Option<Claim> {
         if req.operation != Operation::Create || !req.subresource().is_empty() || req.is_dry_run() {
             return None;
         }
@@ -235,28 +259,21 @@ impl AppState {
         let resource = &req.resource.resource;
         // Unreadable objects are denied by the decision itself.
         let amounts = amounts_of(group, resource, &req.object).ok()?;
+        let charges = charges(group, resource, &amounts);
+        let limits = &owner.tenant.tier.limits;
+        if !charges.iter().any(|(k, _)| limits.get(k).is_some()) {
+            return None;
+        }
         let name = req
             .name
             .as_deref()
             .filter(|n| !n.is_empty())
-            .or_else(|| {
-                req.object
-                    .pointer("/metadata/name")
-                    .and_then(|v| v.as_str())
-            })
+            .or_else(|| req.object.pointer("/metadata/name").and_then(|v| v.as_str()))
             .map_or_else(|| format!("~{}", req.uid), str::to_string);
-        let key = object_key(resource, &namespace, &name);
-        let tenant = owner.tenant.id.clone();
-        self.ledger.reserve(
-            &key,
-            &tenant,
-            charges(group, resource, &amounts),
-            self.reservation_ttl,
-        );
-        Some(key)
+        Some(Claim { key: object_key(resource, &namespace, &name), tenant: owner.tenant.id.clone(), charges })
     }
 
-    fn review(&self, endpoint: Endpoint, body: &[u8]) -> Response {
+    async fn review(&self, endpoint: Endpoint, body: &[u8]) -> Response {
         let started = Instant::now();
         let req = match AdmissionReview::parse_request(body) {
             Ok(req) => req,
@@ -267,7 +284,7 @@ impl AppState {
                 return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
             }
         };
-        let decision = self.decide(endpoint, &req);
+        let decision = self.decide(endpoint, &req).await;
         let allowed = decision.response.allowed;
         let elapsed = started.elapsed();
         self.metrics
@@ -367,11 +384,11 @@ pub fn operator_router() -> Router<Arc<AppState>> {
 }
 
 async fn mutate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    state.review(Endpoint::Mutate, &body)
+    state.review(Endpoint::Mutate, &body).await
 }
 
 async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    state.review(Endpoint::Validate, &body)
+    state.review(Endpoint::Validate, &body).await
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -434,6 +451,14 @@ pub async fn run(config: Config) -> Result<()> {
     } else {
         None
     };
+    let shared = match &config.redis {
+        Some(url) => Some(
+            crate::reservations::SharedReservations::connect(url, Duration::from_millis(500))
+                .await
+                .with_context(|| format!("cannot connect to Redis at `{}`", tenantry_tenancy::source::redact_url(url)))?,
+        ),
+        None => None,
+    };
     let ledger = Arc::new(Ledger::new());
     let state = Arc::new(AppState {
         directory: directory.clone(),
@@ -451,10 +476,8 @@ pub async fn run(config: Config) -> Result<()> {
         reservation_ttl: config.reservation_ttl,
         observes_cluster: kube.is_some(),
         usage_ready: AtomicBool::new(false),
+        shared,
     });
-    if config.redis.is_some() {
-        warn!("--redis is not implemented yet: quota reservations are kept per replica");
-    }
     match &kube {
         Some(client) => {
             info!("counting usage from cluster watches");

@@ -586,3 +586,37 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_redis_never_overshoot_together() {
+    let mut redis = tenantry_tests::Redis::start().unwrap();
+    let url = redis.url();
+    let a = Arc::new(start("redis-a", TENANTS, &["--redis", &url]).await);
+    let b = Arc::new(start("redis-b", TENANTS, &["--redis", &url]).await);
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let hook = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let admitted = admitted.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = hook.admit(&pod_review("alice", "acme-dev", &format!("p-{i}"), false)).await;
+            if r["allowed"] == true {
+                admitted.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(admitted.load(Ordering::SeqCst), 5, "two replicas together admit exactly the tier's 5 pods");
+
+    // Redis gone: creates the tier limits are refused (503), others still decided.
+    redis.kill();
+    let r = a.admit(&pod_review("bob", "globex-prod", "while-down", false)).await;
+    assert_eq!(r["allowed"], false);
+    assert_eq!(r["status"]["code"], 503);
+    assert!(r["status"]["message"].as_str().unwrap().contains("cannot reserve quota"), "{r}");
+    assert_eq!(a.admit(&pod_review("bob", "globex-prod", "dry", true)).await["allowed"], true, "dry runs need no reservation");
+    redis.restart().unwrap();
+    wait_for(|| async { a.admit(&pod_review("bob", "globex-prod", "after", false)).await["allowed"] == true }).await;
+}
