@@ -6,6 +6,8 @@
 //! certificate updated, the key not yet) does not load, so the old pair keeps serving until the
 //! next poll sees a matching one.
 
+pub mod client;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};

@@ -121,21 +121,8 @@ pub fn load_str(text: &str, path: &Path) -> Result<Suite> {
     })
 }
 
-/// The outcome of one case, and what was wrong with it.
-pub struct CaseResult {
-    pub outcome: Outcome,
-    pub failures: Vec<String>,
-}
-
-pub fn run_case(suite: &Suite, policies: &PolicyEngine, index: usize) -> Result<CaseResult> {
-    let case = &suite.cases[index];
-    let injection = InjectionConfig::default();
-    let inputs = Inputs {
-        directory: &suite.directory,
-        usage: &suite.usage,
-        policies,
-        injection: &injection,
-    };
+/// The AdmissionRequest the API server would send for a case.
+pub fn request_for(case: &Case, index: usize) -> Result<tenantry_webhook::AdmissionRequest> {
     let operation: Operation = case.operation.parse().map_err(anyhow::Error::msg)?;
     let write = Write {
         object: case.object.clone(),
@@ -148,8 +135,11 @@ pub fn run_case(suite: &Suite, policies: &PolicyEngine, index: usize) -> Result<
         operation,
         dry_run: case.dry_run,
     };
-    let request = review::admission_request(&write, &format!("case-{index}"))?;
-    let outcome = review::run(&inputs, &request)?;
+    Ok(review::admission_request(&write, &format!("case-{index}"))?)
+}
+
+/// What is wrong with `outcome` against the case's expectations (empty: as expected).
+pub fn check(case: &Case, outcome: &Outcome) -> Vec<String> {
     let mut failures = Vec::new();
     let e = &case.expect;
     if outcome.allowed != e.allowed {
@@ -189,5 +179,25 @@ pub fn run_case(suite: &Suite, policies: &PolicyEngine, index: usize) -> Result<
             failures.push(format!("expected label {key}={want}, got {got:?}"));
         }
     }
+    failures
+}
+
+/// The outcome of one case, and what was wrong with it.
+pub struct CaseResult {
+    pub outcome: Outcome,
+    pub failures: Vec<String>,
+}
+
+pub fn run_case(suite: &Suite, policies: &PolicyEngine, index: usize) -> Result<CaseResult> {
+    let injection = InjectionConfig::default();
+    let inputs = Inputs {
+        directory: &suite.directory,
+        usage: &suite.usage,
+        policies,
+        injection: &injection,
+    };
+    let request = request_for(&suite.cases[index], index)?;
+    let outcome = review::run(&inputs, &request)?;
+    let failures = check(&suite.cases[index], &outcome);
     Ok(CaseResult { outcome, failures })
 }

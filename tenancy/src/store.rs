@@ -120,6 +120,15 @@ impl PolicyStore {
         })
     }
 
+    /// A store holding `engine` (the embedded policies); reloading re-reads `dir` if it exists.
+    pub fn fixed(engine: crate::PolicyEngine, dir: &std::path::Path) -> PolicyStore {
+        PolicyStore {
+            dir: dir.to_path_buf(),
+            current: ArcSwap::from_pointee(engine),
+            outcome: Mutex::new(ReloadOutcome::default()),
+        }
+    }
+
     pub fn current(&self) -> Arc<crate::PolicyEngine> {
         self.current.load_full()
     }

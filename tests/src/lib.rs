@@ -4,7 +4,8 @@
 //! Nothing is mocked. A test that needs Postgres gets its own cluster (`initdb` + `pg_ctl`), so
 //! tests never share state and can run in parallel.
 
-pub mod https;
+/// The loopback HTTP(S) client the demo and load harness use too.
+pub use tenantry_certs::client as https;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -257,7 +257,13 @@ impl Ledger {
             apply(&mut s.observed, &old.tenant, &old.charges, -1);
         }
         apply(&mut s.observed, tenant, &charges, 1);
-        s.objects.insert(key.to_string(), Observed { tenant: tenant.clone(), charges });
+        s.objects.insert(
+            key.to_string(),
+            Observed {
+                tenant: tenant.clone(),
+                charges,
+            },
+        );
     }
 
     /// Whether this replica counts `key` as observed (its reservation no longer matters).
@@ -267,12 +273,24 @@ impl Ledger {
 
     /// Usage as seen by the request holding `own` (its own reservation is not counted twice).
     pub fn view<'a>(&'a self, own: Option<&'a str>) -> LedgerView<'a> {
-        LedgerView { ledger: self, own, shared: None }
+        LedgerView {
+            ledger: self,
+            own,
+            shared: None,
+        }
     }
 
     /// Usage with `tenant`'s reservations taken from the shared store instead of this replica.
-    pub fn view_shared<'a>(&'a self, tenant: Arc<str>, reserved: HashMap<String, i64>) -> LedgerView<'a> {
-        LedgerView { ledger: self, own: None, shared: Some((tenant, reserved)) }
+    pub fn view_shared<'a>(
+        &'a self,
+        tenant: Arc<str>,
+        reserved: HashMap<String, i64>,
+    ) -> LedgerView<'a> {
+        LedgerView {
+            ledger: self,
+            own: None,
+            shared: Some((tenant, reserved)),
+        }
     }
 }
 
@@ -289,7 +307,12 @@ impl UsageView for LedgerView<'_> {
         if let Some((shared_tenant, reserved)) = &self.shared
             && &**shared_tenant == tenant
         {
-            let observed = s.observed.get(tenant).and_then(|c| c.get(resource)).copied().unwrap_or(0);
+            let observed = s
+                .observed
+                .get(tenant)
+                .and_then(|c| c.get(resource))
+                .copied()
+                .unwrap_or(0);
             return observed + reserved.get(resource).copied().unwrap_or(0);
         }
         let get = |m: &HashMap<Arc<str>, HashMap<String, i64>>| {

@@ -49,25 +49,39 @@ pub struct SharedReservations {
 
 impl std::fmt::Debug for SharedReservations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedReservations").field("timeout", &self.timeout).finish()
+        f.debug_struct("SharedReservations")
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
 fn keys(tenant: &str) -> (String, String) {
-    (format!("tenantry:reservations:{{{tenant}}}:expiry"), format!("tenantry:reservations:{{{tenant}}}:charges"))
+    (
+        format!("tenantry:reservations:{{{tenant}}}:expiry"),
+        format!("tenantry:reservations:{{{tenant}}}:charges"),
+    )
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn encode(charges: &Charges) -> String {
-    charges.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    charges
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl SharedReservations {
     /// Connects (and keeps reconnecting in the background) to `url`.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<SharedReservations, ReservationError> {
+    pub async fn connect(
+        url: &str,
+        timeout: Duration,
+    ) -> Result<SharedReservations, ReservationError> {
         let client = redis::Client::open(url)?;
         let conn = tokio::time::timeout(timeout * 10, ConnectionManager::new(client))
             .await
@@ -99,9 +113,10 @@ impl SharedReservations {
             .arg(key)
             .arg(encode(charges))
             .arg(ttl.as_millis() as u64 * 2);
-        let flat: Vec<String> = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
-            .await
-            .map_err(|_| ReservationError::Timeout(self.timeout))??;
+        let flat: Vec<String> =
+            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
+                .await
+                .map_err(|_| ReservationError::Timeout(self.timeout))??;
         let mut out = Vec::new();
         for pair in flat.chunks(2) {
             let [member, encoded] = pair else { continue };
@@ -132,7 +147,10 @@ impl SharedReservations {
 }
 
 /// Sums others' charges, skipping reservations this replica has already seen settle.
-pub fn totals(others: &[(String, Charges)], settled: impl Fn(&str) -> bool) -> HashMap<String, i64> {
+pub fn totals(
+    others: &[(String, Charges)],
+    settled: impl Fn(&str) -> bool,
+) -> HashMap<String, i64> {
     let mut totals = HashMap::new();
     for (key, charges) in others {
         if settled(key) {

@@ -194,12 +194,22 @@ impl AppState {
         if let Some(why) = self.staleness() {
             // "Could not load" must never mean "no restriction".
             let response = AdmissionResponse::deny(&req.uid, 503, format!("tenantry: {why}"));
-            return Decision { response, denied_by: Vec::new(), tenant: None, mutated: None };
+            return Decision {
+                response,
+                denied_by: Vec::new(),
+                tenant: None,
+                mutated: None,
+            };
         }
         let directory = self.directory.current();
         let policies = self.policies.current();
         let inputs = |usage: &dyn crate::usage::UsageView| -> Decision {
-            let inputs = Inputs { directory: &directory, usage, policies: &policies, injection: &self.injection };
+            let inputs = Inputs {
+                directory: &directory,
+                usage,
+                policies: &policies,
+                injection: &self.injection,
+            };
             match endpoint {
                 Endpoint::Mutate => decide::mutate(&inputs, req),
                 Endpoint::Validate => decide::validate(&inputs, req),
@@ -214,7 +224,12 @@ impl AppState {
         };
         match &self.shared {
             None => {
-                self.ledger.reserve(&claim.key, &claim.tenant, claim.charges.clone(), self.reservation_ttl);
+                self.ledger.reserve(
+                    &claim.key,
+                    &claim.tenant,
+                    claim.charges.clone(),
+                    self.reservation_ttl,
+                );
                 let decision = inputs(&self.ledger.view(Some(&claim.key)));
                 if !decision.response.allowed {
                     self.ledger.release(&claim.key);
@@ -224,14 +239,28 @@ impl AppState {
                 decision
             }
             Some(shared) => {
-                let others = match shared.reserve(&claim.tenant, &claim.key, &claim.charges, self.reservation_ttl).await {
+                let others = match shared
+                    .reserve(
+                        &claim.tenant,
+                        &claim.key,
+                        &claim.charges,
+                        self.reservation_ttl,
+                    )
+                    .await
+                {
                     Ok(others) => others,
                     Err(e) => {
                         // The tier limits this create and no replica-wide count can be had:
                         // refuse rather than risk overshooting.
-                        let message = format!("tenantry: cannot reserve quota for this create: {e}");
+                        let message =
+                            format!("tenantry: cannot reserve quota for this create: {e}");
                         let response = AdmissionResponse::deny(&req.uid, 503, message);
-                        return Decision { response, denied_by: Vec::new(), tenant: Some(claim.tenant), mutated: None };
+                        return Decision {
+                            response,
+                            denied_by: Vec::new(),
+                            tenant: Some(claim.tenant),
+                            mutated: None,
+                        };
                     }
                 };
                 let totals = crate::reservations::totals(&others, |k| self.ledger.is_observed(k));
@@ -249,7 +278,11 @@ impl AppState {
     }
 
     /// What a create will use, when its tier limits any of it. Dry-run requests never reserve.
-    fn claim(&self, directory: &tenantry_tenancy::Directory, req: &AdmissionRequest) -> Option<Claim> {
+    fn claim(
+        &self,
+        directory: &tenantry_tenancy::Directory,
+        req: &AdmissionRequest,
+    ) -> Option<Claim> {
         if req.operation != Operation::Create || !req.subresource().is_empty() || req.is_dry_run() {
             return None;
         }
@@ -268,9 +301,17 @@ impl AppState {
             .name
             .as_deref()
             .filter(|n| !n.is_empty())
-            .or_else(|| req.object.pointer("/metadata/name").and_then(|v| v.as_str()))
+            .or_else(|| {
+                req.object
+                    .pointer("/metadata/name")
+                    .and_then(|v| v.as_str())
+            })
             .map_or_else(|| format!("~{}", req.uid), str::to_string);
-        Some(Claim { key: object_key(resource, &namespace, &name), tenant: owner.tenant.id.clone(), charges })
+        Some(Claim {
+            key: object_key(resource, &namespace, &name),
+            tenant: owner.tenant.id.clone(),
+            charges,
+        })
     }
 
     async fn review(&self, endpoint: Endpoint, body: &[u8]) -> Response {
@@ -413,6 +454,80 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+impl AppState {
+    /// State for a webhook with a fixed directory and policy set and no cluster (the demo).
+    pub fn local(
+        directory: tenantry_tenancy::Directory,
+        policies: tenantry_tenancy::PolicyEngine,
+    ) -> AppState {
+        AppState {
+            directory: Arc::new(DirectoryStore::loaded(directory)),
+            policies: Arc::new(PolicyStore::fixed(
+                policies,
+                std::path::Path::new("<embedded>"),
+            )),
+            ledger: Arc::new(Ledger::new()),
+            injection: InjectionConfig::default(),
+            metrics: Arc::new(Metrics::new()),
+            max_stale: Duration::MAX,
+            reservation_ttl: Duration::from_secs(60),
+            observes_cluster: false,
+            usage_ready: AtomicBool::new(true),
+            shared: None,
+        }
+    }
+}
+
+/// A webhook serving on loopback with a fresh self-signed certificate.
+pub struct LocalWebhook {
+    pub addr: SocketAddr,
+    /// PEM of the CA that signed the serving certificate (for `127.0.0.1`).
+    pub ca_pem: String,
+    shutdown: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+    dir: PathBuf,
+}
+
+impl LocalWebhook {
+    /// Stops accepting, finishes in-flight reviews, removes the certificate files.
+    pub async fn stop(self) {
+        self.shutdown.notify_waiters();
+        let _ = self.task.await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Serves `state` over HTTPS on 127.0.0.1 at a free port.
+pub async fn start_local(state: Arc<AppState>) -> Result<LocalWebhook> {
+    let dir = std::env::temp_dir().join(format!("tenantry-local-webhook-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+    let generated = tenantry_certs::generate(&["127.0.0.1".to_string()], 1)?;
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    tenantry_certs::write_atomic(&cert, &generated.cert)?;
+    tenantry_certs::write_atomic(&key, &generated.key)?;
+    let tls = ReloadingCert::load(&cert, &key)?.server_config()?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen on loopback")?;
+    let addr = listener.local_addr()?;
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+    let app = router(state, 4 << 20);
+    let task = tokio::spawn(serve(
+        listener,
+        Some(tls),
+        app,
+        shutdown.clone(),
+        Duration::from_secs(5),
+    ));
+    Ok(LocalWebhook {
+        addr,
+        ca_pem: generated.ca_cert,
+        shutdown,
+        task,
+        dir,
+    })
+}
+
 /// Loads everything the configuration names and serves until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
@@ -455,7 +570,12 @@ pub async fn run(config: Config) -> Result<()> {
         Some(url) => Some(
             crate::reservations::SharedReservations::connect(url, Duration::from_millis(500))
                 .await
-                .with_context(|| format!("cannot connect to Redis at `{}`", tenantry_tenancy::source::redact_url(url)))?,
+                .with_context(|| {
+                    format!(
+                        "cannot connect to Redis at `{}`",
+                        tenantry_tenancy::source::redact_url(url)
+                    )
+                })?,
         ),
         None => None,
     };
@@ -512,7 +632,7 @@ pub async fn run(config: Config) -> Result<()> {
         }));
     }
 
-    let shutdown = tokio_util_shutdown();
+    let shutdown = Arc::new(tokio::sync::Notify::new());
     let app = router(state.clone(), config.max_body_bytes);
     let listener = TcpListener::bind(config.listen)
         .await
@@ -547,10 +667,6 @@ pub async fn run(config: Config) -> Result<()> {
     }
     info!("stopped");
     Ok(())
-}
-
-fn tokio_util_shutdown() -> Arc<tokio::sync::Notify> {
-    Arc::new(tokio::sync::Notify::new())
 }
 
 async fn wait_for_signal() {

@@ -599,7 +599,9 @@ async fn replicas_sharing_redis_never_overshoot_together() {
         let hook = if i % 2 == 0 { a.clone() } else { b.clone() };
         let admitted = admitted.clone();
         tasks.push(tokio::spawn(async move {
-            let r = hook.admit(&pod_review("alice", "acme-dev", &format!("p-{i}"), false)).await;
+            let r = hook
+                .admit(&pod_review("alice", "acme-dev", &format!("p-{i}"), false))
+                .await;
             if r["allowed"] == true {
                 admitted.fetch_add(1, Ordering::SeqCst);
             }
@@ -608,15 +610,37 @@ async fn replicas_sharing_redis_never_overshoot_together() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(admitted.load(Ordering::SeqCst), 5, "two replicas together admit exactly the tier's 5 pods");
+    assert_eq!(
+        admitted.load(Ordering::SeqCst),
+        5,
+        "two replicas together admit exactly the tier's 5 pods"
+    );
 
     // Redis gone: creates the tier limits are refused (503), others still decided.
     redis.kill();
-    let r = a.admit(&pod_review("bob", "globex-prod", "while-down", false)).await;
+    let r = a
+        .admit(&pod_review("bob", "globex-prod", "while-down", false))
+        .await;
     assert_eq!(r["allowed"], false);
     assert_eq!(r["status"]["code"], 503);
-    assert!(r["status"]["message"].as_str().unwrap().contains("cannot reserve quota"), "{r}");
-    assert_eq!(a.admit(&pod_review("bob", "globex-prod", "dry", true)).await["allowed"], true, "dry runs need no reservation");
+    assert!(
+        r["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reserve quota"),
+        "{r}"
+    );
+    assert_eq!(
+        a.admit(&pod_review("bob", "globex-prod", "dry", true))
+            .await["allowed"],
+        true,
+        "dry runs need no reservation"
+    );
     redis.restart().unwrap();
-    wait_for(|| async { a.admit(&pod_review("bob", "globex-prod", "after", false)).await["allowed"] == true }).await;
+    wait_for(|| async {
+        a.admit(&pod_review("bob", "globex-prod", "after", false))
+            .await["allowed"]
+            == true
+    })
+    .await;
 }

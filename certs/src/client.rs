@@ -1,10 +1,10 @@
-//! A minimal HTTP(S) client for tests: one request per connection (so every request does a TLS
-//! handshake, which is what certificate-rotation tests need), trusting a given CA.
+//! A minimal HTTP(S) client for loopback tools: the demo, the load harness and tests. One request
+//! per connection unless kept alive explicitly, trusting a given CA, full handshakes only (so a
+//! rotated certificate is seen at once).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -12,6 +12,31 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("HTTP: {0}")]
+    Http(String),
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+fn http_err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Http(e.to_string())
+}
+
+fn tls_err(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Tls(e.to_string())
+}
 
 /// A response: status, body, and the certificate the server presented (DER).
 #[derive(Debug)]
@@ -38,11 +63,12 @@ impl Client {
     pub fn https(ca_pem: &str, server_name: &str) -> Result<Client> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(cert.context("bad CA PEM")?)?;
+            roots.add(cert.map_err(tls_err)?).map_err(tls_err)?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
+            .with_safe_default_protocol_versions()
+            .map_err(tls_err)?
             .with_root_certificates(roots)
             .with_no_client_auth();
         // Full handshakes only: a resumed session would not show the server's current certificate.
@@ -78,20 +104,19 @@ impl Client {
     ) -> Result<Reply> {
         let tcp = TcpStream::connect(addr)
             .await
-            .with_context(|| format!("cannot connect to {addr}"))?;
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        let _ = tcp.set_nodelay(true);
         let request = Request::builder()
             .method(method)
             .uri(path)
             .header("host", addr.to_string())
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))?;
+            .body(Full::new(Bytes::from(body)))
+            .map_err(http_err)?;
         match &self.tls {
             Some(connector) => {
-                let name = ServerName::try_from(self.server_name.clone())?;
-                let tls = connector
-                    .connect(name, tcp)
-                    .await
-                    .context("TLS handshake failed")?;
+                let name = ServerName::try_from(self.server_name.clone()).map_err(tls_err)?;
+                let tls = connector.connect(name, tcp).await.map_err(tls_err)?;
                 let peer = tls
                     .get_ref()
                     .1
@@ -121,10 +146,18 @@ async fn exchange<T>(io: T, request: Request<Full<Bytes>>) -> Result<(u16, Vec<u
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(http_err)?;
     tokio::spawn(conn);
-    let response = sender.send_request(request).await?;
+    let response = sender.send_request(request).await.map_err(http_err)?;
     let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes().to_vec();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(http_err)?
+        .to_bytes()
+        .to_vec();
     Ok((status, body))
 }
