@@ -187,11 +187,11 @@ mod tests {
 
         std::fs::write(
             dir.join("broken.cedar"),
-            "@id(\"b\")\nforbid (principal, action, resource) when { 1 };\n",
+            "@id(\"b\")\n@message(\"m\")\nforbid (principal, action, resource) when { 1 };\n",
         )
         .unwrap();
         let err = store.reload().unwrap_err().to_string();
-        assert!(err.contains("broken.cedar:2:"), "{err}");
+        assert!(err.contains("broken.cedar:3:"), "{err}");
         assert_eq!(store.current().len(), good, "the good set stays");
         assert_eq!(store.outcome().failures, 1);
         assert!(store.outcome().last_error.unwrap().contains("broken.cedar"));
