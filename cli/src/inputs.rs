@@ -55,8 +55,7 @@ pub fn read_documents(path: &Path) -> Result<Vec<Value>> {
 }
 
 pub fn parse_documents(text: &str) -> Result<Vec<Value>> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text)?;
-    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+    tenantry_webhook::usage::parse_objects(text).map_err(anyhow::Error::msg)
 }
 
 /// Exactly one document.

@@ -126,8 +126,8 @@ async fn follow<K>(
     K: Resource + Clone + DeserializeOwned + Debug + Send + Serialize + 'static,
 {
     let mut stream = watcher(api).boxed();
-    let mut listing: Option<HashSet<String>> = None;
-    let mut prefix: Option<String> = None;
+    let mut listing: Option<HashSet<u64>> = None;
+    let mut resource: Option<String> = None;
     let mut counted_sync = false;
     while let Some(event) = stream.next().await {
         let event = match event {
@@ -142,11 +142,11 @@ async fn follow<K>(
             Event::InitApply(o) | Event::Apply(o) => {
                 let json = to_json(&o);
                 let Some(key) = key_of(&json) else { continue };
-                if prefix.is_none() {
-                    prefix = key.split('/').next().map(|r| format!("{r}/"));
+                if resource.is_none() {
+                    resource = key.split('/').next().map(str::to_string);
                 }
                 if let Some(seen) = listing.as_mut() {
-                    seen.insert(key);
+                    seen.insert(crate::ledger::key_hash(&key));
                 }
                 let directory = state.directory.current();
                 if let Err(e) = state.ledger.observe(&directory, &json) {
@@ -160,10 +160,10 @@ async fn follow<K>(
             }
             Event::InitDone => {
                 // Objects that vanished while the watch was down are not in the new listing.
-                if let (Some(seen), Some(prefix)) = (listing.take(), prefix.as_ref()) {
-                    for key in state.ledger.keys_with_prefix(prefix) {
-                        if !seen.contains(&key) {
-                            state.ledger.forget(&key);
+                if let (Some(seen), Some(resource)) = (listing.take(), resource.as_ref()) {
+                    for hash in state.ledger.hashes_of_resource(resource) {
+                        if !seen.contains(&hash) {
+                            state.ledger.forget_hash(hash);
                         }
                     }
                 }

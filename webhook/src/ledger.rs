@@ -37,10 +37,22 @@ struct Reservation {
     expires: Instant,
 }
 
+/// One observed object in as few bytes as practical: its tenant, its resource and its charges
+/// as interned quota names. Keys are hashes of `resource/namespace/name` (64-bit: a collision
+/// among a million objects has odds below one in ten million).
 #[derive(Debug, Clone)]
 struct Observed {
     tenant: Arc<str>,
-    charges: Charges,
+    resource: u16,
+    charges: Box<[(u16, i64)]>,
+}
+
+/// The 64-bit key an object is tracked under.
+pub fn key_hash(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
 }
 
 #[derive(Debug, Default)]
@@ -49,11 +61,66 @@ struct State {
     observed: HashMap<Arc<str>, HashMap<String, i64>>,
     /// Per tenant, per quota name: outstanding reservations.
     reserved: HashMap<Arc<str>, HashMap<String, i64>>,
-    /// Observed objects by key (`resource/namespace/name`), to undo them on delete or update.
-    objects: HashMap<String, Observed>,
+    /// Observed objects by key hash, to undo them on delete or update.
+    objects: HashMap<u64, Observed>,
+    /// Interned quota and resource names.
+    names: Vec<String>,
+    name_ids: HashMap<String, u16>,
     reservations: HashMap<String, Reservation>,
     hosts: HashMap<String, Arc<str>>,
-    host_keys: HashMap<String, Vec<String>>,
+    host_keys: HashMap<u64, Vec<String>>,
+}
+
+impl State {
+    fn intern(&mut self, name: &str) -> u16 {
+        if let Some(id) = self.name_ids.get(name) {
+            return *id;
+        }
+        let id = self.names.len() as u16;
+        self.names.push(name.to_string());
+        self.name_ids.insert(name.to_string(), id);
+        id
+    }
+
+    fn compact(&mut self, charges: &Charges) -> Box<[(u16, i64)]> {
+        charges.iter().map(|(k, v)| (self.intern(k), *v)).collect()
+    }
+
+    fn expand(&self, compact: &[(u16, i64)]) -> Charges {
+        compact
+            .iter()
+            .map(|(id, v)| (self.names[*id as usize].clone(), *v))
+            .collect()
+    }
+
+    /// Adds (sign 1) or removes (sign -1) an observed object's charges from its tenant's totals.
+    fn count(&mut self, o: &Observed, sign: i64) {
+        let counters = self.observed.entry(o.tenant.clone()).or_default();
+        for (id, v) in o.charges.iter() {
+            let name = &self.names[*id as usize];
+            match counters.get_mut(name) {
+                Some(c) => *c += sign * v,
+                None => {
+                    counters.insert(name.clone(), sign * v);
+                }
+            }
+        }
+    }
+
+    fn insert_observed(&mut self, key: &str, tenant: Arc<str>, charges: &Charges) {
+        let hash = key_hash(key);
+        if let Some(old) = self.objects.remove(&hash) {
+            self.count(&old, -1);
+        }
+        let resource = self.intern(key.split('/').next().unwrap_or(""));
+        let observed = Observed {
+            tenant,
+            resource,
+            charges: self.compact(charges),
+        };
+        self.count(&observed, 1);
+        self.objects.insert(hash, observed);
+    }
 }
 
 fn apply(
@@ -119,13 +186,8 @@ impl Ledger {
             .map_err(|e| format!("{kind} `{namespace}/{name}`: {e}"))?;
         let charges = charges(&group, &resource, &amounts);
         let mut s = self.state();
-        let first_sight = match s.objects.remove(&key) {
-            Some(old) => {
-                apply(&mut s.observed, &old.tenant, &old.charges, -1);
-                false
-            }
-            None => true,
-        };
+        let hash = key_hash(&key);
+        let first_sight = !s.objects.contains_key(&hash);
         let reserved_for = match s.reservations.contains_key(&key) {
             true => Some(key.clone()),
             // Objects created with generateName were reserved before they had a name: a new
@@ -143,14 +205,7 @@ impl Ledger {
         if let Some(r) = reserved_for.and_then(|k| s.reservations.remove(&k)) {
             apply(&mut s.reserved, &r.tenant, &r.charges, -1);
         }
-        apply(&mut s.observed, &tenant, &charges, 1);
-        s.objects.insert(
-            key.clone(),
-            Observed {
-                tenant: tenant.clone(),
-                charges,
-            },
-        );
+        s.insert_observed(&key, tenant.clone(), &charges);
         if kind == "Ingress" {
             let hosts: Vec<String> = ingress_hosts(object)
                 .into_iter()
@@ -159,18 +214,23 @@ impl Ledger {
             for h in &hosts {
                 s.hosts.entry(h.clone()).or_insert_with(|| tenant.clone());
             }
-            s.host_keys.insert(key, hosts);
+            s.host_keys.insert(hash, hosts);
         }
         Ok(())
     }
 
     /// Removes an object that was deleted.
     pub fn forget(&self, key: &str) {
+        self.forget_hash(key_hash(key));
+    }
+
+    /// Removes an object by its key hash (see [`key_hash`]).
+    pub fn forget_hash(&self, hash: u64) {
         let mut s = self.state();
-        if let Some(old) = s.objects.remove(key) {
-            apply(&mut s.observed, &old.tenant, &old.charges, -1);
+        if let Some(old) = s.objects.remove(&hash) {
+            s.count(&old, -1);
         }
-        if let Some(hosts) = s.host_keys.remove(key) {
+        if let Some(hosts) = s.host_keys.remove(&hash) {
             for h in hosts {
                 s.hosts.remove(&h);
             }
@@ -218,24 +278,20 @@ impl Ledger {
         let mut s = self.state();
         if let Some(r) = s.reservations.remove(key) {
             apply(&mut s.reserved, &r.tenant, &r.charges, -1);
-            apply(&mut s.observed, &r.tenant, &r.charges, 1);
-            s.objects.insert(
-                key.to_string(),
-                Observed {
-                    tenant: r.tenant,
-                    charges: r.charges,
-                },
-            );
+            s.insert_observed(key, r.tenant, &r.charges);
         }
     }
 
-    /// Keys of observed objects starting with `prefix` (`pods/`), to reconcile after a relist.
-    pub fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
-        self.state()
-            .objects
-            .keys()
-            .filter(|k| k.starts_with(prefix))
-            .cloned()
+    /// Key hashes of observed objects of `resource` (`pods`), to reconcile after a relist.
+    pub fn hashes_of_resource(&self, resource: &str) -> Vec<u64> {
+        let s = self.state();
+        let Some(id) = s.name_ids.get(resource).copied() else {
+            return Vec::new();
+        };
+        s.objects
+            .iter()
+            .filter(|(_, o)| o.resource == id)
+            .map(|(h, _)| *h)
             .collect()
     }
 
@@ -252,23 +308,18 @@ impl Ledger {
     /// Records an admitted object as used (no cluster will report it), without a local
     /// reservation (reservations are shared through Redis).
     pub fn record(&self, key: &str, tenant: &Arc<str>, charges: Charges) {
-        let mut s = self.state();
-        if let Some(old) = s.objects.remove(key) {
-            apply(&mut s.observed, &old.tenant, &old.charges, -1);
-        }
-        apply(&mut s.observed, tenant, &charges, 1);
-        s.objects.insert(
-            key.to_string(),
-            Observed {
-                tenant: tenant.clone(),
-                charges,
-            },
-        );
+        self.state().insert_observed(key, tenant.clone(), &charges);
     }
 
     /// Whether this replica counts `key` as observed (its reservation no longer matters).
     pub fn is_observed(&self, key: &str) -> bool {
-        self.state().objects.contains_key(key)
+        self.state().objects.contains_key(&key_hash(key))
+    }
+
+    /// What an observed object is charged, for tests and debugging.
+    pub fn charges_of(&self, key: &str) -> Option<Charges> {
+        let s = self.state();
+        s.objects.get(&key_hash(key)).map(|o| s.expand(&o.charges))
     }
 
     /// Usage as seen by the request holding `own` (its own reservation is not counted twice).

@@ -890,21 +890,17 @@ async fn load_state(state: Arc<AppState>, path: Option<PathBuf>) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if let Some(path) = path {
-        let objects = std::fs::read_to_string(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|text| {
-                serde_saphyr::from_multiple::<serde_json::Value>(&text).map_err(|e| e.to_string())
-            });
-        match objects {
-            Ok(objects) => {
-                let directory = state.directory.current();
-                for object in objects.iter().filter(|o| !o.is_null()) {
-                    if let Err(e) = state.ledger.observe(&directory, object) {
-                        error!(error = %e, file = %path.display(), "object in the state file not counted");
-                    }
+        let directory = state.directory.current();
+        let counted = std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|text| {
+            crate::usage::for_each_object(&text, |object| {
+                if let Err(e) = state.ledger.observe(&directory, &object) {
+                    error!(error = %e, file = %path.display(), "object in the state file not counted");
                 }
-                info!(objects = state.ledger.objects(), file = %path.display(), "usage loaded from the state file");
-            }
+                Ok(())
+            })
+        });
+        match counted {
+            Ok(n) => info!(objects = n, file = %path.display(), "usage loaded from the state file"),
             Err(e) => {
                 // Without usage, quotas could not be enforced: stay unready rather than allow.
                 error!(error = %e, file = %path.display(), "cannot read the state file; staying unready");

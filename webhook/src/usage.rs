@@ -205,6 +205,78 @@ impl UsageView for Inventory {
     }
 }
 
+/// Every object of a multi-document YAML (or JSON) file of existing objects. Such files come
+/// from `kubectl get -o yaml` of whole clusters, so the parser's default budget (1,024 documents,
+/// 250,000 nodes) is raised to fit them; depth and alias limits stay.
+pub fn parse_objects(text: &str) -> Result<Vec<Value>, String> {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = usize::MAX;
+    budget.max_nodes = usize::MAX;
+    budget.max_events = usize::MAX;
+    budget.max_total_scalar_bytes = usize::MAX;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple_with_options(text, options).map_err(|e| e.to_string())?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// Calls `f` with each object of a multi-document YAML file of existing objects, one document at
+/// a time, so a dump of a whole cluster never sits in memory at once. `kind: List` documents
+/// (what `kubectl get -o yaml` prints) yield their items.
+pub fn for_each_object(
+    text: &str,
+    mut f: impl FnMut(Value) -> Result<(), String>,
+) -> Result<usize, String> {
+    let mut count = 0;
+    let mut doc = String::new();
+    let mut line_no = 0usize;
+    let mut doc_start = 1usize;
+    let mut flush = |doc: &mut String, start: usize, count: &mut usize| -> Result<(), String> {
+        if doc.trim().is_empty() {
+            doc.clear();
+            return Ok(());
+        }
+        let parsed =
+            parse_objects(doc).map_err(|e| format!("document starting at line {start}: {e}"))?;
+        doc.clear();
+        for value in parsed {
+            match value.get("kind").and_then(Value::as_str) {
+                Some("List") => {
+                    for item in value
+                        .get("items")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        *count += 1;
+                        f(item.clone())?;
+                    }
+                }
+                _ => {
+                    *count += 1;
+                    f(value)?;
+                }
+            }
+        }
+        Ok(())
+    };
+    for line in text.split_inclusive('\n') {
+        line_no += 1;
+        let trimmed = line.trim_end();
+        if trimmed == "---" || trimmed.starts_with("--- ") {
+            flush(&mut doc, doc_start, &mut count)?;
+            doc_start = line_no;
+            doc.push_str(&trimmed[3..]);
+            doc.push('\n');
+        } else {
+            doc.push_str(line);
+        }
+    }
+    flush(&mut doc, doc_start, &mut count)?;
+    Ok(count)
+}
+
 /// The hosts an Ingress serves (rules and TLS).
 pub fn ingress_hosts(object: &Value) -> Vec<&str> {
     let rules = object
@@ -314,6 +386,21 @@ mod tests {
                 "{kind}"
             );
         }
+    }
+
+    #[test]
+    fn objects_stream_one_document_at_a_time_and_lists_unfold() {
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n--- {apiVersion: v1, kind: Pod, metadata: {name: b}}\n---\napiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Secret, metadata: {name: c}}\n- {apiVersion: v1, kind: Secret, metadata: {name: d}}\n";
+        let mut names = Vec::new();
+        let n = for_each_object(text, |o| {
+            names.push(o["metadata"]["name"].as_str().unwrap().to_string());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 4);
+        assert_eq!(names, ["a", "b", "c", "d"]);
+        let err = for_each_object("a: 1\n---\nb: [\n", |_| Ok(())).unwrap_err();
+        assert!(err.starts_with("document starting at line 2"), "{err}");
     }
 
     #[test]

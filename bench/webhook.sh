@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Webhook load harness: our webhook beside a bare axum+rustls echo server, in one run, on this
+# machine. HTTPS keep-alive, the realistic Pod CREATE review (already mutated, as /validate
+# receives it). Also resident memory idle and per tracked object (100,000 synthetic objects).
+#
+#   bench/webhook.sh [SECONDS]        (default 10 s per measurement)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+cargo build --release -q -p tenantry-webhook --bins --examples
+cargo build --release -q -p tenantry-cli
+bin=target/release
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+$bin/tenantry certs generate --name 127.0.0.1 --out "$work" >/dev/null
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+wait_ready() { for _ in $(seq 2400); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "not ready" >&2; return 1; }
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+
+# The review /validate receives: the fixture with the webhook's own mutation applied.
+python3 - "$work" <<'PY'
+import json, sys, base64, subprocess
+work = sys.argv[1]
+review = json.load(open("webhook/tests/fixtures/pod-create.json"))
+out = subprocess.run(["target/release/tenantry", "review", "-f", "-", "--user", "alice", "--group", "acme-devs",
+                      "-n", "acme-dev", "-o", "json"], input=json.dumps(review["request"]["object"]),
+                     capture_output=True, text=True)
+review["request"]["object"] = json.loads(out.stdout)["object"]
+json.dump(review, open(f"{work}/validate.json", "w"))
+PY
+
+start_webhook() { # $1 state file
+  local port ops
+  port=$(free_port); ops=$(free_port)
+  TENANTRY_LOG=warn $bin/tenantry-webhook --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$ops \
+    --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" --tenants examples/tenants.yaml \
+    --policies policies --state "$1" >/dev/null 2>&1 &
+  WEBHOOK_PID=$!; WEBHOOK_PORT=$port
+  wait_ready "$ops"
+}
+
+printf '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"none","namespace":"default"}}\n' > "$work/empty.yaml"
+start_webhook "$work/empty.yaml"
+sleep 1
+idle_rss=$(rss_kb $WEBHOOK_PID)
+echo_port=$(free_port)
+$bin/examples/echo_server 127.0.0.1:$echo_port "$work/tls.crt" "$work/tls.key" &
+ECHO_PID=$!
+wait_port $echo_port
+echo_idle_rss=$(rss_kb $ECHO_PID)
+
+echo "machine: $(nproc) cores, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD)"
+echo "idle RSS: webhook ${idle_rss} kB, echo ${echo_idle_rss} kB"
+for conns in 1 32; do
+  e=$($bin/examples/load 127.0.0.1:$echo_port /validate "$work/validate.json" "$work/ca.crt" $conns $secs)
+  w=$($bin/examples/load 127.0.0.1:$WEBHOOK_PORT /validate "$work/validate.json" "$work/ca.crt" $conns $secs)
+  echo "connections=$conns echo    $e"
+  echo "connections=$conns webhook $w"
+done
+echo "webhook RSS after load: $(rss_kb $WEBHOOK_PID) kB"
+kill $WEBHOOK_PID $ECHO_PID; wait $WEBHOOK_PID $ECHO_PID 2>/dev/null || true
+
+# Memory per tracked object: 100,000 synthetic pods and configmaps in tenant namespaces.
+python3 - "$work/big.yaml" <<'PY'
+import sys
+with open(sys.argv[1], "w") as f:
+    for i in range(100_000):
+        ns = ("acme-dev", "acme-prod", "globex-prod")[i % 3]
+        if i % 2:
+            f.write(f"---\napiVersion: v1\nkind: Pod\nmetadata: {{name: pod-{i}, namespace: {ns}}}\n"
+                    f"spec: {{containers: [{{name: c, resources: {{requests: {{cpu: 100m, memory: 64Mi}}, limits: {{memory: 128Mi}}}}}}]}}\n")
+        else:
+            f.write(f"---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{i}, namespace: {ns}}}\n")
+PY
+start_webhook "$work/big.yaml"
+sleep 1
+big_rss=$(rss_kb $WEBHOOK_PID)
+echo "RSS with 100,000 tracked objects: ${big_rss} kB; per object: $(( (big_rss - idle_rss) * 1024 / 100000 )) bytes"
