@@ -10,12 +10,24 @@ pub const TENANTS_YAML: &str = include_str!("../../examples/tenants.yaml");
 
 const SCHEMA: &str = include_str!("../../policies/tenantry.cedarschema");
 const POLICIES: &[(&str, &str)] = &[
-    ("baseline.cedar", include_str!("../../policies/baseline.cedar")),
-    ("isolation.cedar", include_str!("../../policies/isolation.cedar")),
+    (
+        "baseline.cedar",
+        include_str!("../../policies/baseline.cedar"),
+    ),
+    (
+        "isolation.cedar",
+        include_str!("../../policies/isolation.cedar"),
+    ),
     ("pods.cedar", include_str!("../../policies/pods.cedar")),
     ("quotas.cedar", include_str!("../../policies/quotas.cedar")),
-    ("references.cedar", include_str!("../../policies/references.cedar")),
-    ("traffic.cedar", include_str!("../../policies/traffic.cedar")),
+    (
+        "references.cedar",
+        include_str!("../../policies/references.cedar"),
+    ),
+    (
+        "traffic.cedar",
+        include_str!("../../policies/traffic.cedar"),
+    ),
 ];
 
 /// The shipped policies as source files named `<embedded>/policies/…`.
@@ -45,8 +57,15 @@ mod tests {
         let (_, on_disk) = crate::policy::read_dir(&dir).unwrap();
         let (_, embedded) = super::policy_sources();
         let names = |files: &[crate::SourceFile]| -> Vec<String> {
-            files.iter().map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned()).collect()
+            files
+                .iter()
+                .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
         };
-        assert_eq!(names(&on_disk), names(&embedded), "add new policy files to POLICIES");
+        assert_eq!(
+            names(&on_disk),
+            names(&embedded),
+            "add new policy files to POLICIES"
+        );
     }
 }

@@ -144,7 +144,10 @@ impl PolicyStore {
     }
 
     pub fn outcome(&self) -> ReloadOutcome {
-        self.outcome.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -155,7 +158,8 @@ mod tests {
     #[test]
     fn a_broken_reload_keeps_the_good_set() {
         let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-        let dir = std::env::temp_dir().join(format!("tenantry-policy-store-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tenantry-policy-store-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         for entry in std::fs::read_dir(&shipped).unwrap() {
@@ -167,14 +171,22 @@ mod tests {
         let store = PolicyStore::load(&dir).unwrap();
         let good = store.current().len();
 
-        std::fs::write(dir.join("broken.cedar"), "@id(\"b\")\nforbid (principal, action, resource) when { 1 };\n").unwrap();
+        std::fs::write(
+            dir.join("broken.cedar"),
+            "@id(\"b\")\nforbid (principal, action, resource) when { 1 };\n",
+        )
+        .unwrap();
         let err = store.reload().unwrap_err().to_string();
         assert!(err.contains("broken.cedar:2:"), "{err}");
         assert_eq!(store.current().len(), good, "the good set stays");
         assert_eq!(store.outcome().failures, 1);
         assert!(store.outcome().last_error.unwrap().contains("broken.cedar"));
 
-        std::fs::write(dir.join("broken.cedar"), "@id(\"b\")\n@message(\"m\")\nforbid (principal, action, resource) when { false };\n").unwrap();
+        std::fs::write(
+            dir.join("broken.cedar"),
+            "@id(\"b\")\n@message(\"m\")\nforbid (principal, action, resource) when { false };\n",
+        )
+        .unwrap();
         store.reload().unwrap();
         assert_eq!(store.current().len(), good + 1);
         assert_eq!(store.outcome().last_error, None);

@@ -1,0 +1,230 @@
+//! `tenantry-enforcer`: the sidecar Tenantry injects into every tenant pod.
+//!
+//! It sits in front of the application on localhost and lets a request through only when the
+//! caller has proved which tenant it is ([`identity`]: one valid `X-Tenant-ID`, optionally a JWT
+//! that agrees), the Cedar traffic policies allow that tenant to call this pod's service
+//! ([`policy`]), and the tenant's rate limit, shared with every other enforcer through Redis, has
+//! room ([`ratelimit`]). The hot path never waits on the network except for one Redis round trip
+//! per leased batch of tokens. [`proxy`] forwards with pooled keep-alive connections and streaming
+//! bodies; [`admin`] serves health and metrics; [`redirect`] is the `init-redirect` init step.
+//! `main.rs` only parses configuration and calls [`run`].
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod identity;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod ratelimit;
+pub mod redirect;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tenantry_tenancy::{DirectoryStore, PolicyEngine, PostgresSource, TenantSource};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use config::Config;
+
+use crate::config::RedisFailure;
+use crate::metrics::Metrics;
+use crate::policy::ServiceSpec;
+use crate::ratelimit::{Limiter, MemoryStore, MonotonicClock, RedisStore, Store};
+
+/// How often the Postgres watcher re-checks the directory version besides LISTEN/NOTIFY.
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// Loads tenant data per `--tenants`. A Postgres source is watched in the background: the store
+/// starts unloaded (`/readyz` false) and is filled by the first load.
+pub async fn directory_store(source: Option<&TenantSource>) -> anyhow::Result<Arc<DirectoryStore>> {
+    match source {
+        None => Ok(Arc::new(DirectoryStore::loaded(
+            tenantry_tenancy::embedded::directory().context("loading the embedded tenants")?,
+        ))),
+        Some(TenantSource::File(path)) => Ok(Arc::new(DirectoryStore::loaded(
+            tenantry_tenancy::source::load_file(path)
+                .with_context(|| format!("loading tenants from {}", path.display()))?,
+        ))),
+        Some(TenantSource::Postgres(url)) => {
+            let store = Arc::new(DirectoryStore::unloaded());
+            let url = url.clone();
+            let watched = store.clone();
+            tokio::spawn(async move {
+                let mut backoff = Duration::from_millis(200);
+                loop {
+                    match PostgresSource::connect(&url, Duration::from_secs(5)).await {
+                        Ok(source) => {
+                            source.watch(watched, RESYNC).await;
+                            return;
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "cannot reach the tenant database; retrying");
+                            watched.record_failure(e.to_string());
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            });
+            Ok(store)
+        }
+    }
+}
+
+/// An enforcer running in this process (the binary, the demo, tests).
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests, and waits for that to finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Builds the enforcer from `config` with the given directory, binds, and starts serving.
+pub async fn start(config: Config, directory: Arc<DirectoryStore>) -> anyhow::Result<Running> {
+    start_with(config, directory, None).await
+}
+
+/// Like [`start`], with an explicit rate-limit store (the demo uses memory with a tiny limit).
+pub async fn start_with(
+    config: Config,
+    directory: Arc<DirectoryStore>,
+    store: Option<Store>,
+) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::new());
+    let policies: Arc<PolicyEngine> = Arc::new(match &config.policies {
+        Some(dir) => PolicyEngine::load_dir(dir)
+            .with_context(|| format!("loading policies from {}", dir.display()))?,
+        None => tenantry_tenancy::embedded::policies().context("loading the embedded policies")?,
+    });
+    let jwt = match &config.jwt {
+        Some(j) => Some(identity::JwtVerifier::load(j).context("loading the JWT keys")?),
+        None => None,
+    };
+    let clock = Arc::new(MonotonicClock::default());
+    let limiter = if config.rate_limit {
+        let store = match (store, &config.redis) {
+            (Some(s), _) => s,
+            (None, Some(url)) => Store::Redis(
+                RedisStore::new(url, config.redis_timeout, metrics.clone())
+                    .context("configuring Redis")?,
+            ),
+            (None, None) => Store::Memory(MemoryStore::new(clock.clone())),
+        };
+        Some(Limiter::new(
+            store,
+            clock,
+            config.redis_failure,
+            metrics.clone(),
+        ))
+    } else {
+        None
+    };
+    let service = ServiceSpec {
+        owner: config.tenant.clone(),
+        name: config.service.clone(),
+        namespace: config.namespace.clone(),
+        shared: config.shared,
+    };
+    let state = Arc::new(
+        proxy::State::new(
+            directory.clone(),
+            policies,
+            service,
+            jwt,
+            limiter,
+            metrics.clone(),
+            config.upstream,
+            config.upstream_timeout,
+            config.max_body_bytes,
+        )
+        .context("the upstream address")?,
+    );
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding {}", config.admin_listen))?;
+    let addr = listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let admin = admin::Admin {
+        directory,
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(admin::serve(admin, admin_listener, wait(stopped.clone())));
+    let task = tokio::spawn(proxy::serve(
+        state,
+        listener,
+        config.max_header_bytes,
+        wait(stopped),
+        config.drain_timeout,
+    ));
+    info!(%addr, %admin_addr, upstream = %config.upstream, tenant = %config.tenant, "enforcer listening");
+    Ok(Running {
+        addr,
+        admin_addr,
+        metrics,
+        stop,
+        task,
+    })
+}
+
+/// Runs until SIGTERM or Ctrl-C, then drains.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    if config.redis.is_none() && config.rate_limit {
+        info!("no --redis: rate limits are enforced per pod");
+    }
+    if config.redis_failure == RedisFailure::Closed && config.redis.is_none() {
+        warn!("--redis-failure closed has no effect without --redis");
+    }
+    let directory = directory_store(config.tenants.as_ref()).await?;
+    let running = start(config, directory).await?;
+    shutdown_signal().await;
+    info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+fn shutdown_signal() -> impl Future<Output = ()> {
+    async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
