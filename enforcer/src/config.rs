@@ -61,88 +61,130 @@ pub enum JwtAlgorithm {
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Address the proxy listens on (HTTP/1.1 and HTTP/2 cleartext).
-    #[arg(long, env = "TENANTRY_LISTEN", default_value = "0.0.0.0:15001")]
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_LISTEN",
+        default_value = "0.0.0.0:15001"
+    )]
     pub listen: SocketAddr,
     /// The application, usually `127.0.0.1:<app port>`.
-    #[arg(long, env = "TENANTRY_UPSTREAM", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_UPSTREAM",
+        default_value = "127.0.0.1:8080"
+    )]
     pub upstream: SocketAddr,
     /// The tenant that owns this pod.
-    #[arg(long, env = "TENANTRY_TENANT")]
+    #[arg(long, global = true, env = "TENANTRY_TENANT")]
     pub tenant: Option<String>,
     /// The owner's tier as the webhook saw it; informational (the directory is authoritative).
-    #[arg(long, env = "TENANTRY_TIER")]
+    #[arg(long, global = true, env = "TENANTRY_TIER")]
     pub tier: Option<String>,
     /// Tenant data: a `postgres://` URL or a YAML file. Default: the embedded example directory.
-    #[arg(long, env = "TENANTRY_TENANTS")]
+    #[arg(long, global = true, env = "TENANTRY_TENANTS")]
     pub tenants: Option<String>,
     /// Cedar policy directory (`tenantry.cedarschema` + `*.cedar`). Default: the shipped policies.
-    #[arg(long, env = "TENANTRY_POLICIES")]
+    #[arg(long, global = true, env = "TENANTRY_POLICIES")]
     pub policies: Option<PathBuf>,
     /// The Cedar `Service` this pod serves (resource name in traffic policies).
-    #[arg(long, env = "TENANTRY_SERVICE", default_value = "app")]
+    #[arg(long, global = true, env = "TENANTRY_SERVICE", default_value = "app")]
     pub service: String,
     /// The namespace of the pod (resource namespace in traffic policies).
-    #[arg(long, env = "TENANTRY_NAMESPACE", default_value = "")]
+    #[arg(long, global = true, env = "TENANTRY_NAMESPACE", default_value = "")]
     pub namespace: String,
     /// Mark the service as shared: every tenant may call it (policy `resource.shared`).
-    #[arg(long, env = "TENANTRY_SHARED", default_value_t = false)]
+    #[arg(long, global = true, env = "TENANTRY_SHARED", default_value_t = false)]
     pub shared: bool,
     /// Redis URL for shared rate limits. Without it, limits are per pod (in memory).
-    #[arg(long, env = "TENANTRY_REDIS")]
+    #[arg(long, global = true, env = "TENANTRY_REDIS")]
     pub redis: Option<String>,
     /// What to do while Redis is unreachable.
     #[arg(
         long,
+        global = true,
         env = "TENANTRY_REDIS_FAILURE",
         value_enum,
         default_value = "open"
     )]
     pub redis_failure: RedisFailure,
     /// Time allowed for one Redis round trip, in milliseconds.
-    #[arg(long, env = "TENANTRY_REDIS_TIMEOUT_MS", default_value_t = 50)]
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_REDIS_TIMEOUT_MS",
+        default_value_t = 50
+    )]
     pub redis_timeout_ms: u64,
     /// Turn rate limiting off (benchmarks, debugging).
-    #[arg(long, env = "TENANTRY_NO_RATE_LIMIT", default_value_t = false)]
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_NO_RATE_LIMIT",
+        default_value_t = false
+    )]
     pub no_rate_limit: bool,
     /// Admin address for `/healthz`, `/readyz` and `/metrics`.
-    #[arg(long, env = "TENANTRY_ADMIN_LISTEN", default_value = "127.0.0.1:15021")]
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_ADMIN_LISTEN",
+        default_value = "127.0.0.1:15021"
+    )]
     pub admin_listen: SocketAddr,
     /// HS256 secret file; enables JWT verification.
     #[arg(
         long,
+        global = true,
         env = "TENANTRY_JWT_SECRET_FILE",
         conflicts_with = "jwt_jwks_file"
     )]
     pub jwt_secret_file: Option<PathBuf>,
     /// JWKS file with RS256/ES256 public keys; enables JWT verification.
-    #[arg(long, env = "TENANTRY_JWT_JWKS_FILE")]
+    #[arg(long, global = true, env = "TENANTRY_JWT_JWKS_FILE")]
     pub jwt_jwks_file: Option<PathBuf>,
     /// The one algorithm tokens must use (default: HS256 with a secret, RS256 with a JWKS).
-    #[arg(long, env = "TENANTRY_JWT_ALGORITHM", value_enum)]
+    #[arg(long, global = true, env = "TENANTRY_JWT_ALGORITHM", value_enum)]
     pub jwt_algorithm: Option<JwtAlgorithm>,
     /// The claim that names the tenant; it must equal `X-Tenant-ID`.
-    #[arg(long, env = "TENANTRY_JWT_TENANT_CLAIM", default_value = "tenant")]
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_JWT_TENANT_CLAIM",
+        default_value = "tenant"
+    )]
     pub jwt_tenant_claim: String,
     /// Required `iss`, if set.
-    #[arg(long, env = "TENANTRY_JWT_ISSUER")]
+    #[arg(long, global = true, env = "TENANTRY_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
     /// Required `aud`, if set.
-    #[arg(long, env = "TENANTRY_JWT_AUDIENCE")]
+    #[arg(long, global = true, env = "TENANTRY_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
     /// Largest request header block, in bytes.
-    #[arg(long, env = "TENANTRY_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, global = true, env = "TENANTRY_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
     /// Largest request body, in bytes (streamed, never buffered).
-    #[arg(long, env = "TENANTRY_MAX_BODY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    #[arg(long, global = true, env = "TENANTRY_MAX_BODY_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_body_bytes: u64,
     /// Time allowed for the application to send response headers, in milliseconds.
-    #[arg(long, env = "TENANTRY_UPSTREAM_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_UPSTREAM_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
     pub upstream_timeout_ms: u64,
     /// How long SIGTERM waits for in-flight requests, in milliseconds.
-    #[arg(long, env = "TENANTRY_DRAIN_TIMEOUT_MS", default_value_t = 20_000)]
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_DRAIN_TIMEOUT_MS",
+        default_value_t = 20_000
+    )]
     pub drain_timeout_ms: u64,
     /// Log format (default: pretty on a terminal, JSON otherwise).
-    #[arg(long, env = "TENANTRY_LOG_FORMAT", value_enum)]
+    #[arg(long, global = true, env = "TENANTRY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 }
 
@@ -343,7 +385,7 @@ mod tests {
 
     #[test]
     fn run_subcommand_is_the_same_as_none() {
-        let cli = Cli::try_parse_from(["tenantry-enforcer", "--tenant", "acme", "run"]).unwrap();
+        let cli = Cli::try_parse_from(["tenantry-enforcer", "run", "--tenant", "acme"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Run)));
         assert_eq!(cli.run.into_config().unwrap().tenant, "acme");
     }

@@ -120,8 +120,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
     writeln!(out, "  no X-Tenant-ID      -> {status} {body}")?;
     let (status, _, body) = send(Some("acme")).await?;
     writeln!(out, "  X-Tenant-ID: acme    -> {status} {body}")?;
-    let mut allowed = 1;
-    for _ in 0..40 {
+    for allowed in 1..=40 {
         let (status, _, body) = send(Some("globex")).await?;
         if status == http::StatusCode::TOO_MANY_REQUESTS {
             writeln!(
@@ -130,7 +129,6 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<()> {
             )?;
             break;
         }
-        allowed += 1;
     }
     enforcer.shutdown().await;
     app_task.abort();

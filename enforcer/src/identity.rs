@@ -241,10 +241,11 @@ impl JwtVerifier {
             jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, key, &self.validation)
                 .map_err(|e| IdentityError::BadToken(e.to_string()))?;
         // `nbf` is optional for jsonwebtoken; when present it must be a number, like `exp`.
-        if let Some(nbf) = data.claims.get("nbf") {
-            if !nbf.is_u64() && !nbf.is_i64() {
-                return Err(IdentityError::BadToken("`nbf` is not a number".into()));
-            }
+        if let Some(nbf) = data.claims.get("nbf")
+            && !nbf.is_u64()
+            && !nbf.is_i64()
+        {
+            return Err(IdentityError::BadToken("`nbf` is not a number".into()));
         }
         match data.claims.get(&self.tenant_claim).and_then(Value::as_str) {
             Some(claimed) if claimed == tenant => Ok(()),

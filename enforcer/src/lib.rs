@@ -19,7 +19,6 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod redirect;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,10 +119,10 @@ pub async fn start_with(
     let limiter = if config.rate_limit {
         let store = match (store, &config.redis) {
             (Some(s), _) => s,
-            (None, Some(url)) => Store::Redis(
+            (None, Some(url)) => Store::Redis(Box::new(
                 RedisStore::new(url, config.redis_timeout, metrics.clone())
                     .context("configuring Redis")?,
-            ),
+            )),
             (None, None) => Store::Memory(MemoryStore::new(clock.clone())),
         };
         Some(Limiter::new(
@@ -205,26 +204,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn shutdown_signal() -> impl Future<Output = ()> {
-    async {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = tokio::signal::ctrl_c() => {}
-                    }
-                }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
                 }
             }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

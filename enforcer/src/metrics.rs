@@ -41,12 +41,9 @@ impl Metrics {
         let mut registry = Registry::with_prefix("tenantry_enforcer");
         let requests = Family::<OutcomeLabel, Counter>::default();
         registry.register("requests", "Requests by outcome", requests.clone());
-        let duration = Histogram::new(
-            [
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0,
-            ]
-            .into_iter(),
-        );
+        let duration = Histogram::new([
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0,
+        ]);
         registry.register(
             "request_duration_seconds",
             "Time from request headers to response headers, upstream included",

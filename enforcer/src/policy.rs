@@ -5,10 +5,11 @@
 //! total: a caller or owner that cannot be translated, or a policy that fails to evaluate, is a
 //! deny with a reason, never an allow.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
-    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
+    ActionConstraint, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
+    Request, RestrictedExpression,
 };
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -63,6 +64,88 @@ fn tenant_entity(tenant: &Tenant) -> Result<Vec<Entity>, String> {
     ]);
     out.push(Entity::new(uid("Tenant", &tenant.id)?, attrs, parents).map_err(|e| e.to_string())?);
     Ok(out)
+}
+
+/// Whether any policy that can apply to `Action::"request"` reads the request context (method,
+/// path). If none does, a decision depends only on the caller and the directory snapshot, and
+/// [`DecisionCache`] can remember it; checked once per loaded policy set, conservatively (a policy
+/// that cannot be re-parsed or mentions `context` anywhere counts as reading it).
+pub fn reads_context(engine: &PolicyEngine) -> bool {
+    let request = match uid("Action", "request") {
+        Ok(u) => u,
+        Err(_) => return true,
+    };
+    for file in engine.files() {
+        if file.path.extension().is_none_or(|e| e != "cedar") {
+            continue;
+        }
+        let Ok(set) = PolicySet::from_str(&file.text) else {
+            return true;
+        };
+        for policy in set.policies() {
+            let applies = match policy.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(a) => a == request,
+                // Action groups: `request` is in none today, but a future schema may change that.
+                ActionConstraint::In(actions) => actions
+                    .iter()
+                    .any(|a| *a == request || a.id().unescaped() != "admission"),
+            };
+            if applies && policy.to_string().contains("context") {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// The snapshot the cached decisions were made with, and the decisions by caller.
+type Cached = (Option<Arc<Directory>>, HashMap<Arc<str>, Decision>);
+
+/// Decisions per caller for one directory snapshot, when policies do not read the context.
+#[derive(Debug)]
+pub struct DecisionCache {
+    enabled: bool,
+    inner: RwLock<Cached>,
+}
+
+impl DecisionCache {
+    pub fn new(enabled: bool) -> DecisionCache {
+        DecisionCache {
+            enabled,
+            inner: RwLock::new((None, HashMap::new())),
+        }
+    }
+
+    /// The decision for `caller`, computed at most once per directory snapshot.
+    pub fn decide(
+        &self,
+        engine: &PolicyEngine,
+        directory: &Arc<Directory>,
+        caller: &Arc<Tenant>,
+        service: &ServiceSpec,
+        method: &str,
+        path: &str,
+    ) -> Decision {
+        if !self.enabled {
+            return decide(engine, directory, caller, service, method, path);
+        }
+        {
+            let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            if guard.0.as_ref().is_some_and(|d| Arc::ptr_eq(d, directory))
+                && let Some(d) = guard.1.get(&caller.id)
+            {
+                return d.clone();
+            }
+        }
+        let decision = decide(engine, directory, caller, service, method, path);
+        let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if !guard.0.as_ref().is_some_and(|d| Arc::ptr_eq(d, directory)) {
+            *guard = (Some(directory.clone()), HashMap::new());
+        }
+        guard.1.insert(caller.id.clone(), decision.clone());
+        decision
+    }
 }
 
 /// Builds the Cedar request and entities for `caller` calling `service`.
@@ -223,6 +306,33 @@ mod tests {
             ),
             Decision::Deny("the calling tenant is suspended".into())
         );
+    }
+
+    #[test]
+    fn shipped_traffic_policies_do_not_read_the_context() {
+        let (engine, _) = setup();
+        assert!(!reads_context(&engine));
+    }
+
+    #[test]
+    fn cached_decisions_follow_the_snapshot() {
+        let (engine, dir) = setup();
+        let dir = Arc::new(dir);
+        let cache = DecisionCache::new(true);
+        let acme = dir.tenant("acme").unwrap().clone();
+        assert_eq!(
+            cache.decide(&engine, &dir, &acme, &service("acme", false), "GET", "/"),
+            Decision::Allow
+        );
+        // A new snapshot where acme is suspended: the cached allow must not survive it.
+        let mut file = dir.source().clone();
+        file.tenants.get_mut("acme").unwrap().status = tenantry_tenancy::Status::Suspended;
+        let next = Arc::new(Directory::build(file, 2).unwrap());
+        let acme = next.tenant("acme").unwrap().clone();
+        assert!(matches!(
+            cache.decide(&engine, &next, &acme, &service("acme", false), "GET", "/"),
+            Decision::Deny(_)
+        ));
     }
 
     #[test]

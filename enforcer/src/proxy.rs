@@ -139,6 +139,7 @@ fn insert_ratelimit(h: &mut HeaderMap, limit: u64, remaining: u64, reset: u64) {
 pub struct State {
     pub directory: Arc<DirectoryStore>,
     pub policies: Arc<PolicyEngine>,
+    decisions: policy::DecisionCache,
     pub service: ServiceSpec,
     pub jwt: Option<JwtVerifier>,
     pub limiter: Option<Limiter>,
@@ -186,9 +187,11 @@ impl State {
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .build(connector);
+        let decisions = policy::DecisionCache::new(!policy::reads_context(&policies));
         Ok(State {
             directory,
             policies,
+            decisions,
             service,
             jwt,
             limiter,
@@ -287,7 +290,7 @@ async fn check_and_forward(
         jwt.verify(req.headers(), &caller.id)
             .map_err(Rejection::Identity)?;
     }
-    match policy::decide(
+    match state.decisions.decide(
         &state.policies,
         &directory,
         &caller,
@@ -331,10 +334,9 @@ async fn check_and_forward(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
+        && len > state.max_body_bytes
     {
-        if len > state.max_body_bytes {
-            return Err(Rejection::TooLarge(state.max_body_bytes));
-        }
+        return Err(Rejection::TooLarge(state.max_body_bytes));
     }
 
     let h2 = req.version() == Version::HTTP_2;

@@ -208,7 +208,7 @@ const PEER_TTL_MS: u64 = 10_000;
 /// The shared bucket.
 #[derive(Debug)]
 pub enum Store {
-    Redis(RedisStore),
+    Redis(Box<RedisStore>),
     Memory(MemoryStore),
 }
 

@@ -1,6 +1,8 @@
 //! Header attacks, JWT checks and traffic policy, through the real binary in front of a real echo
 //! application: the application must only ever see values the enforcer validated.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};

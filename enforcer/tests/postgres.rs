@@ -1,6 +1,8 @@
 //! Tenant data from a real PostgreSQL: suspending a tenant there turns its requests into 403
 //! within one second (LISTEN/NOTIFY, no polling on the request path).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! Proxy behaviour of the real binary: upstream failures, h2c, streaming, graceful drain.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::io::{Read, Write};

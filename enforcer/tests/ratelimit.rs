@@ -1,6 +1,8 @@
 //! Shared rate limits through a real Redis started by the harness: 429s with headers, several
 //! enforcers sharing one tenant's limit, round trips per request, Redis killed and restarted.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -2,6 +2,8 @@
 //! application and the enforcer inside. After the rules are applied, a client outside that
 //! connects to the application's port is answered by the enforcer.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::net::SocketAddr;
