@@ -183,9 +183,12 @@ fn steady_load_takes_leases_not_a_round_trip_per_request() {
         calls as f64 / 1500.0 <= 0.1,
         "{calls} round trips for 1500 requests"
     );
-    assert_eq!(
-        e.metric("tenantry_enforcer_ratelimit_redis_round_trips_total") as u64,
-        calls
+    // The enforcer's own count agrees with Redis's (give or take the one EVALSHA that Redis
+    // rejected with NOSCRIPT before the script was loaded).
+    let counted = e.metric("tenantry_enforcer_ratelimit_redis_round_trips_total");
+    assert!(
+        (counted - calls as f64).abs() <= 1.0,
+        "metric {counted}, Redis {calls}"
     );
 }
 
