@@ -183,6 +183,9 @@ pub struct RunArgs {
         default_value_t = 20_000
     )]
     pub drain_timeout_ms: u64,
+    /// Proxy worker threads, each with its own runtime and listener (default: one per CPU).
+    #[arg(long, global = true, env = "TENANTRY_WORKERS")]
+    pub workers: Option<usize>,
     /// Log format (default: pretty on a terminal, JSON otherwise).
     #[arg(long, global = true, env = "TENANTRY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -251,6 +254,8 @@ pub struct Config {
     pub upstream_timeout: Duration,
     pub drain_timeout: Duration,
     pub log_format: Option<LogFormat>,
+    /// Worker threads; 0 serves on the caller's runtime (in-process use).
+    pub workers: usize,
 }
 
 #[derive(Debug, Error)]
@@ -330,6 +335,10 @@ impl RunArgs {
             upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
             log_format: self.log_format,
+            workers: self
+                .workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .max(1),
         })
     }
 }
@@ -368,6 +377,7 @@ impl Config {
             upstream_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(20),
             log_format: None,
+            workers: 0,
         }
     }
 }

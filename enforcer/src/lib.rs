@@ -154,13 +154,12 @@ pub async fn start_with(
         )
         .context("the upstream address")?,
     );
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listeners = bind(config.listen, config.workers)
         .with_context(|| format!("binding {}", config.listen))?;
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding {}", config.admin_listen))?;
-    let addr = listener.local_addr()?;
+    let addr = listeners.first().context("no listener")?.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let wait = |mut rx: watch::Receiver<bool>| async move {
@@ -171,13 +170,58 @@ pub async fn start_with(
         metrics: metrics.clone(),
     };
     tokio::spawn(admin::serve(admin, admin_listener, wait(stopped.clone())));
-    let task = tokio::spawn(proxy::serve(
-        state,
-        listener,
-        config.max_header_bytes,
-        wait(stopped),
-        config.drain_timeout,
-    ));
+    let (max_header_bytes, drain) = (config.max_header_bytes, config.drain_timeout);
+    let task = if config.workers == 0 {
+        let listener = listeners.into_iter().next().context("no listener")?;
+        let listener = TcpListener::from_std(listener)?;
+        tokio::spawn(proxy::serve(
+            state,
+            listener,
+            max_header_bytes,
+            wait(stopped),
+            drain,
+        ))
+    } else {
+        // Thread per core: each worker has its own single-threaded runtime, its own
+        // SO_REUSEPORT listener and its own upstream pools, so a request is accepted, checked,
+        // forwarded and answered on one thread with no cross-thread wake-ups (like nginx's
+        // worker processes). Directory, policies, limiter and metrics are shared.
+        let mut threads = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let state = state.clone();
+            let stopped = stopped.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("enforcer-worker-{i}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            warn!(error = %e, "cannot start a worker runtime");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(l) => {
+                                let state = Arc::new(state.for_worker());
+                                proxy::serve(state, l, max_header_bytes, wait(stopped), drain).await
+                            }
+                            Err(e) => warn!(error = %e, "cannot register a worker listener"),
+                        }
+                    });
+                })
+                .context("starting a worker thread")?;
+            threads.push(thread);
+        }
+        tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+    };
     info!(%addr, %admin_addr, upstream = %config.upstream, tenant = %config.tenant, "enforcer listening");
     Ok(Running {
         addr,
@@ -186,6 +230,29 @@ pub async fn start_with(
         stop,
         task,
     })
+}
+
+/// `workers` listening sockets on `addr` (one for `workers == 0`), all with SO_REUSEPORT so the
+/// kernel spreads connections across workers. Returned as std sockets, to be registered by the
+/// runtime that serves each one.
+fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut out: Vec<std::net::TcpListener> = Vec::new();
+    for _ in 0..workers.max(1) {
+        // Port 0 is resolved by the first bind; the others join that port.
+        let at = out.first().map_or(Ok(addr), |l| l.local_addr())?;
+        let socket = if at.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        #[cfg(unix)]
+        socket.set_reuseport(workers > 1)?;
+        socket.set_nodelay(true)?;
+        socket.bind(at)?;
+        out.push(socket.listen(1024)?.into_std()?);
+    }
+    Ok(out)
 }
 
 /// Runs until SIGTERM or Ctrl-C, then drains.

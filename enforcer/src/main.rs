@@ -39,7 +39,9 @@ fn main() -> ExitCode {
     } else {
         builder.init();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The main runtime only runs the admin port, the tenant watcher and signal handling; the
+    // proxy runs on its own worker threads (see `tenantry_enforcer::start_with`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

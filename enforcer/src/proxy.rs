@@ -139,10 +139,10 @@ fn insert_ratelimit(h: &mut HeaderMap, limit: u64, remaining: u64, reset: u64) {
 pub struct State {
     pub directory: Arc<DirectoryStore>,
     pub policies: Arc<PolicyEngine>,
-    decisions: policy::DecisionCache,
+    decisions: Arc<policy::DecisionCache>,
     pub service: ServiceSpec,
-    pub jwt: Option<JwtVerifier>,
-    pub limiter: Option<Limiter>,
+    pub jwt: Option<Arc<JwtVerifier>>,
+    pub limiter: Option<Arc<Limiter>>,
     pub metrics: Arc<Metrics>,
     pub upstream: http::uri::Authority,
     pub upstream_timeout: Duration,
@@ -172,29 +172,17 @@ impl State {
         upstream_timeout: Duration,
         max_body_bytes: u64,
     ) -> Result<State, http::uri::InvalidUri> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client_h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .build(connector.clone());
-        let client_h2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        let decisions = policy::DecisionCache::new(!policy::reads_context(&policies));
+        let (client_h1, client_h2) = clients();
+        let decisions = Arc::new(policy::DecisionCache::new(!policy::reads_context(
+            &policies,
+        )));
         Ok(State {
             directory,
             policies,
             decisions,
             service,
-            jwt,
-            limiter,
+            jwt: jwt.map(Arc::new),
+            limiter: limiter.map(Arc::new),
             metrics,
             upstream: upstream.to_string().parse()?,
             upstream_timeout,
@@ -203,6 +191,53 @@ impl State {
             client_h2,
         })
     }
+}
+
+impl State {
+    /// The same shared state with this worker's own upstream connection pools: a pooled
+    /// connection is driven by the runtime that opened it, so sharing one pool between
+    /// thread-per-core workers would turn every request into a cross-thread wake-up.
+    pub fn for_worker(&self) -> State {
+        let (client_h1, client_h2) = clients();
+        State {
+            directory: self.directory.clone(),
+            policies: self.policies.clone(),
+            decisions: self.decisions.clone(),
+            service: self.service.clone(),
+            jwt: self.jwt.clone(),
+            limiter: self.limiter.clone(),
+            metrics: self.metrics.clone(),
+            upstream: self.upstream.clone(),
+            upstream_timeout: self.upstream_timeout,
+            max_body_bytes: self.max_body_bytes,
+            client_h1,
+            client_h2,
+        }
+    }
+}
+
+type Clients = (
+    Client<HttpConnector, UpstreamBody>,
+    Client<HttpConnector, UpstreamBody>,
+);
+
+fn clients() -> Clients {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client_h1 = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .build(connector.clone());
+    let client_h2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .build(connector);
+    (client_h1, client_h2)
 }
 
 /// Headers that describe one hop and must not be forwarded.
