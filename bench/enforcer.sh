@@ -7,14 +7,17 @@
 #
 #   bench/enforcer.sh                      # DURATION=10 CONNS="1 32" by default
 #   DURATION=5 CONNS="1 8 32" bench/enforcer.sh
+#   PROFILE=release bench/enforcer.sh      # the plain release profile instead of `sidecar`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-"1 32"}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release --workspace --bins --quiet
-BIN=$CARGO_TARGET_DIR/release
+# The `sidecar` profile is how the enforcer is shipped (release + fat LTO, see Cargo.toml).
+PROFILE=${PROFILE:-sidecar}
+cargo build --profile "$PROFILE" --workspace --bin tenantry-enforcer --bin tenantry-upstream --bin tenantry-load --quiet
+BIN=$CARGO_TARGET_DIR/$PROFILE
 
 if ! command -v nginx >/dev/null 2>&1; then
   sudo=""
