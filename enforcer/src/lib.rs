@@ -116,23 +116,56 @@ pub async fn start_with(
         None => None,
     };
     let clock = Arc::new(MonotonicClock::default());
-    let limiter = if config.rate_limit {
-        let store = match (store, &config.redis) {
-            (Some(s), _) => s,
-            (None, Some(url)) => Store::Redis(Box::new(
-                RedisStore::new(url, config.redis_timeout, metrics.clone())
-                    .context("configuring Redis")?,
-            )),
-            (None, None) => Store::Memory(MemoryStore::new(clock.clone())),
-        };
-        Some(Limiter::new(
-            store,
-            clock,
-            config.redis_failure,
-            metrics.clone(),
-        ))
+    // With Redis, every worker gets its own limiter (its own connection and leases): the hot
+    // path then touches no memory another core writes, and the global limit still holds since
+    // tokens only come from the shared bucket (each worker counts as a peer for the fallback
+    // share). An in-memory bucket *is* the limit, so it is shared by all workers.
+    let limiters: proxy::LimiterFactory = if !config.rate_limit {
+        Arc::new(|| None)
     } else {
-        None
+        match (store, &config.redis) {
+            (Some(store), _) => {
+                let shared = Arc::new(Limiter::new(
+                    store,
+                    clock,
+                    config.redis_failure,
+                    metrics.clone(),
+                ));
+                Arc::new(move || Some(shared.clone()))
+            }
+            (None, Some(url)) => {
+                // Fail fast on a malformed URL.
+                RedisStore::new(url, config.redis_timeout, metrics.clone())
+                    .context("configuring Redis")?;
+                let (url, timeout, failure, metrics) = (
+                    url.clone(),
+                    config.redis_timeout,
+                    config.redis_failure,
+                    metrics.clone(),
+                );
+                let split = u32::try_from(config.workers.max(1)).unwrap_or(u32::MAX);
+                Arc::new(move || {
+                    let store = RedisStore::new(&url, timeout, metrics.clone()).ok()?;
+                    let limiter = Limiter::new(
+                        Store::Redis(Box::new(store)),
+                        clock.clone(),
+                        failure,
+                        metrics.clone(),
+                    );
+                    Some(Arc::new(limiter.split(split)))
+                })
+            }
+            (None, None) => {
+                let store = Store::Memory(MemoryStore::new(clock.clone()));
+                let shared = Arc::new(Limiter::new(
+                    store,
+                    clock,
+                    config.redis_failure,
+                    metrics.clone(),
+                ));
+                Arc::new(move || Some(shared.clone()))
+            }
+        }
     };
     let service = ServiceSpec {
         owner: config.tenant.clone(),
@@ -146,7 +179,7 @@ pub async fn start_with(
             policies,
             service,
             jwt,
-            limiter,
+            limiters,
             metrics.clone(),
             config.upstream,
             config.upstream_timeout,

@@ -135,6 +135,9 @@ fn insert_ratelimit(h: &mut HeaderMap, limit: u64, remaining: u64, reset: u64) {
     );
 }
 
+/// Makes the rate limiter a worker uses (a new one per worker, or one shared).
+pub type LimiterFactory = Arc<dyn Fn() -> Option<Arc<Limiter>> + Send + Sync>;
+
 /// Everything a request needs, shared by all connections.
 pub struct State {
     pub directory: Arc<DirectoryStore>,
@@ -143,6 +146,7 @@ pub struct State {
     pub service: ServiceSpec,
     pub jwt: Option<Arc<JwtVerifier>>,
     pub limiter: Option<Arc<Limiter>>,
+    limiters: LimiterFactory,
     pub metrics: Arc<Metrics>,
     pub upstream: http::uri::Authority,
     pub upstream_timeout: Duration,
@@ -166,7 +170,7 @@ impl State {
         policies: Arc<PolicyEngine>,
         service: ServiceSpec,
         jwt: Option<JwtVerifier>,
-        limiter: Option<Limiter>,
+        limiters: LimiterFactory,
         metrics: Arc<Metrics>,
         upstream: SocketAddr,
         upstream_timeout: Duration,
@@ -182,7 +186,8 @@ impl State {
             decisions,
             service,
             jwt: jwt.map(Arc::new),
-            limiter: limiter.map(Arc::new),
+            limiter: limiters(),
+            limiters,
             metrics,
             upstream: upstream.to_string().parse()?,
             upstream_timeout,
@@ -205,7 +210,8 @@ impl State {
             decisions: self.decisions.clone(),
             service: self.service.clone(),
             jwt: self.jwt.clone(),
-            limiter: self.limiter.clone(),
+            limiter: (self.limiters)(),
+            limiters: self.limiters.clone(),
             metrics: self.metrics.clone(),
             upstream: self.upstream.clone(),
             upstream_timeout: self.upstream_timeout,

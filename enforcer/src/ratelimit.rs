@@ -290,17 +290,12 @@ impl RedisStore {
         metrics: Arc<Metrics>,
     ) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url)?;
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "enforcer".to_string());
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
         Ok(RedisStore {
             client,
             connection: tokio::sync::Mutex::new(None),
             script: redis::Script::new(LEASE_SCRIPT),
             timeout,
-            instance: format!("{host}-{}-{nanos}", std::process::id()),
+            instance: instance_id().to_string(),
             metrics,
         })
     }
@@ -364,6 +359,19 @@ impl RedisStore {
     }
 }
 
+/// This process's name among a tenant's peers: one per pod, however many workers it runs.
+fn instance_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "enforcer".to_string());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        format!("{host}-{}-{nanos}", std::process::id())
+    })
+}
+
 /// Consecutive failures open the circuit for a while; then one probe decides.
 #[derive(Debug)]
 struct Breaker {
@@ -422,6 +430,8 @@ pub struct Limiter {
     tenants: RwLock<HashMap<Arc<str>, Arc<TenantLimiter>>>,
     breaker: Mutex<Breaker>,
     metrics: Arc<Metrics>,
+    /// How many limiters of this process split its share of the limit (one per worker).
+    split: u32,
 }
 
 enum Local {
@@ -446,7 +456,15 @@ impl Limiter {
                 open_until_ns: 0,
             }),
             metrics,
+            split: 1,
         }
+    }
+
+    /// This limiter is one of `n` in the process (one per worker) that split the pod's share
+    /// of a tenant's limit while the store is unavailable.
+    pub fn split(mut self, n: u32) -> Limiter {
+        self.split = n.max(1);
+        self
     }
 
     fn tenant(&self, tenant: &Arc<str>) -> Arc<TenantLimiter> {
@@ -512,7 +530,9 @@ impl Limiter {
             Local::Done(o) => return o,
             Local::Fetch { refund } => refund,
         };
-        let want = limit.lease_size();
+        // The pod's lease is split between its workers, so the tokens a pod can park stay at
+        // one lease whatever the number of workers.
+        let want = (limit.lease_size() / u64::from(self.split)).max(1);
         match self.call_store(tenant, limit, want, refund).await {
             Ok(grant) => {
                 let now = self.clock.now_ns();
@@ -560,7 +580,7 @@ impl Limiter {
                             warn!(error = %e, "rate limiter store unavailable; using this pod's share locally");
                         }
                         let mut lease = t.lease.lock().unwrap_or_else(|p| p.into_inner());
-                        let share = limit.share(lease.peers);
+                        let share = limit.share(lease.peers.saturating_mul(self.split));
                         let bucket = lease
                             .fallback
                             .get_or_insert_with(|| Bucket::full(share, now));
