@@ -118,6 +118,19 @@ fn a_large_streaming_body_flows_through_in_bounded_memory() {
         &["X-Tenant-ID: acme", "Content-Length: 5000"],
     );
     assert_eq!(status, 413, "{body}");
+    assert!(body.contains("payload_too_large"), "{body}");
+}
+
+#[test]
+fn oversized_headers_are_refused() {
+    let app = echo_upstream();
+    let e = Enforcer::start("acme", app, &["--max-header-bytes", "16384"]);
+    let big = format!("X-Big: {}", "a".repeat(32 * 1024));
+    let (status, _, _) = get(e.addr, "/", &["X-Tenant-ID: acme", &big]);
+    assert_eq!(status, 431);
+    // Under the limit it goes through.
+    let fine = format!("X-Big: {}", "a".repeat(4 * 1024));
+    assert_eq!(get(e.addr, "/", &["X-Tenant-ID: acme", &fine]).0, 200);
 }
 
 #[test]
