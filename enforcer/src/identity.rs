@@ -229,7 +229,13 @@ impl JwtVerifier {
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            .and_then(|(scheme, token)| {
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then_some(token.trim())
+            })
             .ok_or(IdentityError::NoToken)?;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| IdentityError::BadToken(e.to_string()))?;
