@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Enforcer benchmark, in ONE run: a small upstream measured directly, through tenantry-enforcer
+# (header check + Cedar policy + Redis-shared rate limit on, with a limit too high to reject),
+# through tenantry-enforcer with rate limiting off, and through Debian's nginx-light as a
+# keep-alive reverse proxy; at 1 and 32 keep-alive connections. Also the enforcer's resident
+# memory idle and under load (/proc/PID/status VmRSS). Prints JSON lines and a summary table.
+#
+#   bench/enforcer.sh                      # DURATION=10 CONNS="1 32" by default
+#   DURATION=5 CONNS="1 8 32" bench/enforcer.sh
+#   PROFILE=release bench/enforcer.sh      # the plain release profile instead of `sidecar`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-"1 32"}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+# The `sidecar` profile is how the enforcer is shipped (release + fat LTO, see Cargo.toml).
+PROFILE=${PROFILE:-sidecar}
+cargo build --profile "$PROFILE" --workspace --bin tenantry-enforcer --bin tenantry-upstream --bin tenantry-load --quiet
+BIN=$CARGO_TARGET_DIR/$PROFILE
+
+if ! command -v nginx >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light >/dev/null
+fi
+command -v redis-server >/dev/null || { echo "redis-server is needed (apt-get install redis-server)" >&2; exit 1; }
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+UP=18080 NGINX=18081 ENF=15001 ENF_NORL=15002 REDIS=16379
+
+"$BIN/tenantry-upstream" --listen 127.0.0.1:$UP --threads 1 & pids+=($!)
+redis-server --port $REDIS --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
+
+# A tenant whose tier allows far more than the harness can send, so nothing is rejected but every
+# request still goes through the limiter (leases from Redis).
+cat > "$tmp/tenants.yaml" <<YAML
+tiers:
+  bench:
+    limits: {}
+    rate_limit: { requests_per_second: 4000000000, burst: 4000000000 }
+tenants:
+  bench:
+    tier: bench
+    namespaces: [bench]
+YAML
+
+TENANTRY_LOG=warn "$BIN/tenantry-enforcer" run --tenant bench --tenants "$tmp/tenants.yaml" \
+  --listen 127.0.0.1:$ENF --upstream 127.0.0.1:$UP --admin-listen 127.0.0.1:15021 \
+  --redis redis://127.0.0.1:$REDIS/ & ENF_PID=$!; pids+=($ENF_PID)
+TENANTRY_LOG=warn "$BIN/tenantry-enforcer" run --tenant bench --tenants "$tmp/tenants.yaml" \
+  --listen 127.0.0.1:$ENF_NORL --upstream 127.0.0.1:$UP --admin-listen 127.0.0.1:15022 \
+  --no-rate-limit & ENF_NORL_PID=$!; pids+=($ENF_NORL_PID)
+
+mkdir -p "$tmp/nginx"
+cat > "$tmp/nginx/nginx.conf" <<NGINX
+worker_processes auto;
+daemon off;
+pid $tmp/nginx/nginx.pid;
+error_log $tmp/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $tmp/nginx/body;
+  proxy_temp_path $tmp/nginx/proxy;
+  fastcgi_temp_path $tmp/nginx/fastcgi;
+  uwsgi_temp_path $tmp/nginx/uwsgi;
+  scgi_temp_path $tmp/nginx/scgi;
+  keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$UP; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+NGINX
+nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" & pids+=($!)
+
+for p in $UP $NGINX $ENF $ENF_NORL $REDIS 15021 15022; do wait_port $p; done
+sleep 0.5
+IDLE_RSS=$(rss_kb $ENF_PID)
+
+results="$tmp/results.jsonl"
+: > "$results"
+load() { # label url conns
+  "$BIN/tenantry-load" "$2" -c "$3" -d "$DURATION" --warmup 1 -H "X-Tenant-ID: bench" --label "$1" | tee -a "$results"
+}
+PEAK_RSS=0
+for c in $CONNS; do
+  load direct "http://127.0.0.1:$UP/" "$c"
+  load nginx "http://127.0.0.1:$NGINX/" "$c"
+  load enforcer-no-ratelimit "http://127.0.0.1:$ENF_NORL/" "$c"
+  if [ "$c" -le 1 ]; then
+    # No sampler here: forking a process every few hundred ms disturbs a one-connection
+    # ping-pong on a small machine more than the enforcer does.
+    load enforcer "http://127.0.0.1:$ENF/" "$c"
+    continue
+  fi
+  load enforcer "http://127.0.0.1:$ENF/" "$c" &
+  lp=$!
+  while kill -0 $lp 2>/dev/null; do
+    r=$(rss_kb $ENF_PID); [ "$r" -gt "$PEAK_RSS" ] && PEAK_RSS=$r
+    sleep 1
+  done
+  wait $lp
+done
+ROUND_TRIPS=$(curl -s http://127.0.0.1:15021/metrics | awk '/^tenantry_enforcer_ratelimit_redis_round_trips_total/ {print $2}')
+FORWARDED=$(curl -s http://127.0.0.1:15021/metrics | awk '/^tenantry_enforcer_requests_total\{outcome="forwarded"\}/ {print $2}')
+
+echo
+echo "enforcer RSS: idle ${IDLE_RSS} kB, peak under load ${PEAK_RSS} kB"
+echo "enforcer Redis round trips: ${ROUND_TRIPS:-?} for ${FORWARDED:-?} forwarded requests"
+python3 - "$results" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = {(r["label"], r["connections"]): r for r in rows}
+print(f'{"target":24} {"conns":>5} {"req/s":>9} {"p50 us":>7} {"p99 us":>7} {"non-2xx":>7} {"errors":>6}')
+for r in rows:
+    print(f'{r["label"]:24} {r["connections"]:>5} {r["requests_per_second"]:>9.0f} {r["p50_us"]:>7} {r["p99_us"]:>7} {r["non_2xx"]:>7} {r["errors"]:>6}')
+print()
+for c in sorted({r["connections"] for r in rows}):
+    d, n, e, o = (by.get((l, c)) for l in ("direct", "nginx", "enforcer", "enforcer-no-ratelimit"))
+    if not (d and n and e and o):
+        continue
+    print(f'{c} conn: enforcer/nginx throughput {e["requests_per_second"]/n["requests_per_second"]:.2f}x; '
+          f'ratelimit on/off {e["requests_per_second"]/o["requests_per_second"]:.2f}x; '
+          f'added latency over direct p50 {e["p50_us"]-d["p50_us"]} us, p99 {e["p99_us"]-d["p99_us"]} us '
+          f'(nginx: p50 {n["p50_us"]-d["p50_us"]} us, p99 {n["p99_us"]-d["p99_us"]} us)')
+PY

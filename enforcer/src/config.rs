@@ -1,0 +1,431 @@
+//! Command line and environment: every flag also reads `TENANTRY_<FLAG>`, and everything is parsed
+//! into a typed [`Config`] before anything starts, so a bad value fails fast with a clear message.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tenantry_tenancy::TenantSource;
+use thiserror::Error;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tenantry-enforcer",
+    version,
+    about = "Tenantry's per-pod sidecar: checks the tenant header (and optionally a JWT), \
+             evaluates Cedar traffic policies and enforces per-tenant rate limits shared through \
+             Redis, then forwards to the application on localhost"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (the same as giving no subcommand; the webhook injects `args: ["run"]`).
+    Run,
+    /// Install iptables rules that redirect inbound TCP for the app's ports to the enforcer
+    /// (run as an init container with `NET_ADMIN`).
+    InitRedirect(RedirectArgs),
+}
+
+/// What happens to requests while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedisFailure {
+    /// Admit from a local bucket holding this pod's share of the tenant's limit.
+    Open,
+    /// Refuse with 503 until Redis is back.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JwtAlgorithm {
+    #[value(name = "HS256")]
+    Hs256,
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "ES256")]
+    Es256,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Address the proxy listens on (HTTP/1.1 and HTTP/2 cleartext).
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_LISTEN",
+        default_value = "0.0.0.0:15001"
+    )]
+    pub listen: SocketAddr,
+    /// The application, usually `127.0.0.1:<app port>`.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_UPSTREAM",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub upstream: SocketAddr,
+    /// The tenant that owns this pod.
+    #[arg(long, global = true, env = "TENANTRY_TENANT")]
+    pub tenant: Option<String>,
+    /// The owner's tier as the webhook saw it; informational (the directory is authoritative).
+    #[arg(long, global = true, env = "TENANTRY_TIER")]
+    pub tier: Option<String>,
+    /// Tenant data: a `postgres://` URL or a YAML file. Default: the embedded example directory.
+    #[arg(long, global = true, env = "TENANTRY_TENANTS")]
+    pub tenants: Option<String>,
+    /// Cedar policy directory (`tenantry.cedarschema` + `*.cedar`). Default: the shipped policies.
+    #[arg(long, global = true, env = "TENANTRY_POLICIES")]
+    pub policies: Option<PathBuf>,
+    /// The Cedar `Service` this pod serves (resource name in traffic policies).
+    #[arg(long, global = true, env = "TENANTRY_SERVICE", default_value = "app")]
+    pub service: String,
+    /// The namespace of the pod (resource namespace in traffic policies).
+    #[arg(long, global = true, env = "TENANTRY_NAMESPACE", default_value = "")]
+    pub namespace: String,
+    /// Mark the service as shared: every tenant may call it (policy `resource.shared`).
+    #[arg(long, global = true, env = "TENANTRY_SHARED", default_value_t = false)]
+    pub shared: bool,
+    /// Redis URL for shared rate limits. Without it, limits are per pod (in memory).
+    #[arg(long, global = true, env = "TENANTRY_REDIS")]
+    pub redis: Option<String>,
+    /// What to do while Redis is unreachable.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_REDIS_FAILURE",
+        value_enum,
+        default_value = "open"
+    )]
+    pub redis_failure: RedisFailure,
+    /// Time allowed for one Redis round trip, in milliseconds.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_REDIS_TIMEOUT_MS",
+        default_value_t = 50
+    )]
+    pub redis_timeout_ms: u64,
+    /// Turn rate limiting off (benchmarks, debugging).
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_NO_RATE_LIMIT",
+        default_value_t = false
+    )]
+    pub no_rate_limit: bool,
+    /// Admin address for `/healthz`, `/readyz` and `/metrics`.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_ADMIN_LISTEN",
+        default_value = "127.0.0.1:15021"
+    )]
+    pub admin_listen: SocketAddr,
+    /// HS256 secret file; enables JWT verification.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_JWT_SECRET_FILE",
+        conflicts_with = "jwt_jwks_file"
+    )]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// JWKS file with RS256/ES256 public keys; enables JWT verification.
+    #[arg(long, global = true, env = "TENANTRY_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// The one algorithm tokens must use (default: HS256 with a secret, RS256 with a JWKS).
+    #[arg(long, global = true, env = "TENANTRY_JWT_ALGORITHM", value_enum)]
+    pub jwt_algorithm: Option<JwtAlgorithm>,
+    /// The claim that names the tenant; it must equal `X-Tenant-ID`.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_JWT_TENANT_CLAIM",
+        default_value = "tenant"
+    )]
+    pub jwt_tenant_claim: String,
+    /// Required `iss`, if set.
+    #[arg(long, global = true, env = "TENANTRY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud`, if set.
+    #[arg(long, global = true, env = "TENANTRY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Largest request header block, in bytes.
+    #[arg(long, global = true, env = "TENANTRY_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// Largest request body, in bytes (streamed, never buffered).
+    #[arg(long, global = true, env = "TENANTRY_MAX_BODY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_body_bytes: u64,
+    /// Time allowed for the application to send response headers, in milliseconds.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_UPSTREAM_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub upstream_timeout_ms: u64,
+    /// How long SIGTERM waits for in-flight requests, in milliseconds.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_DRAIN_TIMEOUT_MS",
+        default_value_t = 20_000
+    )]
+    pub drain_timeout_ms: u64,
+    /// Proxy worker threads, each with its own runtime and listener (default: one per CPU).
+    #[arg(long, global = true, env = "TENANTRY_WORKERS")]
+    pub workers: Option<usize>,
+    /// Log format (default: pretty on a terminal, JSON otherwise).
+    #[arg(long, global = true, env = "TENANTRY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RedirectArgs {
+    /// Application ports whose inbound TCP goes to the enforcer (comma separated).
+    #[arg(
+        long,
+        env = "TENANTRY_APP_PORTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub app_ports: Vec<u16>,
+    /// The enforcer's listening port.
+    #[arg(long, env = "TENANTRY_PROXY_PORT", default_value_t = 15001)]
+    pub proxy_port: u16,
+    /// The enforcer's user id: its own connections are never redirected.
+    #[arg(long, env = "TENANTRY_EXCLUDE_UID", default_value_t = 1337)]
+    pub exclude_uid: u32,
+    /// The iptables binary.
+    #[arg(long, env = "TENANTRY_IPTABLES", default_value = "iptables")]
+    pub iptables: String,
+    /// Print the commands instead of running them.
+    #[arg(long, env = "TENANTRY_DRY_RUN", default_value_t = false)]
+    pub dry_run: bool,
+}
+
+/// The JWT settings once the key material is named.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub key: JwtKeySource,
+    pub algorithm: JwtAlgorithm,
+    pub tenant_claim: String,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum JwtKeySource {
+    SecretFile(PathBuf),
+    JwksFile(PathBuf),
+}
+
+/// Everything the proxy needs, checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: SocketAddr,
+    pub tenant: String,
+    pub tier: Option<String>,
+    pub tenants: Option<TenantSource>,
+    pub policies: Option<PathBuf>,
+    pub service: String,
+    pub namespace: String,
+    pub shared: bool,
+    pub redis: Option<String>,
+    pub redis_failure: RedisFailure,
+    pub redis_timeout: Duration,
+    pub rate_limit: bool,
+    pub admin_listen: SocketAddr,
+    pub jwt: Option<JwtConfig>,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub upstream_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub log_format: Option<LogFormat>,
+    /// Worker threads; 0 serves on the caller's runtime (in-process use).
+    pub workers: usize,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("`--tenant` (TENANTRY_TENANT) is required: the tenant that owns this pod")]
+    NoTenant,
+    #[error("`--jwt-algorithm {0}` needs `--jwt-secret-file`")]
+    HmacWithoutSecret(&'static str),
+    #[error("`--jwt-algorithm {0}` needs `--jwt-jwks-file`")]
+    AsymmetricWithoutJwks(&'static str),
+    #[error("`--jwt-algorithm` is set but neither `--jwt-secret-file` nor `--jwt-jwks-file` is")]
+    AlgorithmWithoutKey,
+    #[error("`--{0}` must be greater than zero")]
+    Zero(&'static str),
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let tenant = self
+            .tenant
+            .filter(|t| !t.is_empty())
+            .ok_or(ConfigError::NoTenant)?;
+        let key = match (self.jwt_secret_file, self.jwt_jwks_file) {
+            (Some(f), _) => Some(JwtKeySource::SecretFile(f)),
+            (None, Some(f)) => Some(JwtKeySource::JwksFile(f)),
+            (None, None) => None,
+        };
+        let jwt = match (key, self.jwt_algorithm) {
+            (None, Some(_)) => return Err(ConfigError::AlgorithmWithoutKey),
+            (None, None) => None,
+            (Some(key), alg) => {
+                let algorithm = match (&key, alg) {
+                    (JwtKeySource::SecretFile(_), None) => JwtAlgorithm::Hs256,
+                    (JwtKeySource::JwksFile(_), None) => JwtAlgorithm::Rs256,
+                    (JwtKeySource::SecretFile(_), Some(JwtAlgorithm::Hs256)) => JwtAlgorithm::Hs256,
+                    (JwtKeySource::SecretFile(_), Some(a)) => {
+                        return Err(ConfigError::AsymmetricWithoutJwks(a.name()));
+                    }
+                    (JwtKeySource::JwksFile(_), Some(JwtAlgorithm::Hs256)) => {
+                        return Err(ConfigError::HmacWithoutSecret("HS256"));
+                    }
+                    (JwtKeySource::JwksFile(_), Some(a)) => a,
+                };
+                Some(JwtConfig {
+                    key,
+                    algorithm,
+                    tenant_claim: self.jwt_tenant_claim,
+                    issuer: self.jwt_issuer,
+                    audience: self.jwt_audience,
+                })
+            }
+        };
+        if self.redis_timeout_ms == 0 {
+            return Err(ConfigError::Zero("redis-timeout-ms"));
+        }
+        if self.upstream_timeout_ms == 0 {
+            return Err(ConfigError::Zero("upstream-timeout-ms"));
+        }
+        Ok(Config {
+            listen: self.listen,
+            upstream: self.upstream,
+            tenant,
+            tier: self.tier,
+            tenants: self.tenants.as_deref().map(TenantSource::parse),
+            policies: self.policies,
+            service: self.service,
+            namespace: self.namespace,
+            shared: self.shared,
+            redis: self.redis.filter(|r| !r.is_empty()),
+            redis_failure: self.redis_failure,
+            redis_timeout: Duration::from_millis(self.redis_timeout_ms),
+            rate_limit: !self.no_rate_limit,
+            admin_listen: self.admin_listen,
+            jwt,
+            max_header_bytes: self.max_header_bytes,
+            max_body_bytes: self.max_body_bytes,
+            upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            log_format: self.log_format,
+            workers: self
+                .workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .max(1),
+        })
+    }
+}
+
+impl JwtAlgorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            JwtAlgorithm::Hs256 => "HS256",
+            JwtAlgorithm::Rs256 => "RS256",
+            JwtAlgorithm::Es256 => "ES256",
+        }
+    }
+}
+
+impl Config {
+    /// A configuration for in-process use (the demo, tests): loopback ports, embedded data.
+    pub fn local(tenant: &str, upstream: SocketAddr) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            upstream,
+            tenant: tenant.to_string(),
+            tier: None,
+            tenants: None,
+            policies: None,
+            service: "app".to_string(),
+            namespace: String::new(),
+            shared: false,
+            redis: None,
+            redis_failure: RedisFailure::Open,
+            redis_timeout: Duration::from_millis(50),
+            rate_limit: true,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            jwt: None,
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 256 * 1024 * 1024,
+            upstream_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(20),
+            log_format: None,
+            workers: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["tenantry-enforcer"];
+        all.extend_from_slice(args);
+        let cli = Cli::try_parse_from(all).map_err(|e| e.to_string())?;
+        cli.run.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn run_subcommand_is_the_same_as_none() {
+        let cli = Cli::try_parse_from(["tenantry-enforcer", "run", "--tenant", "acme"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Run)));
+        assert_eq!(cli.run.into_config().unwrap().tenant, "acme");
+    }
+
+    #[test]
+    fn tenant_is_required() {
+        assert!(parse(&[]).unwrap_err().contains("--tenant"));
+    }
+
+    #[test]
+    fn jwt_algorithm_must_match_the_key_kind() {
+        let err = parse(&[
+            "--tenant",
+            "a",
+            "--jwt-secret-file",
+            "s",
+            "--jwt-algorithm",
+            "RS256",
+        ])
+        .unwrap_err();
+        assert!(err.contains("RS256"), "{err}");
+        let ok = parse(&[
+            "--tenant",
+            "a",
+            "--jwt-jwks-file",
+            "k",
+            "--jwt-algorithm",
+            "ES256",
+        ])
+        .unwrap();
+        assert_eq!(ok.jwt.unwrap().algorithm, JwtAlgorithm::Es256);
+    }
+}

@@ -1,0 +1,101 @@
+//! Prometheus metrics, all under `tenantry_enforcer_`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `forwarded` or the error code of the response.
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabel {
+    pub mode: &'static str,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<OutcomeLabel, Counter>,
+    pub duration: Histogram,
+    pub redis_round_trips: Counter,
+    pub redis_errors: Counter,
+    pub fallback_decisions: Family<ModeLabel, Counter>,
+    pub circuit_open: Gauge,
+    pub directory_version: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tenantry_enforcer");
+        let requests = Family::<OutcomeLabel, Counter>::default();
+        registry.register("requests", "Requests by outcome", requests.clone());
+        let duration = Histogram::new([
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0,
+        ]);
+        registry.register(
+            "request_duration_seconds",
+            "Time from request headers to response headers, upstream included",
+            duration.clone(),
+        );
+        let redis_round_trips = Counter::default();
+        registry.register(
+            "ratelimit_redis_round_trips",
+            "Lease requests sent to Redis",
+            redis_round_trips.clone(),
+        );
+        let redis_errors = Counter::default();
+        registry.register(
+            "ratelimit_store_errors",
+            "Lease requests that failed (timeout, error, circuit open)",
+            redis_errors.clone(),
+        );
+        let fallback_decisions = Family::<ModeLabel, Counter>::default();
+        registry.register(
+            "ratelimit_fallback_decisions",
+            "Decisions taken without the shared store, by --redis-failure mode",
+            fallback_decisions.clone(),
+        );
+        let circuit_open = Gauge::default();
+        registry.register(
+            "ratelimit_circuit_open",
+            "1 while the Redis circuit breaker is open",
+            circuit_open.clone(),
+        );
+        let directory_version = Gauge::default();
+        registry.register(
+            "directory_version",
+            "Version of the tenant directory snapshot in use",
+            directory_version.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            duration,
+            redis_round_trips,
+            redis_errors,
+            fallback_decisions,
+            circuit_open,
+            directory_version,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

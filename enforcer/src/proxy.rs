@@ -1,0 +1,488 @@
+//! The request path: identity, policy, rate limit, then a pooled, streaming forward to the
+//! application. [`Rejection`] is the one place typed causes become HTTP responses (linkerd's
+//! "rescue" layer), so a new failure cannot accidentally leak internals or turn into a 200.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tenantry_tenancy::{DirectoryStore, PolicyEngine};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use crate::identity::{self, IdentityError, JwtVerifier};
+use crate::metrics::{Metrics, OutcomeLabel};
+use crate::policy::{self, Decision, ServiceSpec};
+use crate::ratelimit::{Limit, Limiter, Outcome};
+
+pub type Body = Either<Incoming, Full<Bytes>>;
+type UpstreamBody = Limited<Incoming>;
+
+/// Why a request was not forwarded (or the forward failed).
+#[derive(Debug)]
+pub enum Rejection {
+    Identity(IdentityError),
+    Forbidden(String),
+    RateLimited {
+        limit: u64,
+        retry_after: u64,
+        reset: u64,
+    },
+    LimiterUnavailable {
+        retry_after: u64,
+    },
+    TooLarge(u64),
+    BadGateway,
+    GatewayTimeout,
+}
+
+impl Rejection {
+    fn code(&self) -> &'static str {
+        match self {
+            Rejection::Identity(IdentityError::Unknown(_)) => "unknown_tenant",
+            Rejection::Identity(IdentityError::NoToken | IdentityError::BadToken(_)) => {
+                "invalid_token"
+            }
+            Rejection::Identity(_) => "invalid_tenant_header",
+            Rejection::Forbidden(_) => "forbidden",
+            Rejection::RateLimited { .. } => "rate_limited",
+            Rejection::LimiterUnavailable { .. } => "rate_limiter_unavailable",
+            Rejection::TooLarge(_) => "payload_too_large",
+            Rejection::BadGateway => "upstream_unavailable",
+            Rejection::GatewayTimeout => "upstream_timeout",
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let (status, message) = match &self {
+            Rejection::Identity(e) => (StatusCode::UNAUTHORIZED, e.to_string()),
+            Rejection::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
+            Rejection::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "the tenant's rate limit is exhausted".to_string(),
+            ),
+            Rejection::LimiterUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the rate limiter is unavailable".to_string(),
+            ),
+            Rejection::TooLarge(max) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than {max} bytes"),
+            ),
+            // No internals: the application's address and the error stay in the logs.
+            Rejection::BadGateway => (
+                StatusCode::BAD_GATEWAY,
+                "the application is not reachable".to_string(),
+            ),
+            Rejection::GatewayTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "the application did not answer in time".to_string(),
+            ),
+        };
+        let body = serde_json::json!({"error": self.code(), "message": message}).to_string();
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *response.status_mut() = status;
+        let h = response.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match self {
+            Rejection::RateLimited {
+                limit,
+                retry_after,
+                reset,
+            } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                insert_ratelimit(h, limit, 0, reset);
+            }
+            Rejection::LimiterUnavailable { retry_after } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            Rejection::Identity(_) => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+fn insert_ratelimit(h: &mut HeaderMap, limit: u64, remaining: u64, reset: u64) {
+    h.insert(
+        HeaderName::from_static("ratelimit-limit"),
+        HeaderValue::from(limit),
+    );
+    h.insert(
+        HeaderName::from_static("ratelimit-remaining"),
+        HeaderValue::from(remaining),
+    );
+    h.insert(
+        HeaderName::from_static("ratelimit-reset"),
+        HeaderValue::from(reset),
+    );
+}
+
+/// Makes the rate limiter a worker uses (a new one per worker, or one shared).
+pub type LimiterFactory = Arc<dyn Fn() -> Option<Arc<Limiter>> + Send + Sync>;
+
+/// Everything a request needs, shared by all connections.
+pub struct State {
+    pub directory: Arc<DirectoryStore>,
+    pub policies: Arc<PolicyEngine>,
+    decisions: Arc<policy::DecisionCache>,
+    pub service: ServiceSpec,
+    pub jwt: Option<Arc<JwtVerifier>>,
+    pub limiter: Option<Arc<Limiter>>,
+    limiters: LimiterFactory,
+    pub metrics: Arc<Metrics>,
+    pub upstream: http::uri::Authority,
+    pub upstream_timeout: Duration,
+    pub max_body_bytes: u64,
+    client_h1: Client<HttpConnector, UpstreamBody>,
+    client_h2: Client<HttpConnector, UpstreamBody>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("service", &self.service)
+            .finish()
+    }
+}
+
+impl State {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        directory: Arc<DirectoryStore>,
+        policies: Arc<PolicyEngine>,
+        service: ServiceSpec,
+        jwt: Option<JwtVerifier>,
+        limiters: LimiterFactory,
+        metrics: Arc<Metrics>,
+        upstream: SocketAddr,
+        upstream_timeout: Duration,
+        max_body_bytes: u64,
+    ) -> Result<State, http::uri::InvalidUri> {
+        let (client_h1, client_h2) = clients();
+        let decisions = Arc::new(policy::DecisionCache::new(!policy::reads_context(
+            &policies,
+        )));
+        Ok(State {
+            directory,
+            policies,
+            decisions,
+            service,
+            jwt: jwt.map(Arc::new),
+            limiter: limiters(),
+            limiters,
+            metrics,
+            upstream: upstream.to_string().parse()?,
+            upstream_timeout,
+            max_body_bytes,
+            client_h1,
+            client_h2,
+        })
+    }
+}
+
+impl State {
+    /// The same shared state with this worker's own upstream connection pools: a pooled
+    /// connection is driven by the runtime that opened it, so sharing one pool between
+    /// thread-per-core workers would turn every request into a cross-thread wake-up.
+    pub fn for_worker(&self) -> State {
+        let (client_h1, client_h2) = clients();
+        State {
+            directory: self.directory.clone(),
+            policies: self.policies.clone(),
+            decisions: self.decisions.clone(),
+            service: self.service.clone(),
+            jwt: self.jwt.clone(),
+            limiter: (self.limiters)(),
+            limiters: self.limiters.clone(),
+            metrics: self.metrics.clone(),
+            upstream: self.upstream.clone(),
+            upstream_timeout: self.upstream_timeout,
+            max_body_bytes: self.max_body_bytes,
+            client_h1,
+            client_h2,
+        }
+    }
+}
+
+type Clients = (
+    Client<HttpConnector, UpstreamBody>,
+    Client<HttpConnector, UpstreamBody>,
+);
+
+fn clients() -> Clients {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client_h1 = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .build(connector.clone());
+    let client_h2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .build(connector);
+    (client_h1, client_h2)
+}
+
+/// Headers that describe one hop and must not be forwarded.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if let Some(listed) = h
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    {
+        for name in listed.split(',') {
+            if let Ok(name) = HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()) {
+                h.remove(name);
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
+        h.remove(name);
+    }
+    // gRPC needs `te: trailers`; anything else in `te` is per hop.
+    if h.get(header::TE).is_some_and(|v| v != "trailers") {
+        h.remove(header::TE);
+    }
+}
+
+/// Handles one request; never fails (every failure is a response).
+pub async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let response = match check_and_forward(&state, req).await {
+        Ok(r) => {
+            state
+                .metrics
+                .requests
+                .get_or_create(&OutcomeLabel {
+                    outcome: "forwarded",
+                })
+                .inc();
+            r
+        }
+        Err(rejection) => {
+            let code = rejection.code();
+            match &rejection {
+                Rejection::BadGateway | Rejection::GatewayTimeout => {
+                    warn!(code, "forward failed")
+                }
+                other => debug!(code, reason = ?other, "request refused"),
+            }
+            state
+                .metrics
+                .requests
+                .get_or_create(&OutcomeLabel { outcome: code })
+                .inc();
+            rejection.into_response()
+        }
+    };
+    state
+        .metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    Ok(response)
+}
+
+async fn check_and_forward(
+    state: &State,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, Rejection> {
+    let directory = state.directory.current();
+    let id = identity::tenant_header(req.headers()).map_err(Rejection::Identity)?;
+    let caller = directory
+        .tenant(id)
+        .ok_or_else(|| Rejection::Identity(IdentityError::Unknown(id.to_string())))?
+        .clone();
+    if let Some(jwt) = &state.jwt {
+        jwt.verify(req.headers(), &caller.id)
+            .map_err(Rejection::Identity)?;
+    }
+    match state.decisions.decide(
+        &state.policies,
+        &directory,
+        &caller,
+        &state.service,
+        req.method().as_str(),
+        req.uri().path(),
+    ) {
+        Decision::Allow => {}
+        Decision::Deny(reason) => return Err(Rejection::Forbidden(reason)),
+    }
+    let mut ratelimit = None;
+    if let (Some(limiter), Some(rl)) = (&state.limiter, caller.tier.rate_limit) {
+        match limiter
+            .check(&caller.id, Limit::new(rl.requests_per_second, rl.burst))
+            .await
+        {
+            Outcome::Allowed {
+                limit,
+                remaining,
+                reset,
+            } => ratelimit = Some((limit, remaining, reset)),
+            Outcome::Limited {
+                limit,
+                retry_after,
+                reset,
+            } => {
+                return Err(Rejection::RateLimited {
+                    limit,
+                    retry_after,
+                    reset,
+                });
+            }
+            Outcome::Unavailable { retry_after } => {
+                return Err(Rejection::LimiterUnavailable { retry_after });
+            }
+        }
+    }
+
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > state.max_body_bytes
+    {
+        return Err(Rejection::TooLarge(state.max_body_bytes));
+    }
+
+    let h2 = req.version() == Version::HTTP_2;
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(state.upstream.clone());
+    parts.path_and_query = Some(path);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Rejection::BadGateway)?;
+    *req.version_mut() = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let tenant_value = HeaderValue::from_str(&caller.id).map_err(|_| Rejection::BadGateway)?;
+    let tier_value = HeaderValue::from_str(&caller.tier.name).map_err(|_| Rejection::BadGateway)?;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    identity::strip_identity_headers(headers);
+    headers.insert(identity::TENANT_HEADER, tenant_value);
+    headers.insert(identity::TIER_HEADER, tier_value);
+
+    let req = req.map(|b| {
+        Limited::new(
+            b,
+            usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX),
+        )
+    });
+    let client = if h2 {
+        &state.client_h2
+    } else {
+        &state.client_h1
+    };
+    let mut response = match tokio::time::timeout(state.upstream_timeout, client.request(req)).await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            debug!(error = %e, "upstream request failed");
+            return Err(Rejection::BadGateway);
+        }
+        Err(_) => return Err(Rejection::GatewayTimeout),
+    };
+    strip_hop_by_hop(response.headers_mut());
+    if let Some((limit, remaining, reset)) = ratelimit {
+        insert_ratelimit(response.headers_mut(), limit, remaining, reset);
+    }
+    Ok(response.map(Either::Left))
+}
+
+/// Serves `listener` until `shutdown` resolves, then drains in-flight requests for up to `drain`.
+pub async fn serve(
+    state: Arc<State>,
+    listener: TcpListener,
+    max_header_bytes: usize,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .keep_alive(true)
+        .max_buf_size(max_header_bytes.max(8192))
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        .timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    info!("draining in-flight requests");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("drain timeout; closing the remaining connections");
+    }
+}
