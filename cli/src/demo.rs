@@ -1,6 +1,7 @@
 //! `tenantry demo`: the embedded example tenants and policies at work. It starts the real webhook
 //! on loopback over HTTPS and sends each write of the scenario through `/mutate` and
-//! `/validate`, exactly as the API server would, and prints what happened.
+//! `/validate`, exactly as the API server would; then it starts an enforcer in front of a small
+//! application and sends it allowed, unauthenticated, wrong-tenant and rate-limited requests.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -90,6 +91,13 @@ async fn play() -> Result<ExitCode> {
         println!();
     }
     hook.stop().await;
+
+    println!("Traffic: an enforcer sidecar in front of a small application, as injected above.\n");
+    let mut transcript = Vec::new();
+    tenantry_enforcer::demo::run(&mut transcript).await?;
+    print!("{}", String::from_utf8_lossy(&transcript));
+    println!();
+
     if surprises == 0 {
         println!(
             "All {} writes were decided as the scenario expects.",

@@ -52,6 +52,17 @@ fn demo_runs_on_the_embedded_default() {
         "{text}"
     );
     assert!(text.contains("DENIED") && text.contains("ALLOWED"));
+    for line in [
+        "-> 200 OK",
+        "-> 401 Unauthorized",
+        "-> 403 Forbidden",
+        "-> 429 Too Many Requests",
+    ] {
+        assert!(
+            text.contains(line),
+            "the enforcer part shows {line}: {text}"
+        );
+    }
 }
 
 #[test]

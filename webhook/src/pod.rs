@@ -13,6 +13,10 @@ use thiserror::Error;
 
 /// The injected container's name.
 pub const ENFORCER: &str = "tenantry-enforcer";
+/// The init container that redirects inbound traffic to the enforcer (transparent mode).
+pub const ENFORCER_INIT: &str = "tenantry-enforcer-init";
+/// The enforcer's user id in transparent mode, excluded from the redirect.
+pub const ENFORCER_UID: u16 = 1337;
 /// `"false"` asks to skip injection; the `enforcer-opt-out` policy decides whether that stands.
 pub const INJECT_ANNOTATION: &str = "tenantry.dev/inject";
 /// The application port the enforcer forwards to.
@@ -56,6 +60,10 @@ pub struct InjectionConfig {
     pub tenants: Option<String>,
     /// `TENANTRY_REDIS` for the sidecar.
     pub redis: Option<String>,
+    /// Transparent mode: an init container (`init-redirect`, NET_ADMIN) redirects inbound TCP for
+    /// the application's port to the enforcer, so the Service can keep targeting the app's port
+    /// and nothing reaches the app around the enforcer.
+    pub redirect: bool,
 }
 
 impl Default for InjectionConfig {
@@ -68,6 +76,7 @@ impl Default for InjectionConfig {
             default_app_port: 8080,
             tenants: None,
             redis: None,
+            redirect: false,
         }
     }
 }
@@ -197,7 +206,7 @@ pub fn sidecar(config: &InjectionConfig, tenant: &str, tier: &str, app_port: u16
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true,
             "runAsNonRoot": true,
-            "runAsUser": 65532,
+            "runAsUser": if config.redirect { ENFORCER_UID } else { 65532 },
             "capabilities": {"drop": ["ALL"]},
         },
     });
@@ -207,6 +216,42 @@ pub fn sidecar(config: &InjectionConfig, tenant: &str, tier: &str, app_port: u16
     container
 }
 
+/// The redirect init container of transparent mode, exactly as injected.
+pub fn redirect_init(config: &InjectionConfig, app_port: u16) -> Value {
+    json!({
+        "name": ENFORCER_INIT,
+        "image": config.image,
+        "args": ["init-redirect"],
+        "env": [
+            {"name": "TENANTRY_APP_PORTS", "value": app_port.to_string()},
+            {"name": "TENANTRY_PROXY_PORT", "value": config.proxy_port.to_string()},
+            {"name": "TENANTRY_EXCLUDE_UID", "value": ENFORCER_UID.to_string()},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "runAsNonRoot": false,
+            "runAsUser": 0,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+        },
+    })
+}
+
+/// What Tenantry injects into one pod: the enforcer, and in transparent mode its init container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Injection {
+    pub sidecar: Value,
+    pub init: Option<Value>,
+}
+
+impl Injection {
+    pub fn for_pod(config: &InjectionConfig, tenant: &str, tier: &str, app_port: u16) -> Injection {
+        Injection {
+            sidecar: sidecar(config, tenant, tier, app_port),
+            init: config.redirect.then(|| redirect_init(config, app_port)),
+        }
+    }
+}
+
 fn list_key(mode: SidecarMode) -> &'static str {
     match mode {
         SidecarMode::Native => "initContainers",
@@ -214,11 +259,15 @@ fn list_key(mode: SidecarMode) -> &'static str {
     }
 }
 
-fn find_enforcer(spec: &Value, list: &str) -> Option<usize> {
+fn find_named(spec: &Value, list: &str, name: &str) -> Option<usize> {
     spec.get(list)?
         .as_array()?
         .iter()
-        .position(|c| c.get("name").and_then(Value::as_str) == Some(ENFORCER))
+        .position(|c| c.get("name").and_then(Value::as_str) == Some(name))
+}
+
+fn find_enforcer(spec: &Value, list: &str) -> Option<usize> {
+    find_named(spec, list, ENFORCER)
 }
 
 /// `expected` holds every field of `actual` that Tenantry set. The API server adds defaults
@@ -272,8 +321,12 @@ pub fn sidecar_conforms(expected: &Value, actual: &Value) -> bool {
         })
 }
 
-/// The enforcer state of a pod being created, against the container it should have.
-pub fn enforcer_state_on_create(pod: &Value, expected: &Value, mode: SidecarMode) -> EnforcerState {
+/// The enforcer state of a pod being created, against what it should have.
+pub fn enforcer_state_on_create(
+    pod: &Value,
+    expected: &Injection,
+    mode: SidecarMode,
+) -> EnforcerState {
     let Some(spec) = pod.get("spec") else {
         return EnforcerState::Missing;
     };
@@ -281,37 +334,51 @@ pub fn enforcer_state_on_create(pod: &Value, expected: &Value, mode: SidecarMode
         SidecarMode::Native => SidecarMode::Container,
         SidecarMode::Container => SidecarMode::Native,
     });
-    if find_enforcer(spec, wrong_list).is_some() {
+    if find_enforcer(spec, wrong_list).is_some()
+        || find_named(spec, "containers", ENFORCER_INIT).is_some()
+    {
         return EnforcerState::Altered;
     }
     let list = list_key(mode);
+    let init = find_named(spec, "initContainers", ENFORCER_INIT);
+    let init_ok = match (&expected.init, init) {
+        (None, None) => true,
+        (Some(e), Some(i)) => sidecar_conforms(e, &spec["initContainers"][i]),
+        _ => false,
+    };
     match find_enforcer(spec, list) {
-        None if opted_out(pod) => EnforcerState::OptedOut,
+        None if init.is_none() && opted_out(pod) => EnforcerState::OptedOut,
         None => EnforcerState::Missing,
-        Some(i) if sidecar_conforms(expected, &spec[list][i]) => EnforcerState::Injected,
+        Some(i) if init_ok && sidecar_conforms(&expected.sidecar, &spec[list][i]) => {
+            EnforcerState::Injected
+        }
         Some(_) => EnforcerState::Altered,
     }
 }
 
-/// The enforcer state of a pod being updated: the sidecar it was created with must be untouched.
+/// The enforcer state of a pod being updated: what it was created with must be untouched.
 /// Pods created before Tenantry (no sidecar then, none now) are left alone.
 pub fn enforcer_state_on_update(new: &Value, old: &Value) -> EnforcerState {
-    let container = |pod: &Value| {
+    let containers = |pod: &Value| {
         let spec = pod.get("spec")?;
-        ["initContainers", "containers"]
-            .iter()
-            .find_map(|list| find_enforcer(spec, list).map(|i| spec[*list][i].clone()))
+        let find = |name: &str| {
+            ["initContainers", "containers"]
+                .iter()
+                .find_map(|list| find_named(spec, list, name).map(|i| spec[*list][i].clone()))
+        };
+        let (sidecar, init) = (find(ENFORCER), find(ENFORCER_INIT));
+        (sidecar.is_some() || init.is_some()).then_some((sidecar, init))
     };
-    match (container(old), container(new)) {
+    match (containers(old), containers(new)) {
         (None, None) => EnforcerState::NotApplicable,
         (Some(o), Some(n)) if o == n => EnforcerState::Injected,
         _ => EnforcerState::Altered,
     }
 }
 
-/// Puts the enforcer into `pod` (replacing any container of that name the pod brought itself).
-/// Returns whether the pod changed.
-pub fn inject(pod: &mut Value, expected: &Value, mode: SidecarMode) -> bool {
+/// Puts the enforcer (and its init container in transparent mode) into `pod`, replacing any
+/// containers of those names the pod brought itself. Returns whether the pod changed.
+pub fn inject(pod: &mut Value, expected: &Injection, mode: SidecarMode) -> bool {
     if enforcer_state_on_create(pod, expected, mode) == EnforcerState::Injected {
         return false;
     }
@@ -320,18 +387,30 @@ pub fn inject(pod: &mut Value, expected: &Value, mode: SidecarMode) -> bool {
     };
     for list in ["initContainers", "containers"] {
         if let Some(items) = spec.get_mut(list).and_then(Value::as_array_mut) {
-            items.retain(|c| c.get("name").and_then(Value::as_str) != Some(ENFORCER));
+            items.retain(|c| {
+                let name = c.get("name").and_then(Value::as_str);
+                name != Some(ENFORCER) && name != Some(ENFORCER_INIT)
+            });
         }
     }
-    let list = spec
-        .entry(list_key(mode))
-        .or_insert_with(|| Value::Array(Vec::new()));
-    if !list.is_array() {
-        *list = Value::Array(Vec::new());
+    // First, so the redirect is in place and the enforcer is up before other init containers
+    // and the application start.
+    let mut front = Vec::new();
+    if let Some(init) = &expected.init {
+        front.push(("initContainers", init.clone()));
     }
-    if let Some(items) = list.as_array_mut() {
-        // First, so it is up before other init containers and the application start.
-        items.insert(0, expected.clone());
+    front.push((list_key(mode), expected.sidecar.clone()));
+    let mut position = std::collections::HashMap::new();
+    for (list, container) in front {
+        let items = spec.entry(list).or_insert_with(|| Value::Array(Vec::new()));
+        if !items.is_array() {
+            *items = Value::Array(Vec::new());
+        }
+        if let Some(items) = items.as_array_mut() {
+            let at: &mut usize = position.entry(list).or_default();
+            items.insert(*at, container);
+            *at += 1;
+        }
     }
     true
 }

@@ -112,6 +112,10 @@ pub struct Config {
     /// TENANTRY_REDIS given to injected enforcers.
     #[arg(long, env = "TENANTRY_SIDECAR_REDIS")]
     pub sidecar_redis: Option<String>,
+    /// Transparent mode: also inject `tenantry-enforcer init-redirect` (NET_ADMIN), which
+    /// redirects inbound traffic for the app's port to the enforcer; the enforcer runs as uid 1337.
+    #[arg(long, env = "TENANTRY_SIDECAR_REDIRECT")]
+    pub sidecar_redirect: bool,
 }
 
 /// `250ms`, `30s`, `5m`, `1h`.
@@ -589,6 +593,7 @@ pub async fn run(config: Config) -> Result<()> {
             mode: config.sidecar_mode,
             tenants: config.sidecar_tenants.clone(),
             redis: config.sidecar_redis.clone(),
+            redirect: config.sidecar_redirect,
             ..InjectionConfig::default()
         },
         metrics: metrics.clone(),

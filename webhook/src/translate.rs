@@ -249,8 +249,12 @@ pub fn object_facts(
             Operation::Create if subresource.is_empty() => {
                 let port =
                     pod::app_port(object, inputs.injection).map_err(TranslateError::BadObject)?;
-                let expected =
-                    pod::sidecar(inputs.injection, &o.tenant.id, &o.tenant.tier.name, port);
+                let expected = pod::Injection::for_pod(
+                    inputs.injection,
+                    &o.tenant.id,
+                    &o.tenant.tier.name,
+                    port,
+                );
                 pod_facts.enforcer =
                     pod::enforcer_state_on_create(object, &expected, inputs.injection.mode);
                 pod_facts.scheduling = pod::scheduling_state_on_create(spec, &o.tenant.tier);

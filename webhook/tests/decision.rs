@@ -424,3 +424,49 @@ fn a_policy_that_fails_to_evaluate_denies() {
         v.response.message()
     );
 }
+
+#[test]
+fn transparent_mode_injects_the_redirect_init_container_first() {
+    let mut w = World::new();
+    w.injection.redirect = true;
+    let (m, v, patched) = w.admit(&fixture("pod-create.json"));
+    assert!(v.response.allowed, "{:?}", v.response);
+    let init = patched.object["spec"]["initContainers"].as_array().unwrap();
+    assert_eq!(init[0]["name"], "tenantry-enforcer-init");
+    assert_eq!(init[0]["args"], json!(["init-redirect"]));
+    assert_eq!(
+        init[0]["securityContext"]["capabilities"]["add"],
+        json!(["NET_ADMIN", "NET_RAW"])
+    );
+    assert_eq!(init[1]["name"], "tenantry-enforcer");
+    assert_eq!(
+        init[1]["securityContext"]["runAsUser"], 1337,
+        "the uid the redirect excludes"
+    );
+    let env = init[0]["env"].as_array().unwrap();
+    assert!(
+        env.contains(&json!({"name": "TENANTRY_APP_PORTS", "value": "8080"})),
+        "{env:?}"
+    );
+    assert!(m.response.patch.is_some());
+    assert_eq!(w.mutate(&patched).response.patch, None, "idempotent");
+
+    // A pod that reaches validation without the redirect (or with its own) is denied.
+    let mut stripped = patched.clone();
+    stripped.object["spec"]["initContainers"]
+        .as_array_mut()
+        .unwrap()
+        .remove(0);
+    assert!(
+        w.validate(&stripped)
+            .denied_by
+            .contains(&"enforcer-required".to_string())
+    );
+    let mut tampered = patched.clone();
+    tampered.object["spec"]["initContainers"][0]["env"][0]["value"] = json!("9999");
+    assert!(
+        w.validate(&tampered)
+            .denied_by
+            .contains(&"enforcer-required".to_string())
+    );
+}
