@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tenantry_tenancy::{Directory, PolicyEngine, TenantsFile};
 use tenantry_webhook::review::{self, Identity, Outcome, Write};
-use tenantry_webhook::{InjectionConfig, Inputs, Inventory, Operation, embedded};
+use tenantry_webhook::{InjectionConfig, Inputs, Ledger, Operation, embedded};
 
 use crate::inputs;
 
@@ -88,7 +88,7 @@ pub struct Expect {
 /// A loaded case file with the directory and usage its cases run against.
 pub struct Suite {
     pub directory: Directory,
-    pub usage: Inventory,
+    pub usage: Ledger,
     pub cases: Vec<Case>,
 }
 
@@ -113,7 +113,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<Suite> {
         Some(Included::Path(p)) => inputs::read_documents(&base.join(p))?,
         Some(Included::Inline(objects)) => objects,
     };
-    let usage = Inventory::from_objects(&directory, &objects).map_err(anyhow::Error::msg)?;
+    let usage = Ledger::from_objects(&directory, &objects).map_err(anyhow::Error::msg)?;
     Ok(Suite {
         directory,
         usage,
@@ -190,9 +190,10 @@ pub struct CaseResult {
 
 pub fn run_case(suite: &Suite, policies: &PolicyEngine, index: usize) -> Result<CaseResult> {
     let injection = InjectionConfig::default();
+    let view = suite.usage.view(None);
     let inputs = Inputs {
         directory: &suite.directory,
-        usage: &suite.usage,
+        usage: &view,
         policies,
         injection: &injection,
     };

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use tenantry_tenancy::{Directory, PolicyEngine, PostgresSource, TenantSource};
-use tenantry_webhook::{Inventory, embedded};
+use tenantry_webhook::{Ledger, embedded};
 
 /// The tenant directory from `--tenants` (a YAML file or Postgres URL), or the embedded example.
 pub fn directory(source: Option<&str>) -> Result<Directory> {
@@ -33,12 +33,12 @@ pub fn policies(dir: Option<&Path>) -> Result<PolicyEngine> {
 }
 
 /// Usage from `--state FILE` (existing objects), or nothing.
-pub fn state(path: Option<&Path>, directory: &Directory) -> Result<Inventory> {
+pub fn state(path: Option<&Path>, directory: &Directory) -> Result<Ledger> {
     let Some(path) = path else {
-        return Ok(Inventory::default());
+        return Ok(Ledger::new());
     };
     let objects = read_documents(path)?;
-    Inventory::from_objects(directory, &objects)
+    Ledger::from_objects(directory, &objects)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("cannot count usage from `{}`", path.display()))
 }

@@ -64,9 +64,10 @@ pub fn run(args: &ReviewArgs) -> Result<ExitCode> {
     let policies = inputs::policies(args.policies.as_deref())?;
     let usage = inputs::state(args.state.as_deref(), &directory)?;
     let injection = InjectionConfig::default();
+    let view = usage.view(None);
     let inputs = Inputs {
         directory: &directory,
-        usage: &usage,
+        usage: &view,
         policies: &policies,
         injection: &injection,
     };

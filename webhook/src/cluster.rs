@@ -34,7 +34,6 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use crate::contract;
-use crate::ledger::object_key;
 use crate::server::AppState;
 
 /// A kube client from `--kubeconfig`, or the in-cluster configuration.
@@ -101,19 +100,8 @@ pub fn watch_usage(client: Client, state: Arc<AppState>) {
 }
 
 fn key_of(object: &Value) -> Option<String> {
-    let kind = object.get("kind")?.as_str()?;
-    let api_version = object.get("apiVersion")?.as_str()?;
-    let name = object.pointer("/metadata/name")?.as_str()?;
-    let (_, resource) = crate::usage::resource_of(api_version, kind);
-    let namespace = if kind == "Namespace" {
-        name
-    } else {
-        object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-    };
-    Some(object_key(&resource, namespace, name))
+    let r = crate::usage::ObjectRef::of(object);
+    (!r.kind.is_empty() && !r.name.is_empty()).then(|| r.key())
 }
 
 async fn follow<K>(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tenantry_tenancy::Directory;
 
-use crate::usage::{Amounts, UsageView, count_key, ingress_hosts, resource_of};
+use crate::usage::{Amounts, ObjectRef, UsageView, count_key, host_covered, ingress_hosts};
 
 /// `(ResourceQuota name, amount)` pairs one object adds.
 pub type Charges = Vec<(String, i64)>;
@@ -141,7 +141,8 @@ pub struct Ledger {
     state: Mutex<State>,
 }
 
-/// The key an object is observed and reserved under: `resource/namespace/name`.
+/// The key an object is observed and reserved under: `resource/namespace/name` (see
+/// [`ObjectRef::key`]).
 pub fn object_key(resource: &str, namespace: &str, name: &str) -> String {
     format!("{resource}/{namespace}/{name}")
 }
@@ -151,6 +152,18 @@ impl Ledger {
         Ledger::default()
     }
 
+    /// A ledger counting `objects` for the tenants of `directory` (a `--state` file, a review).
+    pub fn from_objects<'a>(
+        directory: &Directory,
+        objects: impl IntoIterator<Item = &'a Value>,
+    ) -> Result<Ledger, String> {
+        let ledger = Ledger::new();
+        for object in objects {
+            ledger.observe(directory, object)?;
+        }
+        Ok(ledger)
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -158,24 +171,13 @@ impl Ledger {
     /// Records an existing object (a `--state` entry or a watch event). Observing an object
     /// again replaces what it was charged before; it also releases a reservation made for it.
     pub fn observe(&self, directory: &Directory, object: &Value) -> Result<(), String> {
-        let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
-        let api_version = object
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let name = object
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let (group, resource) = resource_of(api_version, kind);
-        let namespace = if kind == "Namespace" {
-            name
-        } else {
-            object
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-        };
+        let ObjectRef {
+            kind,
+            group,
+            resource,
+            namespace,
+            name,
+        } = ObjectRef::of(object);
         let key = object_key(&resource, namespace, name);
         let Some(owner) = directory.namespace_owner(namespace) else {
             self.forget(&key);
@@ -387,7 +389,7 @@ impl UsageView for LedgerView<'_> {
     }
 
     fn host_holder(&self, host: &str) -> Option<Arc<str>> {
-        self.ledger.state().hosts.get(host).cloned()
+        host_covered(&self.ledger.state().hosts, host).cloned()
     }
 }
 

@@ -24,6 +24,7 @@ pub mod usage;
 
 pub use admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 pub use decide::Decision;
+pub use ledger::Ledger;
 pub use pod::InjectionConfig;
 pub use translate::Inputs;
-pub use usage::{Inventory, UsageView};
+pub use usage::UsageView;

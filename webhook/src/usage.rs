@@ -1,14 +1,13 @@
 //! What tenants use now, and what one write would add.
 //!
 //! Usage is kept as per-tenant counters and sums in ResourceQuota names, never as whole objects.
-//! [`Inventory`] builds it from a list of existing objects (`--state`, `tenantry review`); the
-//! server keeps the same counters current from cluster watches.
+//! The [`crate::ledger::Ledger`] keeps the counters, from a list of existing objects (`--state`,
+//! `tenantry review`) or from cluster watches.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
-use tenantry_tenancy::Directory;
 use tenantry_tenancy::quantity::Unit;
 
 use crate::pod::{self, ResourceError};
@@ -115,94 +114,56 @@ impl UsageView for NoUsage {
     }
 }
 
-/// Usage counted from a set of existing objects.
-#[derive(Debug, Default, Clone)]
-pub struct Inventory {
-    by_tenant: HashMap<Arc<str>, HashMap<String, i64>>,
-    hosts: HashMap<String, Arc<str>>,
+/// Who an object is: its API group, plural resource, namespace (a Namespace's own name) and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef<'a> {
+    pub kind: &'a str,
+    pub group: String,
+    pub resource: String,
+    pub namespace: &'a str,
+    pub name: &'a str,
 }
 
-impl Inventory {
-    /// Counts `objects` (Kubernetes objects as JSON) for the tenants of `directory`.
-    /// Objects outside tenant namespaces are ignored; unreadable ones are reported.
-    pub fn from_objects<'a>(
-        directory: &Directory,
-        objects: impl IntoIterator<Item = &'a Value>,
-    ) -> Result<Inventory, String> {
-        let mut inventory = Inventory::default();
-        for object in objects {
-            inventory.add(directory, object)?;
-        }
-        Ok(inventory)
-    }
-
-    /// Adds one object (also what the webhook admits when it runs without a cluster).
-    pub fn add(&mut self, directory: &Directory, object: &Value) -> Result<(), String> {
-        let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
-        let api_version = object
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let name = object
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let (group, resource) = resource_of(api_version, kind);
+impl<'a> ObjectRef<'a> {
+    pub fn of(object: &'a Value) -> ObjectRef<'a> {
+        let text = |ptr: &str| object.pointer(ptr).and_then(Value::as_str).unwrap_or("");
+        let kind = text("/kind");
+        let name = text("/metadata/name");
+        let (group, resource) = resource_of(text("/apiVersion"), kind);
         let namespace = if kind == "Namespace" {
             name
         } else {
-            object
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or("")
+            text("/metadata/namespace")
         };
-        let Some(owner) = directory.namespace_owner(namespace) else {
-            return Ok(());
-        };
-        let tenant = owner.tenant.id.clone();
-        let amounts = amounts_of(&group, &resource, object)
-            .map_err(|e| format!("{kind} `{namespace}/{name}`: {e}"))?;
-        let counters = self.by_tenant.entry(tenant.clone()).or_default();
-        for (key, value) in amounts.fields() {
-            if value != 0 && key != "count" {
-                *counters.entry(key.to_string()).or_default() += value;
-            }
+        ObjectRef {
+            kind,
+            group,
+            resource,
+            namespace,
+            name,
         }
-        *counters.entry(count_key(&group, &resource)).or_default() += amounts.count;
-        if kind == "Ingress" {
-            for host in ingress_hosts(object) {
-                self.hosts
-                    .entry(host.to_string())
-                    .or_insert_with(|| tenant.clone());
-            }
-        }
-        Ok(())
+    }
+
+    /// The key it is tracked under: `resource/namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}", self.resource, self.namespace, self.name)
     }
 }
 
-impl UsageView for Inventory {
-    fn used(&self, tenant: &str, resource: &str) -> i64 {
-        self.by_tenant
-            .get(tenant)
-            .and_then(|c| c.get(resource))
-            .copied()
-            .unwrap_or(0)
+/// Whether `host` is covered by a host in `held` (exactly, or through a `*.` wildcard either way).
+pub fn host_covered<'a, T>(held: &'a HashMap<String, T>, host: &str) -> Option<&'a T> {
+    if let Some(t) = held.get(host) {
+        return Some(t);
     }
-    fn host_holder(&self, host: &str) -> Option<Arc<str>> {
-        if let Some(t) = self.hosts.get(host) {
-            return Some(t.clone());
-        }
-        // `*.example.com` held by one tenant covers `shop.example.com`, and the reverse.
-        let parent = host.split_once('.').map(|(_, p)| format!("*.{p}"));
-        if let Some(t) = parent.and_then(|p| self.hosts.get(&p)) {
-            return Some(t.clone());
-        }
-        let suffix = host.strip_prefix('*')?;
-        self.hosts
-            .iter()
-            .find(|(h, _)| h.ends_with(suffix) && !h[..h.len() - suffix.len()].contains('.'))
-            .map(|(_, t)| t.clone())
+    // `*.example.com` held by one tenant covers `shop.example.com`, and the reverse.
+    let parent = host.split_once('.').map(|(_, p)| format!("*.{p}"));
+    if let Some(t) = parent.and_then(|p| held.get(&p)) {
+        return Some(t);
     }
+    let suffix = host.strip_prefix('*')?;
+    held.iter()
+        .find(|(h, _)| h.ends_with(suffix) && !h[..h.len() - suffix.len()].contains('.'))
+        .map(|(_, t)| t)
 }
 
 /// Every object of a multi-document YAML (or JSON) file of existing objects. Such files come

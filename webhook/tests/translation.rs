@@ -6,7 +6,7 @@ use serde_json::Value;
 use tenantry_webhook::pod::{EnforcerState, SchedulingState};
 use tenantry_webhook::review::{self, Identity, Write};
 use tenantry_webhook::translate::{self, ObjectFacts};
-use tenantry_webhook::{InjectionConfig, Inputs, Inventory, Operation, embedded};
+use tenantry_webhook::{InjectionConfig, Inputs, Ledger, Operation, embedded};
 
 struct Row {
     name: &'static str,
@@ -227,11 +227,12 @@ fn manifests_yield_the_expected_facts() {
     let directory = embedded::directory().unwrap();
     let policies = embedded::policies().unwrap();
     let state: Vec<Value> = serde_saphyr::from_multiple(embedded::STATE_YAML).unwrap();
-    let usage = Inventory::from_objects(&directory, &state).unwrap();
+    let usage = Ledger::from_objects(&directory, &state).unwrap();
     let injection = InjectionConfig::default();
+    let view = usage.view(None);
     let inputs = Inputs {
         directory: &directory,
-        usage: &usage,
+        usage: &view,
         policies: &policies,
         injection: &injection,
     };
@@ -264,10 +265,11 @@ fn translated_requests_conform_to_the_schema() {
     let directory = embedded::directory().unwrap();
     let policies = embedded::policies().unwrap();
     let injection = InjectionConfig::default();
-    let usage = Inventory::default();
+    let usage = Ledger::new();
+    let view = usage.view(None);
     let inputs = Inputs {
         directory: &directory,
-        usage: &usage,
+        usage: &view,
         policies: &policies,
         injection: &injection,
     };
