@@ -366,6 +366,12 @@ impl Directory {
         Directory::build(TenantsFile::default(), 0).expect("the empty directory is valid")
     }
 
+    /// The same snapshot under another version (file sources count their reloads).
+    pub fn with_version(mut self, version: u64) -> Directory {
+        self.version = version;
+        self
+    }
+
     /// Orders snapshots of one source; increases with every change.
     pub fn version(&self) -> u64 {
         self.version

@@ -833,8 +833,7 @@ async fn watch_tenants_file(
             Ok(loaded) => {
                 // Files carry no version; count reloads so metrics show the change.
                 version += 1;
-                let loaded = tenantry_tenancy::Directory::build(loaded.source().clone(), version)
-                    .unwrap_or(loaded);
+                let loaded = loaded.with_version(version);
                 info!(
                     tenants = loaded.tenant_count(),
                     version, "tenants file reloaded"
