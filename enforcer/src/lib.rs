@@ -54,23 +54,10 @@ pub async fn directory_store(source: Option<&TenantSource>) -> anyhow::Result<Ar
             let store = Arc::new(DirectoryStore::unloaded());
             let url = url.clone();
             let watched = store.clone();
-            tokio::spawn(async move {
-                let mut backoff = Duration::from_millis(200);
-                loop {
-                    match PostgresSource::connect(&url, Duration::from_secs(5)).await {
-                        Ok(source) => {
-                            source.watch(watched, RESYNC).await;
-                            return;
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "cannot reach the tenant database; retrying");
-                            watched.record_failure(e.to_string());
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                        }
-                    }
-                }
-            });
+            // One connection per enforcer: the watcher LISTENs and reads snapshots on it, and
+            // reconnects with backoff by itself.
+            let source = PostgresSource::lazy(&url)?;
+            tokio::spawn(source.watch(watched, RESYNC));
             Ok(store)
         }
     }

@@ -83,6 +83,7 @@ fn query_error(doing: &'static str) -> impl FnOnce(sqlx::Error) -> PostgresError
 #[derive(Clone, Debug)]
 pub struct PostgresSource {
     pool: PgPool,
+    url: String,
 }
 
 impl PostgresSource {
@@ -98,7 +99,26 @@ impl PostgresSource {
                 url: redact_url(url),
                 source,
             })?;
-        Ok(PostgresSource { pool })
+        Ok(PostgresSource {
+            pool,
+            url: url.to_string(),
+        })
+    }
+
+    /// A source that opens no connection until used: what a watcher needs, since
+    /// [`PostgresSource::watch`] keeps its own single connection. Fails only on a malformed URL.
+    pub fn lazy(url: &str) -> Result<Self, PostgresError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy(url)
+            .map_err(|source| PostgresError::Connect {
+                url: redact_url(url),
+                source,
+            })?;
+        Ok(PostgresSource {
+            pool,
+            url: url.to_string(),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -131,7 +151,7 @@ impl PostgresSource {
             .execute(&mut *tx)
             .await
             .map_err(query_error("starting a snapshot"))?;
-        let (file, version) = read_file(&mut tx).await?;
+        let (file, version) = read_file(&mut *tx).await?;
         tx.commit()
             .await
             .map_err(query_error("ending the snapshot"))?;
@@ -165,7 +185,7 @@ impl PostgresSource {
         for (id, tenant) in &file.tenants {
             write_tenant(&mut tx, id, tenant).await?;
         }
-        let (merged, _) = read_file(&mut tx).await?;
+        let (merged, _) = read_file(&mut *tx).await?;
         Directory::build(merged, 0)?;
         tx.commit()
             .await
@@ -234,15 +254,35 @@ impl PostgresSource {
     }
 
     async fn follow(&self, store: &DirectoryStore, resync: Duration) -> PostgresError {
-        let mut listener = match PgListener::connect_with(&self.pool).await {
+        // One connection does everything: LISTEN, snapshot reads and version checks. Its own
+        // one-connection pool gives reconnects a short timeout, so an outage is reported quickly.
+        let pool = match PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy(&self.url)
+        {
+            Ok(pool) => pool,
+            Err(source) => {
+                return PostgresError::Connect {
+                    url: redact_url(&self.url),
+                    source,
+                };
+            }
+        };
+        let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
-            Err(e) => return query_error("connecting the listener")(e),
+            Err(source) => {
+                return PostgresError::Connect {
+                    url: redact_url(&self.url),
+                    source,
+                };
+            }
         };
         if let Err(e) = listener.listen(CHANNEL).await {
             return query_error("subscribing to directory changes")(e);
         }
         // Anything committed before LISTEN took effect is caught by this load.
-        if let Err(e) = self.reload(store).await {
+        if let Err(e) = reload(&mut listener, store).await {
             return e;
         }
         let mut tick = tokio::time::interval(resync);
@@ -254,41 +294,54 @@ impl PostgresSource {
                         debug!(payload = n.payload(), "directory change notified");
                         // Fold a burst of notifications (one per statement) into one reload.
                         while listener.next_buffered().is_some() {}
-                        if let Err(e) = self.reload(store).await { return e; }
+                        if let Err(e) = reload(&mut listener, store).await { return e; }
                     }
-                    // The connection dropped and will be re-established on the next call; what
-                    // was notified meanwhile is lost, so catch up now.
+                    // The connection dropped and is re-established by the next query; what was
+                    // notified meanwhile is lost, so catch up now.
                     Ok(None) => {
-                        if let Err(e) = self.reload(store).await { return e; }
+                        if let Err(e) = reload(&mut listener, store).await { return e; }
                     }
                     Err(e) => return query_error("waiting for directory changes")(e),
                 },
                 _ = tick.tick() => {
-                    match self.version().await {
-                        Ok(v) if v != store.current().version() => {
+                    let version: Result<i64, _> = sqlx::query_scalar("SELECT version FROM directory_version")
+                        .fetch_one(&mut listener)
+                        .await;
+                    match version {
+                        Ok(v) if v as u64 != store.current().version() => {
                             info!(version = v, "resync found a missed change");
-                            if let Err(e) = self.reload(store).await { return e; }
+                            if let Err(e) = reload(&mut listener, store).await { return e; }
                         }
                         Ok(_) => store.record_fresh(),
-                        Err(e) => return e,
+                        Err(e) => return query_error("reading the directory version")(e),
                     }
                 }
             }
         }
     }
+}
 
-    async fn reload(&self, store: &DirectoryStore) -> Result<(), PostgresError> {
-        let directory = self.load().await?;
-        if directory.version() != store.current().version() {
-            info!(
-                version = directory.version(),
-                tenants = directory.tenant_count(),
-                "tenant directory loaded"
-            );
-        }
-        store.publish(directory);
-        Ok(())
+/// Reads one consistent snapshot over the listener's connection and publishes it.
+async fn reload(listener: &mut PgListener, store: &DirectoryStore) -> Result<(), PostgresError> {
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *listener)
+        .await
+        .map_err(query_error("starting a snapshot"))?;
+    let read = read_file(listener).await;
+    // Always end the transaction, so the connection is clean for the next read.
+    let ended = sqlx::query("COMMIT").execute(&mut *listener).await;
+    let (file, version) = read?;
+    ended.map_err(query_error("ending the snapshot"))?;
+    let directory = Directory::build(file, version)?;
+    if directory.version() != store.current().version() {
+        info!(
+            version = directory.version(),
+            tenants = directory.tenant_count(),
+            "tenant directory loaded"
+        );
     }
+    store.publish(directory);
+    Ok(())
 }
 
 async fn write_tier(
@@ -449,11 +502,12 @@ async fn write_members(
 }
 
 /// Reads every directory table into the file form, plus the version it corresponds to.
-async fn read_file(
-    tx: &mut Transaction<'_, Postgres>,
-) -> Result<(TenantsFile, u64), PostgresError> {
+async fn read_file<C>(tx: &mut C) -> Result<(TenantsFile, u64), PostgresError>
+where
+    for<'a> &'a mut C: sqlx::Executor<'a, Database = Postgres>,
+{
     let version: i64 = sqlx::query_scalar("SELECT version FROM directory_version")
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(query_error("reading the directory version"))?;
     let mut file = TenantsFile::default();
@@ -463,7 +517,7 @@ async fn read_file(
                 node_selector::text AS node_selector, tolerations::text AS tolerations
          FROM tiers",
     )
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await
     .map_err(query_error("reading tiers"))?;
     for row in rows {
@@ -497,7 +551,7 @@ async fn read_file(
     }
     let limits: Vec<(String, String, String)> =
         sqlx::query_as("SELECT tier, resource, quantity FROM tier_limits")
-            .fetch_all(&mut **tx)
+            .fetch_all(&mut *tx)
             .await
             .map_err(query_error("reading tier limits"))?;
     for (tier, resource, quantity) in limits {
@@ -507,7 +561,7 @@ async fn read_file(
     }
     let clients: Vec<(String, Option<String>)> =
         sqlx::query_as("SELECT id, display_name FROM clients")
-            .fetch_all(&mut **tx)
+            .fetch_all(&mut *tx)
             .await
             .map_err(query_error("reading clients"))?;
     for (id, display_name) in clients {
@@ -515,7 +569,7 @@ async fn read_file(
     }
     let tenants: Vec<(String, String, String, Option<String>)> =
         sqlx::query_as("SELECT id, tier, status, client FROM tenants")
-            .fetch_all(&mut **tx)
+            .fetch_all(&mut *tx)
             .await
             .map_err(query_error("reading tenants"))?;
     for (id, tier, status, client) in tenants {
@@ -533,7 +587,7 @@ async fn read_file(
     }
     let namespaces: Vec<(String, String)> =
         sqlx::query_as("SELECT namespace, tenant FROM tenant_namespaces ORDER BY namespace")
-            .fetch_all(&mut **tx)
+            .fetch_all(&mut *tx)
             .await
             .map_err(query_error("reading tenant namespaces"))?;
     for (ns, tenant) in namespaces {
@@ -542,7 +596,7 @@ async fn read_file(
         }
     }
     let teams: Vec<(String, String)> = sqlx::query_as("SELECT tenant, name FROM teams")
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *tx)
         .await
         .map_err(query_error("reading teams"))?;
     for (tenant, name) in teams {
@@ -552,7 +606,7 @@ async fn read_file(
     }
     let team_namespaces: Vec<(String, String, String)> =
         sqlx::query_as("SELECT namespace, tenant, team FROM team_namespaces ORDER BY namespace")
-            .fetch_all(&mut **tx)
+            .fetch_all(&mut *tx)
             .await
             .map_err(query_error("reading team namespaces"))?;
     for (ns, tenant, team) in team_namespaces {
@@ -567,7 +621,7 @@ async fn read_file(
     let members: Vec<(String, String, String, String)> = sqlx::query_as(
         "SELECT tenant, team, kind, name FROM members ORDER BY tenant, team, kind, name",
     )
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await
     .map_err(query_error("reading members"))?;
     for (tenant, team, kind, name) in members {

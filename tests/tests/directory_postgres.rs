@@ -334,3 +334,44 @@ async fn wait_until(store: &DirectoryStore, timeout: Duration, done: impl Fn(&Di
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_holds_exactly_one_connection() {
+    let pg = Postgres::start().unwrap();
+    let setup = migrated(&pg).await;
+    setup.import(&example()).await.unwrap();
+    setup.pool().close().await;
+    let store = Arc::new(DirectoryStore::unloaded());
+    let watcher = tokio::spawn(
+        PostgresSource::lazy(&pg.url())
+            .unwrap()
+            .watch(store.clone(), Duration::from_millis(100)),
+    );
+    wait_until(&store, Duration::from_secs(10), |d| {
+        d.tenant("acme").is_some()
+    })
+    .await;
+    // Let a few resync checks and a reload run first.
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&pg.url())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE tenants SET tier = 'business' WHERE id = 'globex'")
+        .execute(&admin)
+        .await
+        .unwrap();
+    wait_until(&store, Duration::from_secs(5), |d| {
+        &*d.tenant("globex").unwrap().tier.name == "business"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let others: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(others, 1, "the watcher's single connection");
+    watcher.abort();
+}

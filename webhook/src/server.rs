@@ -556,11 +556,10 @@ pub async fn run(config: Config) -> Result<()> {
             ));
         }
         TenantSource::Postgres(url) => {
-            tokio::spawn(follow_postgres(
-                url.clone(),
-                directory.clone(),
-                config.resync,
-            ));
+            // The watcher connects, retries with backoff and records failures by itself; a
+            // malformed URL fails here, at start.
+            let source = PostgresSource::lazy(url)?;
+            tokio::spawn(source.watch(directory.clone(), config.resync));
         }
     }
 
@@ -771,25 +770,6 @@ pub async fn serve(
             ?grace,
             "connections still open after the shutdown grace period; closing them"
         );
-    }
-}
-
-async fn follow_postgres(url: String, directory: Arc<DirectoryStore>, resync: Duration) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match PostgresSource::connect(&url, Duration::from_secs(5)).await {
-            Ok(source) => {
-                info!("connected to the tenant database");
-                source.watch(directory, resync).await;
-                return;
-            }
-            Err(e) => {
-                error!(error = %e, "tenant database unreachable; retrying");
-                directory.record_failure(e.to_string());
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
     }
 }
 
