@@ -120,26 +120,7 @@ impl Postgres {
                 "--no-sync",
             ],
         )?;
-        let options = format!(
-            "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
-            path(&pg.dir)
-        );
-        let log = pg.dir.join("log");
-        pg.run(
-            "pg_ctl",
-            &[
-                "-D",
-                path(&data),
-                "-l",
-                path(&log),
-                "-o",
-                &options,
-                "-w",
-                "-t",
-                "30",
-                "start",
-            ],
-        )?;
+        pg.start_server()?;
         Ok(pg)
     }
 
@@ -191,13 +172,17 @@ impl Postgres {
 
     /// Starts it again on the same port and data.
     pub fn restart(&self) -> Result<()> {
+        self.start_server()
+    }
+
+    fn start_server(&self) -> Result<()> {
+        // Durability is not under test: fsync off keeps the suite fast on shared disks.
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off",
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c full_page_writes=off",
             self.port,
             path(&self.dir)
         );
-        let data = self.dir.join("data");
-        let log = self.dir.join("log");
+        let (data, log) = (self.dir.join("data"), self.dir.join("log"));
         self.run(
             "pg_ctl",
             &[

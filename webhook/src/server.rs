@@ -226,6 +226,19 @@ impl AppState {
         let Some(claim) = claim else {
             return inputs(&self.ledger.view(None));
         };
+        if !self.usage_ready.load(Ordering::Acquire) {
+            // Counted against partial usage, a limited create could overshoot its quota; an
+            // unready replica is normally not sent reviews, but a URL-registered one can be.
+            let message =
+                "tenantry: usage is still loading, so quotas cannot be checked yet; retry shortly";
+            let response = AdmissionResponse::deny(&req.uid, 503, message.to_string());
+            return Decision {
+                response,
+                denied_by: Vec::new(),
+                tenant: Some(claim.tenant),
+                mutated: None,
+            };
+        }
         match &self.shared {
             None => {
                 self.ledger.reserve(
@@ -893,4 +906,55 @@ async fn load_state(state: Arc<AppState>, path: Option<PathBuf>) {
         }
     }
     state.usage_ready.store(true, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::review::{self, Identity, Write};
+
+    fn pod_create(user: &str, namespace: &str, dry_run: bool) -> AdmissionRequest {
+        let write = Write {
+            object: json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                           "spec": {"containers": [{"name": "c", "image": "nginx"}]}}),
+            old: None,
+            identity: Identity {
+                user: user.into(),
+                groups: vec![],
+            },
+            namespace: Some(namespace.into()),
+            operation: Operation::Create,
+            dry_run,
+        };
+        review::admission_request(&write, "uid-1").unwrap()
+    }
+
+    #[tokio::test]
+    async fn limited_creates_wait_for_usage_to_load() {
+        let state = AppState::local(
+            crate::embedded::directory().unwrap(),
+            crate::embedded::policies().unwrap(),
+        );
+        state.usage_ready.store(false, Ordering::Release);
+        // globex's free tier limits pods: refused until usage is known.
+        let d = state
+            .decide(Endpoint::Validate, &pod_create("bob", "globex-prod", false))
+            .await;
+        assert!(!d.response.allowed);
+        assert_eq!(d.response.status.as_ref().unwrap().code, 503);
+        // Unlimited tiers and dry runs reserve nothing and are decided as usual.
+        let d = state
+            .decide(Endpoint::Validate, &pod_create("bob", "globex-prod", true))
+            .await;
+        assert_ne!(d.response.status.as_ref().map(|s| s.code), Some(503));
+        let d = state
+            .decide(Endpoint::Validate, &pod_create("alice", "acme-dev", false))
+            .await;
+        assert_ne!(d.response.status.as_ref().map(|s| s.code), Some(503));
+        state.usage_ready.store(true, Ordering::Release);
+        let d = state
+            .decide(Endpoint::Validate, &pod_create("bob", "globex-prod", false))
+            .await;
+        assert_ne!(d.response.status.as_ref().map(|s| s.code), Some(503));
+    }
 }
