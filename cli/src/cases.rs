@@ -3,6 +3,7 @@
 //! ```yaml
 //! tenants: ../../examples/tenants.yaml   # optional: path (relative to this file) or inline mapping
 //! state: ../../examples/state.yaml       # optional: path or inline list of objects
+//! cluster_cidrs: [10.244.0.0/16]         # optional: as the webhook's --cluster-cidrs
 //! cases:
 //!   - name: members write in their own namespaces
 //!     user: alice                        # or system:serviceaccount:NS:NAME
@@ -10,6 +11,8 @@
 //!     namespace: acme-dev                # optional, as kubectl -n
 //!     operation: CREATE                  # CREATE (default), UPDATE, DELETE, CONNECT
 //!     dry_run: false                     # optional
+//!     subresource: pods/eviction         # optional: `object` is then the subresource's body
+//!     parent: web                        # optional: the parent's name if the body has none
 //!     object: { apiVersion: v1, kind: ConfigMap, metadata: { name: c } }
 //!     old: { … }                         # the current object, for UPDATE
 //!     expect:
@@ -39,6 +42,9 @@ pub struct CaseFile {
     pub tenants: Option<Included<TenantsFile>>,
     #[serde(default)]
     pub state: Option<Included<Vec<Value>>>,
+    /// The cluster's pod and service CIDRs, as the webhook's `--cluster-cidrs`.
+    #[serde(default)]
+    pub cluster_cidrs: Vec<String>,
     pub cases: Vec<Case>,
 }
 
@@ -63,6 +69,12 @@ pub struct Case {
     pub operation: String,
     #[serde(default)]
     pub dry_run: bool,
+    /// `pods/eviction`, `serviceaccounts/token`, …: `object` is the subresource's body.
+    #[serde(default)]
+    pub subresource: Option<String>,
+    /// The parent object's name, when the body does not carry it.
+    #[serde(default, rename = "parent")]
+    pub name_of_parent: Option<String>,
     pub object: Value,
     #[serde(default)]
     pub old: Option<Value>,
@@ -89,6 +101,7 @@ pub struct Expect {
 pub struct Suite {
     pub directory: Directory,
     pub usage: Ledger,
+    pub boundary: tenantry_webhook::Boundary,
     pub cases: Vec<Case>,
 }
 
@@ -113,10 +126,19 @@ pub fn load_str(text: &str, path: &Path) -> Result<Suite> {
         Some(Included::Path(p)) => inputs::read_documents(&base.join(p))?,
         Some(Included::Inline(objects)) => objects,
     };
-    let usage = Ledger::from_objects(&directory, &objects).map_err(anyhow::Error::msg)?;
+    let usage = Ledger::from_objects(&objects).map_err(anyhow::Error::msg)?;
+    let mut boundary = tenantry_webhook::Boundary::default();
+    for cidr in &file.cluster_cidrs {
+        boundary.cluster_cidrs.push(
+            cidr.parse()
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("`{}`: cluster_cidrs", path.display()))?,
+        );
+    }
     Ok(Suite {
         directory,
         usage,
+        boundary,
         cases: file.cases,
     })
 }
@@ -134,6 +156,8 @@ pub fn request_for(case: &Case, index: usize) -> Result<tenantry_webhook::Admiss
         namespace: case.namespace.clone(),
         operation,
         dry_run: case.dry_run,
+        subresource: case.subresource.clone(),
+        name: case.name_of_parent.clone(),
     };
     Ok(review::admission_request(&write, &format!("case-{index}"))?)
 }
@@ -196,6 +220,7 @@ pub fn run_case(suite: &Suite, policies: &PolicyEngine, index: usize) -> Result<
         usage: &view,
         policies,
         injection: &injection,
+        boundary: &suite.boundary,
     };
     let request = request_for(&suite.cases[index], index)?;
     let outcome = review::run(&inputs, &request)?;

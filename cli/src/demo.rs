@@ -31,21 +31,17 @@ pub fn run(_args: &DemoArgs) -> Result<ExitCode> {
 async fn play() -> Result<ExitCode> {
     let suite = cases::load_str(SCENARIO, Path::new("<embedded>/demo.yaml"))?;
     let state = AppState::local(embedded::directory()?, embedded::policies()?);
-    let directory = state.directory.current();
     for object in crate::inputs::parse_documents(embedded::STATE_YAML)? {
-        state
-            .ledger
-            .observe(&directory, &object)
-            .map_err(anyhow::Error::msg)?;
+        state.ledger.observe(&object).map_err(anyhow::Error::msg)?;
     }
     let policies = state.policies.current().len();
+    let tenants = state.directory.current().tenant_count();
     let hook = server::start_local(Arc::new(state)).await?;
     let client = Client::https(&hook.ca_pem, "127.0.0.1")?;
     println!(
         "Tenantry demo: the webhook is serving on https://{} with the embedded directory ({} tenants)\n\
          and {policies} Cedar policies. Each write goes to /mutate, then /validate, as the API server sends it.\n",
-        hook.addr,
-        directory.tenant_count(),
+        hook.addr, tenants,
     );
 
     let mut surprises = 0;

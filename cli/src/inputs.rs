@@ -33,12 +33,12 @@ pub fn policies(dir: Option<&Path>) -> Result<PolicyEngine> {
 }
 
 /// Usage from `--state FILE` (existing objects), or nothing.
-pub fn state(path: Option<&Path>, directory: &Directory) -> Result<Ledger> {
+pub fn state(path: Option<&Path>) -> Result<Ledger> {
     let Some(path) = path else {
         return Ok(Ledger::new());
     };
     let objects = read_documents(path)?;
-    Ledger::from_objects(directory, &objects)
+    Ledger::from_objects(&objects)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("cannot count usage from `{}`", path.display()))
 }

@@ -42,6 +42,13 @@ pub struct ReviewArgs {
     /// Review as a dry-run request.
     #[arg(long, env = "TENANTRY_DRY_RUN")]
     pub dry_run: bool,
+    /// Review a subresource request (`pods/eviction`, `serviceaccounts/token`,
+    /// `deployments/scale`, …): the manifest is then the subresource's body.
+    #[arg(long, env = "TENANTRY_SUBRESOURCE")]
+    pub subresource: Option<String>,
+    /// The parent object's name, when the subresource body does not carry it (a TokenRequest).
+    #[arg(long, env = "TENANTRY_PARENT")]
+    pub parent: Option<String>,
     /// Output format.
     #[arg(
         short,
@@ -62,14 +69,16 @@ pub enum Output {
 pub fn run(args: &ReviewArgs) -> Result<ExitCode> {
     let directory = inputs::directory(args.tenants.as_deref())?;
     let policies = inputs::policies(args.policies.as_deref())?;
-    let usage = inputs::state(args.state.as_deref(), &directory)?;
+    let usage = inputs::state(args.state.as_deref())?;
     let injection = InjectionConfig::default();
+    let boundary = tenantry_webhook::Boundary::default();
     let view = usage.view(None);
     let inputs = Inputs {
         directory: &directory,
         usage: &view,
         policies: &policies,
         injection: &injection,
+        boundary: &boundary,
     };
 
     let objects = inputs::read_documents(&args.file)?;
@@ -93,6 +102,8 @@ pub fn run(args: &ReviewArgs) -> Result<ExitCode> {
             namespace: args.namespace.clone(),
             operation: args.operation,
             dry_run: args.dry_run,
+            subresource: args.subresource.clone(),
+            name: args.parent.clone(),
         };
         let request = review::admission_request(&write, &format!("tenantry-review-{i}"))
             .with_context(|| format!("document {} of `{}`", i + 1, args.file.display()))?;

@@ -48,21 +48,7 @@ fn tenant_entity(tenant: &Tenant) -> Result<Vec<Entity>, String> {
         )]);
         out.push(Entity::new(c, attrs, HashSet::new()).map_err(|e| e.to_string())?);
     }
-    let attrs = HashMap::from([
-        (
-            "name".to_string(),
-            RestrictedExpression::new_string(tenant.id.to_string()),
-        ),
-        (
-            "tier".to_string(),
-            RestrictedExpression::new_string(tenant.tier.name.to_string()),
-        ),
-        (
-            "status".to_string(),
-            RestrictedExpression::new_string(tenant.status.as_str().to_string()),
-        ),
-    ]);
-    out.push(Entity::new(uid("Tenant", &tenant.id)?, attrs, parents).map_err(|e| e.to_string())?);
+    out.push(tenantry_tenancy::policy::tenant_entity(tenant)?);
     Ok(out)
 }
 
@@ -75,6 +61,13 @@ pub fn reads_context(engine: &PolicyEngine) -> bool {
         Ok(u) => u,
         Err(_) => return true,
     };
+    // The action groups `request` belongs to, from the schema: a policy on one of them applies.
+    let groups: HashSet<EntityUid> = engine
+        .action_entities()
+        .iter()
+        .find(|e| e.uid() == request)
+        .map(|e| e.clone().into_inner().2)
+        .unwrap_or_default();
     for file in engine.files() {
         if file.path.extension().is_none_or(|e| e != "cedar") {
             continue;
@@ -86,10 +79,9 @@ pub fn reads_context(engine: &PolicyEngine) -> bool {
             let applies = match policy.action_constraint() {
                 ActionConstraint::Any => true,
                 ActionConstraint::Eq(a) => a == request,
-                // Action groups: `request` is in none today, but a future schema may change that.
-                ActionConstraint::In(actions) => actions
-                    .iter()
-                    .any(|a| *a == request || a.id().unescaped() != "admission"),
+                ActionConstraint::In(actions) => {
+                    actions.iter().any(|a| *a == request || groups.contains(a))
+                }
             };
             if applies && policy.to_string().contains("context") {
                 return true;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::model::{RateLimit, Scheduling, Status, TenantsFile};
+use crate::model::{PodSecurityLevel, RateLimit, Scheduling, Status, TenantsFile};
 use crate::quantity::{self, QuantityError, Unit};
 
 /// Why tenant data was refused. Every message names the place in the tenants data.
@@ -68,6 +68,7 @@ pub struct Tier {
     pub limits: Limits,
     pub rate_limit: Option<RateLimit>,
     pub scheduling: Scheduling,
+    pub pod_security: PodSecurityLevel,
 }
 
 /// Quota limits in ResourceQuota names; CPU in millicores, everything else in whole units.
@@ -214,6 +215,7 @@ impl Directory {
                 limits: Limits(limits),
                 rate_limit: spec.rate_limit,
                 scheduling: spec.scheduling.clone(),
+                pod_security: spec.pod_security,
             };
             tiers.insert(name, Arc::new(tier));
         }
@@ -404,15 +406,27 @@ impl Directory {
 
     /// The tenant owning `namespace`: listed in the directory, or else named `<tenant>-…`
     /// (self-service namespaces; the longest matching tenant id wins).
+    ///
+    /// The webhook narrows this: a name prefix makes a namespace a tenant's only when the tenant
+    /// created it through the webhook (see `tenantry_webhook::translate::Inputs::owner`).
     pub fn namespace_owner(&self, namespace: &str) -> Option<NamespaceOwner<'_>> {
-        if let Some(entry) = self.namespaces.get(namespace) {
-            let tenant = self.tenants.get(&entry.tenant)?;
-            return Some(NamespaceOwner {
-                tenant,
-                team: entry.team.as_ref(),
-                by_prefix: false,
-            });
-        }
+        self.listed_owner(namespace)
+            .or_else(|| self.prefix_owner(namespace))
+    }
+
+    /// The tenant the directory lists `namespace` under.
+    pub fn listed_owner(&self, namespace: &str) -> Option<NamespaceOwner<'_>> {
+        let entry = self.namespaces.get(namespace)?;
+        let tenant = self.tenants.get(&entry.tenant)?;
+        Some(NamespaceOwner {
+            tenant,
+            team: entry.team.as_ref(),
+            by_prefix: false,
+        })
+    }
+
+    /// The tenant whose id prefixes `namespace` (`acme-sandbox` → `acme`), listed or not.
+    pub fn prefix_owner(&self, namespace: &str) -> Option<NamespaceOwner<'_>> {
         // Longest prefix first: with tenants `acme` and `acme-labs`, `acme-labs-x` is acme-labs'.
         namespace.rmatch_indices('-').find_map(|(at, _)| {
             let tenant = self.tenants.get(&namespace[..at])?;

@@ -32,6 +32,46 @@ pub struct TierSpec {
     pub rate_limit: Option<RateLimit>,
     #[serde(default, skip_serializing_if = "Scheduling::is_empty")]
     pub scheduling: Scheduling,
+    /// The Pod Security Standard the tier's pods must meet: `baseline` (the default) or
+    /// `restricted`.
+    #[serde(default, skip_serializing_if = "PodSecurityLevel::is_default")]
+    pub pod_security: PodSecurityLevel,
+}
+
+/// A Kubernetes Pod Security Standards level. `privileged` is deliberately absent: tenant pods
+/// never get the node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodSecurityLevel {
+    #[default]
+    Baseline,
+    Restricted,
+}
+
+impl PodSecurityLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodSecurityLevel::Baseline => "baseline",
+            PodSecurityLevel::Restricted => "restricted",
+        }
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == PodSecurityLevel::Baseline
+    }
+}
+
+impl std::str::FromStr for PodSecurityLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "baseline" => Ok(PodSecurityLevel::Baseline),
+            "restricted" => Ok(PodSecurityLevel::Restricted),
+            _ => Err(format!(
+                "`{s}` is not a pod security level (baseline, restricted)"
+            )),
+        }
+    }
 }
 
 /// A quantity as written: YAML lets people write `10` or `"4Gi"`.

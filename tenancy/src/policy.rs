@@ -491,6 +491,34 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The Cedar `Tenant` entity of a directory tenant — the same for admission and for traffic: its
+/// name, tier, status and the tier's pod security level, inside its white-label client if any.
+pub fn tenant_entity(tenant: &crate::directory::Tenant) -> Result<Entity, String> {
+    let uid = |ty: &str, id: &str| -> Result<EntityUid, String> {
+        let ty = cedar_policy::EntityTypeName::from_str(ty).map_err(|e| e.to_string())?;
+        Ok(EntityUid::from_type_name_and_id(
+            ty,
+            cedar_policy::EntityId::new(id),
+        ))
+    };
+    let text = |s: &str| cedar_policy::RestrictedExpression::new_string(s.to_string());
+    let attrs = HashMap::from([
+        ("name".to_string(), text(&tenant.id)),
+        ("tier".to_string(), text(&tenant.tier.name)),
+        ("status".to_string(), text(tenant.status.as_str())),
+        (
+            "pod_security".to_string(),
+            text(tenant.tier.pod_security.as_str()),
+        ),
+    ]);
+    let parents = tenant
+        .client
+        .iter()
+        .map(|c| uid("Client", &c.id))
+        .collect::<Result<std::collections::HashSet<_>, _>>()?;
+    Entity::new(uid("Tenant", &tenant.id)?, attrs, parents).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,6 +58,11 @@ pub enum PostgresError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("column `{column}` holds an invalid value: {message}")]
+    Column {
+        column: &'static str,
+        message: String,
+    },
     #[error("the directory in PostgreSQL is invalid: {0}")]
     Invalid(#[from] DirectoryError),
     #[error("namespace `{namespace}` already belongs to tenant `{owner}`")]
@@ -358,12 +363,12 @@ async fn write_tier(
     let node_selector = json(serde_json::to_string(&tier.scheduling.node_selector))?;
     let tolerations = json(serde_json::to_string(&tier.scheduling.tolerations))?;
     sqlx::query(
-        "INSERT INTO tiers (name, rate_limit_rps, rate_limit_burst, priority_class, node_selector, tolerations)
-         VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)
+        "INSERT INTO tiers (name, rate_limit_rps, rate_limit_burst, priority_class, node_selector, tolerations, pod_security)
+         VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7)
          ON CONFLICT (name) DO UPDATE SET
            rate_limit_rps = EXCLUDED.rate_limit_rps, rate_limit_burst = EXCLUDED.rate_limit_burst,
            priority_class = EXCLUDED.priority_class, node_selector = EXCLUDED.node_selector,
-           tolerations = EXCLUDED.tolerations",
+           tolerations = EXCLUDED.tolerations, pod_security = EXCLUDED.pod_security",
     )
     .bind(name)
     .bind(tier.rate_limit.map(|r| r.requests_per_second as i32))
@@ -371,6 +376,7 @@ async fn write_tier(
     .bind(&tier.scheduling.priority_class)
     .bind(node_selector)
     .bind(tolerations)
+    .bind(tier.pod_security.as_str())
     .execute(&mut **tx)
     .await
     .map_err(query_error("writing a tier"))?;
@@ -514,7 +520,7 @@ where
 
     let rows = sqlx::query(
         "SELECT name, rate_limit_rps, rate_limit_burst, priority_class,
-                node_selector::text AS node_selector, tolerations::text AS tolerations
+                node_selector::text AS node_selector, tolerations::text AS tolerations, pod_security
          FROM tiers",
     )
     .fetch_all(&mut *tx)
@@ -525,7 +531,14 @@ where
         let burst: Option<i32> = row.get("rate_limit_burst");
         let node_selector: String = row.get("node_selector");
         let tolerations: String = row.get("tolerations");
+        let pod_security: String = row.get("pod_security");
         let tier = TierSpec {
+            pod_security: pod_security
+                .parse()
+                .map_err(|message| PostgresError::Column {
+                    column: "tiers.pod_security",
+                    message,
+                })?,
             limits: BTreeMap::new(),
             rate_limit: rps.zip(burst).map(|(r, b)| RateLimit {
                 requests_per_second: r.max(0) as u32,

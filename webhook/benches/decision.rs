@@ -68,11 +68,13 @@ fn mutated(inputs: &Inputs<'_>) -> AdmissionRequest {
 fn pod_create(c: &mut Criterion) {
     let (directory, policies) = world(7);
     let injection = InjectionConfig::default();
+    let boundary = tenantry_webhook::Boundary::default();
     let inputs = Inputs {
         directory: &directory,
         usage: &NoUsage,
         policies: &policies,
         injection: &injection,
+        boundary: &boundary,
     };
     let original = AdmissionReview::parse_request(POD_CREATE).unwrap();
     let final_object = mutated(&inputs);
@@ -100,11 +102,13 @@ fn tenants(c: &mut Criterion) {
     for n in [10usize, 1000] {
         let (directory, policies) = world(n - 3);
         let injection = InjectionConfig::default();
+        let boundary = tenantry_webhook::Boundary::default();
         let inputs = Inputs {
             directory: &directory,
             usage: &NoUsage,
             policies: &policies,
             injection: &injection,
+            boundary: &boundary,
         };
         let req = mutated(&inputs);
         g.bench_function(format!("{n}_tenants"), |b| {

@@ -1,10 +1,11 @@
 //! The webhook's view of a real cluster: usage from kube-rs watches, and the self-signed TLS
 //! bootstrap that publishes its CA into the webhook configurations.
 //!
-//! Watches keep per-tenant counters in the [`Ledger`], never whole objects: most kinds are
+//! Watches keep per-namespace counters in the [`Ledger`], never whole objects: most kinds are
 //! watched metadata-only (Secrets included, so the webhook never reads secret data); Pods,
-//! PersistentVolumeClaims and Ingresses are read in full because their requests, storage and
-//! hosts count.
+//! PersistentVolumeClaims, PersistentVolumes, Ingresses and Gateway API objects are read in full
+//! because their requests, addresses, storage, claims and hosts count. Gateway API kinds are
+//! optional: where their CRDs are not installed there is nothing to count.
 
 use std::collections::HashSet;
 use std::fmt::Debug;
@@ -21,10 +22,13 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service,
+    ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
 };
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, PartialObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, PartialObjectMeta, Patch, PatchParams,
+    PostParams,
+};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
@@ -86,7 +90,25 @@ pub fn watch_usage(client: Client, state: Arc<AppState>) {
     }
     full!(Pod);
     full!(PersistentVolumeClaim);
+    full!(PersistentVolume);
     full!(Ingress);
+    for (group, version, kind) in contract::GATEWAY_KINDS {
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+        let (api_version, kind) = (resource.api_version.clone(), resource.kind.clone());
+        tokio::spawn(follow(
+            Api::<DynamicObject>::all_with(client.clone(), &resource),
+            state.clone(),
+            synced.clone(),
+            total,
+            move |o: &DynamicObject| {
+                let mut v = serde_json::to_value(o).unwrap_or(Value::Null);
+                // Dynamic objects list without apiVersion/kind on each item.
+                v["apiVersion"] = json!(api_version);
+                v["kind"] = json!(kind);
+                v
+            },
+        ));
+    }
     meta!(Namespace);
     meta!(Service);
     meta!(ConfigMap);
@@ -117,9 +139,24 @@ async fn follow<K>(
     let mut listing: Option<HashSet<u64>> = None;
     let mut resource: Option<String> = None;
     let mut counted_sync = false;
+    let count_sync = |counted_sync: &mut bool| {
+        if !*counted_sync {
+            *counted_sync = true;
+            if synced.fetch_add(1, Ordering::AcqRel) + 1 == total {
+                info!(objects = state.ledger.objects(), "usage watches synced");
+                state.usage_ready.store(true, Ordering::Release);
+            }
+        }
+    };
     while let Some(event) = stream.next().await {
         let event = match event {
             Ok(e) => e,
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(e))) if e.code == 404 => {
+                // An optional kind (a Gateway API CRD) is not installed: nothing of it exists to
+                // count. The watcher keeps retrying, so it is counted once it is installed.
+                count_sync(&mut counted_sync);
+                continue;
+            }
             Err(e) => {
                 warn!(error = %e, "usage watch failed; retrying with backoff");
                 continue;
@@ -136,8 +173,7 @@ async fn follow<K>(
                 if let Some(seen) = listing.as_mut() {
                     seen.insert(crate::ledger::key_hash(&key));
                 }
-                let directory = state.directory.current();
-                if let Err(e) = state.ledger.observe(&directory, &json) {
+                if let Err(e) = state.ledger.observe(&json) {
                     warn!(error = %e, "object not counted");
                 }
             }
@@ -155,13 +191,7 @@ async fn follow<K>(
                         }
                     }
                 }
-                if !counted_sync {
-                    counted_sync = true;
-                    if synced.fetch_add(1, Ordering::AcqRel) + 1 == total {
-                        info!(objects = state.ledger.objects(), "usage watches synced");
-                        state.usage_ready.store(true, Ordering::Release);
-                    }
-                }
+                count_sync(&mut counted_sync);
             }
         }
     }

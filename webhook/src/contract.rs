@@ -39,17 +39,39 @@ pub const WATCHED_RESOURCES: &[(&str, &str, &str)] = &[
     ("apps", "v1", "replicasets"),
     ("batch", "v1", "jobs"),
     ("batch", "v1", "cronjobs"),
+    ("", "v1", "persistentvolumes"),
     ("networking.k8s.io", "v1", "ingresses"),
+    ("gateway.networking.k8s.io", "v1", "gateways"),
+    ("gateway.networking.k8s.io", "v1", "httproutes"),
+    ("gateway.networking.k8s.io", "v1", "grpcroutes"),
+    ("gateway.networking.k8s.io", "v1alpha2", "tlsroutes"),
 ];
 
-/// Subresources whose writes can change tenancy and must reach the webhook.
+/// `(group, version, kind)` of the Gateway API kinds whose hosts the webhook tracks; optional,
+/// since their CRDs may not be installed.
+pub const GATEWAY_KINDS: &[(&str, &str, &str)] = &[
+    ("gateway.networking.k8s.io", "v1", "Gateway"),
+    ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+    ("gateway.networking.k8s.io", "v1", "GRPCRoute"),
+    ("gateway.networking.k8s.io", "v1alpha2", "TLSRoute"),
+];
+
+/// Subresources whose requests can cross a tenant boundary or grow usage and must reach the
+/// webhook; [`crate::request::SUBRESOURCES`] says how each is decided.
 pub const INTERCEPTED_SUBRESOURCES: &[&str] = &[
     "pods/ephemeralcontainers",
     "pods/exec",
     "pods/attach",
     "pods/portforward",
+    "pods/proxy",
+    "pods/eviction",
+    "pods/binding",
+    "pods/resize",
+    "services/proxy",
+    "services/status",
+    "nodes/proxy",
     "namespaces/status",
     "namespaces/finalize",
-    "services/status",
     "serviceaccounts/token",
+    "*/scale",
 ];

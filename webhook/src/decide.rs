@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::admission::{AdmissionRequest, AdmissionResponse};
 use crate::mutate;
+use crate::request;
 use crate::translate::{self, Inputs, QuotaFacts};
 use tenantry_tenancy::quantity::{self, Unit};
 
@@ -35,17 +36,16 @@ impl Decision {
 }
 
 fn owner_of(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Option<Arc<str>> {
-    let namespace = translate::object_namespace(req);
-    inputs
-        .directory
-        .namespace_owner(&namespace)
-        .map(|o| o.tenant.id.clone())
+    inputs.request_owner(req).map(|o| o.tenant.id.clone())
 }
 
 /// `POST /mutate`: the patch that stamps labels, applies scheduling and injects the enforcer.
 /// Mutation never denies by policy; it refuses only objects it cannot read.
 pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Decision {
     let tenant = owner_of(inputs, req);
+    if request::is_review(req) {
+        return Decision::bare(AdmissionResponse::allow(&req.uid), tenant);
+    }
     match mutate::mutate(inputs, req) {
         Ok(m) => {
             let mut response = AdmissionResponse::allow(&req.uid);
@@ -74,6 +74,10 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Decision {
 
 /// `POST /validate`: the policies' verdict on the final object.
 pub fn validate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Decision {
+    if request::is_review(req) {
+        // Reviews persist nothing and cross no boundary; RBAC decides who may ask.
+        return Decision::bare(AdmissionResponse::allow(&req.uid), owner_of(inputs, req));
+    }
     let translation = match translate::translate(inputs, req) {
         Ok(t) => t,
         Err(e) => {

@@ -7,6 +7,7 @@
 //! [`review`] replays a manifest through all of it offline, exactly as the API server would.
 
 pub mod admission;
+pub mod boundary;
 pub mod cluster;
 pub mod contract;
 pub mod decide;
@@ -15,7 +16,9 @@ pub mod ledger;
 pub mod metrics;
 pub mod mutate;
 pub mod pod;
+pub mod podsecurity;
 pub mod references;
+pub mod request;
 pub mod reservations;
 pub mod review;
 pub mod server;
@@ -23,6 +26,7 @@ pub mod translate;
 pub mod usage;
 
 pub use admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+pub use boundary::Boundary;
 pub use decide::Decision;
 pub use ledger::Ledger;
 pub use pod::InjectionConfig;

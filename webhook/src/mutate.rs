@@ -22,8 +22,7 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Mutation, T
     if !writes || !req.subresource().is_empty() {
         return Ok(Mutation::default());
     }
-    let namespace = translate::object_namespace(req);
-    let Some(owner) = inputs.directory.namespace_owner(&namespace) else {
+    let Some(owner) = inputs.request_owner(req) else {
         return Ok(Mutation::default());
     };
     if !req.object.is_object() {

@@ -675,6 +675,30 @@ pub fn pod_resources(spec: &Value) -> Result<PodResources, ResourceError> {
         }
     }
     let mut effective = total.add(sidecars).max(init_peak);
+    // Pod-level resources (`spec.resources`, Kubernetes 1.32+) take precedence over the
+    // containers' sum for each resource they set, in quota as in scheduling.
+    if let Some(pod_level) = spec.get("resources") {
+        let pseudo = json!({"name": "pod", "resources": pod_level});
+        let set = |section: &str, resource: &str| {
+            pod_level
+                .get(section)
+                .and_then(|s| s.get(resource))
+                .is_some()
+        };
+        let p = container_resources(&pseudo)?;
+        if set("requests", "cpu") || set("limits", "cpu") {
+            effective.requests_cpu = p.requests_cpu;
+        }
+        if set("requests", "memory") || set("limits", "memory") {
+            effective.requests_memory = p.requests_memory;
+        }
+        if set("limits", "cpu") {
+            effective.limits_cpu = p.limits_cpu;
+        }
+        if set("limits", "memory") {
+            effective.limits_memory = p.limits_memory;
+        }
+    }
     if let Some(overhead) = spec.get("overhead") {
         let pseudo =
             json!({"name": "overhead", "resources": {"requests": overhead, "limits": overhead}});
@@ -704,6 +728,25 @@ mod tests {
         assert_eq!(r.requests_cpu, 4050);
         assert_eq!(r.requests_memory, (64 + 128) << 20);
         assert_eq!(r.limits_cpu, 1000);
+    }
+
+    #[test]
+    fn pod_level_resources_take_precedence_over_the_containers() {
+        let spec = json!({
+            "resources": {"requests": {"cpu": "3"}, "limits": {"memory": "1Gi"}},
+            "containers": [{"name": "a", "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}],
+        });
+        let r = pod_resources(&spec).unwrap();
+        assert_eq!(
+            r.requests_cpu, 3000,
+            "a tenant cannot hide pod-level CPU behind tiny containers"
+        );
+        assert_eq!(
+            r.requests_memory,
+            1 << 30,
+            "the pod-level limit defaults the request"
+        );
+        assert_eq!(r.limits_memory, 1 << 30);
     }
 
     #[test]

@@ -1,16 +1,20 @@
 //! Cross-tenant references: the tenants an object points at without writing into them.
 //!
-//! A NetworkPolicy admitting another tenant's namespaces, a RoleBinding granting a foreign
-//! service account, an ExternalName Service aliasing another tenant's Service, an Ingress or
-//! HTTPRoute claiming a host another tenant serves, a Gateway route attaching across namespaces, or
-//! an EndpointSlice pointing at another tenant's pods: each leaks isolation from the inside.
+//! A NetworkPolicy admitting another tenant's namespaces (or, by `ipBlock`, the cluster's pod
+//! network), a RoleBinding granting a foreign service account, an ExternalName Service aliasing
+//! another tenant's Service, an Ingress, Gateway or route claiming a host another tenant serves
+//! (or every host), a Gateway route attaching across namespaces, an EndpointSlice whose addresses
+//! are another tenant's pods, a pod (anti-)affinity reaching into other namespaces, or a claim
+//! naming another tenant's volume: each leaks isolation from the inside.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde_json::Value;
-use tenantry_tenancy::Directory;
 
-use crate::usage::{UsageView, ingress_hosts};
+use crate::boundary::Cidr;
+use crate::translate::Inputs;
+use crate::usage::{ingress_hosts, served_hosts};
 
 /// Label the API server sets on every namespace; tenants cannot forge it.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -32,20 +36,76 @@ pub struct References {
 }
 
 struct Collector<'a> {
-    directory: &'a Directory,
+    inputs: &'a Inputs<'a>,
     refs: References,
 }
 
 impl Collector<'_> {
     fn tenant(&mut self, id: &str) {
-        if let Some(t) = self.directory.tenant(id) {
+        if let Some(t) = self.inputs.directory.tenant(id) {
             self.refs.tenants.push(t.id.clone());
         }
     }
 
     fn namespace(&mut self, namespace: &str) {
-        if let Some(owner) = self.directory.namespace_owner(namespace) {
+        if let Some(owner) = self.inputs.owner(namespace) {
             self.refs.tenants.push(owner.tenant.id.clone());
+        }
+    }
+
+    /// An address another pod may hold: attributed to that pod's tenant; an address of the
+    /// cluster's pod or service networks that no tracked pod holds could be anyone's.
+    fn address(&mut self, ip: &str) {
+        let Ok(ip) = ip.parse::<IpAddr>() else {
+            return;
+        };
+        match self.inputs.usage.pod_ip_namespace(ip) {
+            Some(ns) => self.namespace(&ns),
+            None if self.inputs.boundary.in_cluster(ip) => self.refs.any_tenant = true,
+            None => {}
+        }
+    }
+
+    /// A NetworkPolicy `ipBlock`: one covering the cluster's own networks reaches every tenant's
+    /// pods, whatever its `except` list leaves out.
+    fn ip_block(&mut self, block: &Value) {
+        let Some(cidr) = block.get("cidr").and_then(Value::as_str) else {
+            return;
+        };
+        match cidr.parse::<Cidr>() {
+            Ok(c) if self.inputs.boundary.overlaps_cluster(&c) => self.refs.any_tenant = true,
+            Ok(_) => {}
+            // The API server validates CIDRs; one we cannot read is not proof of harmlessness.
+            Err(_) => self.refs.any_tenant = true,
+        }
+    }
+
+    /// Pod (anti-)affinity terms select pods in other namespaces by `namespaces` or
+    /// `namespaceSelector` (an empty selector is every namespace).
+    fn affinity(&mut self, spec: &Value, own_namespace: &str) {
+        for kind in ["podAffinity", "podAntiAffinity"] {
+            let Some(a) = spec.pointer(&format!("/affinity/{kind}")) else {
+                continue;
+            };
+            let required = items(a.get("requiredDuringSchedulingIgnoredDuringExecution"));
+            let preferred = items(a.get("preferredDuringSchedulingIgnoredDuringExecution"))
+                .filter_map(|w| w.get("podAffinityTerm"));
+            for term in required.chain(preferred) {
+                for ns in items(term.get("namespaces")).filter_map(Value::as_str) {
+                    if ns != own_namespace {
+                        self.namespace(ns);
+                    }
+                }
+                if let Some(selector) = term.get("namespaceSelector") {
+                    self.namespace_selector(selector);
+                }
+            }
+        }
+    }
+
+    fn host(&mut self, host: &str) {
+        for ns in self.inputs.usage.host_namespaces(host) {
+            self.namespace(&ns);
         }
     }
 
@@ -127,12 +187,6 @@ impl Collector<'_> {
         }
     }
 
-    fn host(&mut self, usage: &dyn UsageView, host: &str) {
-        if let Some(holder) = usage.host_holder(host) {
-            self.refs.tenants.push(holder);
-        }
-    }
-
     fn subject(&mut self, subject: &Value, own_namespace: &str) {
         let name = subject.get("name").and_then(Value::as_str).unwrap_or("");
         match subject.get("kind").and_then(Value::as_str).unwrap_or("") {
@@ -151,6 +205,7 @@ impl Collector<'_> {
                     self.namespace(ns);
                 }
                 let tenants: Vec<Arc<str>> = self
+                    .inputs
                     .directory
                     .user_memberships(name)
                     .iter()
@@ -165,6 +220,7 @@ impl Collector<'_> {
                     self.namespace(ns);
                 }
                 let tenants: Vec<Arc<str>> = self
+                    .inputs
                     .directory
                     .group_memberships(name)
                     .iter()
@@ -179,18 +235,20 @@ impl Collector<'_> {
 
 /// The references of `object` (of API `group` and `kind`) living in `namespace`.
 pub fn references(
-    directory: &Directory,
-    usage: &dyn UsageView,
+    inputs: &Inputs<'_>,
     group: &str,
     kind: &str,
     namespace: &str,
     object: &Value,
 ) -> References {
     let mut c = Collector {
-        directory,
+        inputs,
         refs: References::default(),
     };
     let spec = object.get("spec").unwrap_or(&Value::Null);
+    if let Some(pod_spec) = crate::pod::pod_spec(kind, object) {
+        c.affinity(pod_spec, namespace);
+    }
     match (group, kind) {
         ("networking.k8s.io", "NetworkPolicy") => {
             // An ingress rule with no `from` admits every source, every tenant's pods included.
@@ -202,6 +260,9 @@ pub fn references(
             for peer in ingress.chain(egress) {
                 if let Some(selector) = peer.get("namespaceSelector") {
                     c.namespace_selector(selector);
+                }
+                if let Some(block) = peer.get("ipBlock") {
+                    c.ip_block(block);
                 }
             }
         }
@@ -222,9 +283,21 @@ pub fn references(
         }
         ("networking.k8s.io", "Ingress") => {
             for host in ingress_hosts(object) {
-                c.host(usage, host);
+                c.host(host);
+            }
+            // A rule without a host, or a default backend, takes every host no other rule
+            // names: on a shared ingress controller, other tenants' traffic included.
+            let hostless_rule = items(spec.get("rules")).any(|r| {
+                r.get("host")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .is_empty()
+            });
+            if hostless_rule || spec.get("defaultBackend").is_some() {
+                c.refs.any_tenant = true;
             }
         }
+
         ("gateway.networking.k8s.io", "ReferenceGrant") => {
             for from in items(spec.get("from")) {
                 c.namespace_field(from, namespace);
@@ -235,18 +308,29 @@ pub fn references(
             // `namespace` field (parentRefs, backendRefs, filters' backendRef, listeners'
             // certificateRefs, …), however deeply nested: collect them all.
             c.nested_namespaces(spec, namespace);
-            let listener_hosts = items(spec.get("listeners")).filter_map(|l| l.get("hostname"));
-            for host in items(spec.get("hostnames"))
-                .chain(listener_hosts)
-                .filter_map(Value::as_str)
-            {
-                c.host(usage, host);
+            let hosts = served_hosts(group, kind, object);
+            for host in &hosts {
+                c.host(host);
+            }
+            // A route with no hostnames takes every host of the Gateway it attaches to; on a
+            // Gateway outside the tenant's namespace, that is other tenants' hosts too.
+            let foreign_parent = items(spec.get("parentRefs")).any(|p| {
+                p.get("namespace")
+                    .and_then(Value::as_str)
+                    .is_some_and(|ns| ns != namespace)
+            });
+            if kind.ends_with("Route") && hosts.is_empty() && foreign_parent {
+                c.refs.any_tenant = true;
             }
         }
+        // The writer controls `targetRef`; the addresses are what traffic goes to (CVE-2021-25740).
         ("discovery.k8s.io", "EndpointSlice") => {
             for ep in items(object.get("endpoints")) {
                 if let Some(target) = ep.get("targetRef") {
                     c.namespace_field(target, namespace);
+                }
+                for addr in items(ep.get("addresses")).filter_map(Value::as_str) {
+                    c.address(addr);
                 }
             }
         }
@@ -257,6 +341,9 @@ pub fn references(
                 for addr in all {
                     if let Some(target) = addr.get("targetRef") {
                         c.namespace_field(target, namespace);
+                    }
+                    if let Some(ip) = addr.get("ip").and_then(Value::as_str) {
+                        c.address(ip);
                     }
                 }
             }

@@ -66,6 +66,11 @@ pub struct Write {
     pub namespace: Option<String>,
     pub operation: Operation,
     pub dry_run: bool,
+    /// `pods/eviction`, `serviceaccounts/token`, …: the object is then the subresource's body
+    /// (or, for status, resize and the like, the parent itself).
+    pub subresource: Option<String>,
+    /// The parent's name, when the body does not carry it (a TokenRequest).
+    pub name: Option<String>,
 }
 
 /// The outcome, in the shape `tenantry review -o json` prints.
@@ -100,6 +105,24 @@ const CLUSTER_SCOPED: &[&str] = &[
     "ValidatingAdmissionPolicyBinding",
     "GatewayClass",
     "CertificateSigningRequest",
+    "SelfSubjectAccessReview",
+    "SelfSubjectRulesReview",
+    "SubjectAccessReview",
+    "TokenReview",
+    "SelfSubjectReview",
+];
+
+/// API groups of parents whose subresource bodies come from another group.
+const PARENT_GROUPS: &[(&str, &str)] = &[
+    ("pods", ""),
+    ("services", ""),
+    ("serviceaccounts", ""),
+    ("namespaces", ""),
+    ("nodes", ""),
+    ("deployments", "apps"),
+    ("statefulsets", "apps"),
+    ("replicasets", "apps"),
+    ("replicationcontrollers", ""),
 ];
 
 /// The AdmissionRequest the API server would send for `write`.
@@ -120,13 +143,33 @@ pub fn admission_request(write: &Write, uid: &str) -> Result<AdmissionRequest, R
         .get("kind")
         .and_then(Value::as_str)
         .ok_or(ReviewInputError::Missing("kind"))?;
-    let (group, resource) = resource_of(api_version, kind);
+    let (kind_group, kind_resource) = resource_of(api_version, kind);
     let version = api_version
         .rsplit('/')
         .next()
         .unwrap_or(api_version)
         .to_string();
-    let namespaced = !CLUSTER_SCOPED.contains(&kind);
+    // A subresource is addressed through its parent: `deployments/scale` carries an
+    // autoscaling/v1 Scale under the apps group's `deployments`.
+    let (group, resource, sub_resource, namespaced) = match write.subresource.as_deref() {
+        Some(path) => {
+            let (parent, sub) = path.split_once('/').ok_or(ReviewInputError::Missing(
+                "subresource as `resource/subresource`",
+            ))?;
+            let group = PARENT_GROUPS
+                .iter()
+                .find(|(r, _)| *r == parent)
+                .map_or(kind_group.clone(), |(_, g)| g.to_string());
+            let namespaced = !matches!(parent, "nodes" | "namespaces");
+            (group, parent.to_string(), Some(sub.to_string()), namespaced)
+        }
+        None => (
+            kind_group.clone(),
+            kind_resource,
+            None,
+            !CLUSTER_SCOPED.contains(&kind),
+        ),
+    };
     let manifest_ns = subject
         .pointer("/metadata/namespace")
         .and_then(Value::as_str);
@@ -153,9 +196,10 @@ pub fn admission_request(write: &Write, uid: &str) -> Result<AdmissionRequest, R
         }
         object
     };
-    let name = subject
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
+    let name = write
+        .name
+        .as_deref()
+        .or_else(|| subject.pointer("/metadata/name").and_then(Value::as_str))
         .unwrap_or("")
         .to_string();
     let (object, old_object) = match write.operation {
@@ -169,7 +213,7 @@ pub fn admission_request(write: &Write, uid: &str) -> Result<AdmissionRequest, R
     Ok(AdmissionRequest {
         uid: uid.to_string(),
         kind: GroupVersionKind {
-            group: group.clone(),
+            group: kind_group,
             version: version.clone(),
             kind: kind.to_string(),
         },
@@ -178,7 +222,7 @@ pub fn admission_request(write: &Write, uid: &str) -> Result<AdmissionRequest, R
             version,
             resource,
         },
-        sub_resource: None,
+        sub_resource,
         request_kind: None,
         request_resource: None,
         request_sub_resource: None,

@@ -31,11 +31,10 @@ use tracing::{error, info, warn};
 use crate::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use crate::contract;
 use crate::decide::{self, Decision};
-use crate::ledger::{Ledger, charges, object_key};
+use crate::ledger::{Ledger, charges, growth_key, object_key};
 use crate::metrics::{EndpointLabels, Metrics, RequestLabels, ResultLabels};
 use crate::pod::{InjectionConfig, SidecarMode};
 use crate::translate::{Inputs, object_namespace};
-use crate::usage::amounts_of;
 
 /// `tenantry-webhook` flags. Every flag also reads `TENANTRY_<FLAG>`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -87,8 +86,11 @@ pub struct Config {
     /// How often policy, tenants and certificate files are checked for changes.
     #[arg(long, env = "TENANTRY_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub reload_interval: Duration,
-    /// How long an admitted create holds its quota before the object is observed.
-    #[arg(long, env = "TENANTRY_RESERVATION_TTL", default_value = "60s", value_parser = parse_duration)]
+    /// How long an admitted create holds its quota before the object is observed. A watch
+    /// reports a created object within milliseconds; the bound only matters for creates the API
+    /// server then refused (another admission plugin, a conflict), which must not block the
+    /// tenant's next create for long.
+    #[arg(long, env = "TENANTRY_RESERVATION_TTL", default_value = "15s", value_parser = parse_duration)]
     pub reservation_ttl: Duration,
     /// Largest request body; larger ones get 413.
     #[arg(long, env = "TENANTRY_MAX_BODY_BYTES", default_value_t = 4 << 20)]
@@ -116,6 +118,49 @@ pub struct Config {
     /// redirects inbound traffic for the app's port to the enforcer; the enforcer runs as uid 1337.
     #[arg(long, env = "TENANTRY_SIDECAR_REDIRECT")]
     pub sidecar_redirect: bool,
+    /// Namespaces whose service accounts are the cluster's own components (never tenants;
+    /// trusted to delete, finalize, bind, evict and issue tokens for tenant objects). Comma-separated.
+    #[arg(
+        long,
+        env = "TENANTRY_TRUSTED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system,tenantry-system"
+    )]
+    pub trusted_namespaces: Vec<String>,
+    /// Namespace names that can never become a tenant's, by prefix or in the directory:
+    /// `kube-*`, `*-system` or exact names. Comma-separated.
+    #[arg(
+        long,
+        env = "TENANTRY_RESERVED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-*,*-system,default,tenantry-system"
+    )]
+    pub reserved_namespaces: Vec<String>,
+    /// Namespace label and annotation prefixes tenants may not set or change (they drive
+    /// cluster security). Comma-separated.
+    #[arg(
+        long,
+        env = "TENANTRY_PROTECTED_NAMESPACE_PREFIXES",
+        value_delimiter = ',',
+        default_value = "pod-security.kubernetes.io/"
+    )]
+    pub protected_namespace_prefixes: Vec<String>,
+    /// The cluster's pod and service CIDRs: NetworkPolicy ipBlocks and endpoint addresses inside
+    /// them reach other tenants' pods. Comma-separated, e.g. `10.244.0.0/16,10.96.0.0/12`.
+    #[arg(long, env = "TENANTRY_CLUSTER_CIDRS", value_delimiter = ',')]
+    pub cluster_cidrs: Vec<crate::boundary::Cidr>,
+}
+
+impl Config {
+    /// The boundary settings these flags describe.
+    pub fn boundary(&self) -> crate::boundary::Boundary {
+        crate::boundary::Boundary {
+            trusted_namespaces: self.trusted_namespaces.clone(),
+            reserved_namespaces: self.reserved_namespaces.clone(),
+            protected_namespace_prefixes: self.protected_namespace_prefixes.clone(),
+            cluster_cidrs: self.cluster_cidrs.clone(),
+        }
+    }
 }
 
 /// `250ms`, `30s`, `5m`, `1h`.
@@ -144,6 +189,7 @@ pub struct AppState {
     pub policies: Arc<PolicyStore>,
     pub ledger: Arc<Ledger>,
     pub injection: InjectionConfig,
+    pub boundary: crate::boundary::Boundary,
     pub metrics: Arc<Metrics>,
     /// Longest the directory may go unconfirmed before writes are refused.
     pub max_stale: Duration,
@@ -162,6 +208,10 @@ struct Claim {
     key: String,
     tenant: Arc<str>,
     charges: crate::ledger::Charges,
+    /// An object of that name is already observed: the API server will refuse the create.
+    exists: bool,
+    /// The claim is an update's growth, reserved under [`growth_key`].
+    update: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -213,6 +263,7 @@ impl AppState {
                 usage,
                 policies: &policies,
                 injection: &self.injection,
+                boundary: &self.boundary,
             };
             match endpoint {
                 Endpoint::Mutate => decide::mutate(&inputs, req),
@@ -220,11 +271,23 @@ impl AppState {
             }
         };
         let claim = match endpoint {
-            Endpoint::Validate => self.claim(&directory, req),
+            Endpoint::Validate => {
+                let view = self.ledger.view(None);
+                let plain = Inputs {
+                    directory: &directory,
+                    usage: &view,
+                    policies: &policies,
+                    injection: &self.injection,
+                    boundary: &self.boundary,
+                };
+                self.claim(&plain, req)
+            }
             Endpoint::Mutate => None,
         };
         let Some(claim) = claim else {
-            return inputs(&self.ledger.view(None));
+            let decision = inputs(&self.ledger.view(None));
+            self.admitted(endpoint, req, &decision);
+            return decision;
         };
         if !self.usage_ready.load(Ordering::Acquire) {
             // Counted against partial usage, a limited create could overshoot its quota; an
@@ -248,11 +311,14 @@ impl AppState {
                     self.reservation_ttl,
                 );
                 let decision = inputs(&self.ledger.view(Some(&claim.key)));
-                if !decision.response.allowed {
+                if !decision.response.allowed || claim.exists {
+                    // Denied, or the API server will answer AlreadyExists: nothing will appear
+                    // to settle the reservation, and it must not hold the tenant's next create.
                     self.ledger.release(&claim.key);
                 } else if !self.observes_cluster {
-                    self.ledger.settle(&claim.key);
+                    self.settle_without_cluster(&claim, req);
                 }
+                self.admitted(endpoint, req, &decision);
                 decision
             }
             Some(shared) => {
@@ -282,33 +348,75 @@ impl AppState {
                 };
                 let totals = crate::reservations::totals(&others, |k| self.ledger.is_observed(k));
                 let decision = inputs(&self.ledger.view_shared(claim.tenant.clone(), totals));
-                if !decision.response.allowed {
+                if !decision.response.allowed || claim.exists {
                     if let Err(e) = shared.release(&claim.tenant, &claim.key).await {
                         warn!(error = %e, "could not release a quota reservation; it expires on its own");
                     }
                 } else if !self.observes_cluster {
-                    self.ledger.record(&claim.key, &claim.tenant, claim.charges);
+                    self.settle_without_cluster(&claim, req);
                 }
+                self.admitted(endpoint, req, &decision);
                 decision
             }
         }
     }
 
-    /// What a create will use, when its tier limits any of it. Dry-run requests never reserve.
-    fn claim(
-        &self,
-        directory: &tenantry_tenancy::Directory,
-        req: &AdmissionRequest,
-    ) -> Option<Claim> {
-        if req.operation != Operation::Create || !req.subresource().is_empty() || req.is_dry_run() {
+    /// With no cluster to observe, an admitted write is its own observation: a create settles
+    /// its reservation into usage, an update replaces what the object was charged.
+    fn settle_without_cluster(&self, claim: &Claim, req: &AdmissionRequest) {
+        if claim.update {
+            self.ledger.release(&claim.key);
+            if let Err(e) = self.ledger.observe(&req.object) {
+                warn!(error = %e, "an admitted update was not counted");
+            }
+        } else if self.shared.is_some() {
+            self.ledger.record(&claim.key, claim.charges.clone());
+        } else {
+            self.ledger.settle(&claim.key);
+        }
+    }
+
+    /// Records what an admitted write tells about ownership before any watch can: a self-service
+    /// namespace just created is its tenant's, so the tenant's next writes into it are its own.
+    fn admitted(&self, endpoint: Endpoint, req: &AdmissionRequest, decision: &Decision) {
+        let creates_namespace = endpoint == Endpoint::Validate
+            && req.operation == Operation::Create
+            && req.resource.group.is_empty()
+            && req.resource.resource == "namespaces"
+            && req.subresource().is_empty()
+            && !req.is_dry_run();
+        if let (true, true, Some(tenant)) = (
+            creates_namespace,
+            decision.response.allowed,
+            &decision.tenant,
+        ) {
+            let name = object_namespace(req);
+            if !name.is_empty() {
+                self.ledger.admit_namespace(&name, tenant);
+            }
+        }
+    }
+
+    /// What a create (or an update that grows usage: a resize, a claim expanded) will use, when
+    /// its tier limits any of it. Dry-run requests never reserve.
+    fn claim(&self, inputs: &Inputs<'_>, req: &AdmissionRequest) -> Option<Claim> {
+        let update = match (req.operation, req.subresource()) {
+            (Operation::Create, "") => false,
+            (Operation::Update, "" | "resize") => true,
+            _ => return None,
+        };
+        if req.is_dry_run() {
             return None;
         }
         let namespace = object_namespace(req);
-        let owner = directory.namespace_owner(&namespace)?;
+        let owner = inputs.request_owner(req)?;
         let group = &req.resource.group;
         let resource = &req.resource.resource;
         // Unreadable objects are denied by the decision itself.
-        let amounts = amounts_of(group, resource, &req.object).ok()?;
+        let amounts = crate::translate::requested_amounts(req).ok()?;
+        if update && amounts.is_zero() {
+            return None;
+        }
         let charges = charges(group, resource, &amounts);
         let limits = &owner.tenant.tier.limits;
         if !charges.iter().any(|(k, _)| limits.get(k).is_some()) {
@@ -324,8 +432,11 @@ impl AppState {
                     .and_then(|v| v.as_str())
             })
             .map_or_else(|| format!("~{}", req.uid), str::to_string);
+        let key = object_key(resource, &namespace, &name);
         Some(Claim {
-            key: object_key(resource, &namespace, &name),
+            exists: !update && self.ledger.is_observed(&key),
+            key: if update { growth_key(&key) } else { key },
+            update,
             tenant: owner.tenant.id.clone(),
             charges,
         })
@@ -485,6 +596,7 @@ impl AppState {
             )),
             ledger: Arc::new(Ledger::new()),
             injection: InjectionConfig::default(),
+            boundary: crate::boundary::Boundary::default(),
             metrics: Arc::new(Metrics::new()),
             max_stale: Duration::MAX,
             reservation_ttl: Duration::from_secs(60),
@@ -608,6 +720,7 @@ pub async fn run(config: Config) -> Result<()> {
             redirect: config.sidecar_redirect,
             ..InjectionConfig::default()
         },
+        boundary: config.boundary(),
         metrics: metrics.clone(),
         max_stale: config.max_stale,
         reservation_ttl: config.reservation_ttl,
@@ -887,10 +1000,9 @@ async fn load_state(state: Arc<AppState>, path: Option<PathBuf>) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if let Some(path) = path {
-        let directory = state.directory.current();
         let counted = std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|text| {
             crate::usage::for_each_object(&text, |object| {
-                if let Err(e) = state.ledger.observe(&directory, &object) {
+                if let Err(e) = state.ledger.observe(&object) {
                     error!(error = %e, file = %path.display(), "object in the state file not counted");
                 }
                 Ok(())
@@ -925,6 +1037,8 @@ mod tests {
             namespace: Some(namespace.into()),
             operation: Operation::Create,
             dry_run,
+            subresource: None,
+            name: None,
         };
         review::admission_request(&write, "uid-1").unwrap()
     }

@@ -17,8 +17,11 @@ use tenantry_tenancy::{Directory, PolicyEngine};
 use thiserror::Error;
 
 use crate::admission::{AdmissionRequest, Operation};
+use crate::boundary::Boundary;
 use crate::pod::{self, EnforcerState, InjectionConfig, SchedulingState};
+use crate::podsecurity::PodSecurity;
 use crate::references::{self, References};
+use crate::request;
 use crate::usage::{self, Amounts, UsageView};
 
 pub const LABEL_TENANT: &str = "tenantry.dev/tenant";
@@ -35,6 +38,66 @@ pub struct Inputs<'a> {
     pub usage: &'a dyn UsageView,
     pub policies: &'a PolicyEngine,
     pub injection: &'a InjectionConfig,
+    pub boundary: &'a Boundary,
+}
+
+impl<'a> Inputs<'a> {
+    /// Who owns `namespace`, as the boundary draws it: never a reserved name (`kube-*`,
+    /// `*-system`, `default`, …); the directory's listing; else the tenant whose `<tenant>-`
+    /// prefix it carries *and* whose label it carries — stamped when that tenant created it
+    /// through the webhook. A pre-existing namespace that merely matches a prefix (`flux-system`
+    /// for a tenant `flux`, `team-a` for `team`) is nobody's.
+    pub fn owner(&self, namespace: &str) -> Option<NamespaceOwner<'a>> {
+        if namespace.is_empty() || self.boundary.is_reserved(namespace) {
+            return None;
+        }
+        if let Some(listed) = self.directory.listed_owner(namespace) {
+            return Some(listed);
+        }
+        let by_prefix = self.directory.prefix_owner(namespace)?;
+        let label = self.usage.namespace_label(namespace)?;
+        (*label == *by_prefix.tenant.id).then_some(by_prefix)
+    }
+
+    /// The owner of the namespace a request writes into. A Namespace being created is its
+    /// prefix's tenant's: creating it through the webhook is what makes it so.
+    pub fn request_owner(&self, req: &AdmissionRequest) -> Option<NamespaceOwner<'a>> {
+        let namespace = object_namespace(req);
+        let creates_namespace = req.operation == Operation::Create
+            && req.subresource().is_empty()
+            && req.resource.group.is_empty()
+            && req.resource.resource == "namespaces";
+        if creates_namespace
+            && !self.boundary.is_reserved(&namespace)
+            && self.directory.listed_owner(&namespace).is_none()
+        {
+            return self.directory.prefix_owner(&namespace);
+        }
+        self.owner(&namespace)
+    }
+
+    /// Every namespace of `tenant` now: those the directory lists, and the self-service ones it
+    /// created. Quotas count over these.
+    pub fn tenant_namespaces(&self, tenant: &str) -> Vec<Arc<str>> {
+        let mut out: Vec<Arc<str>> = self
+            .directory
+            .tenant(tenant)
+            .into_iter()
+            .flat_map(|t| t.namespaces.iter().map(|n| Arc::from(n.as_str())))
+            .collect();
+        out.extend(
+            self.usage
+                .labelled_namespaces(tenant)
+                .into_iter()
+                .filter(|ns| {
+                    self.owner(ns)
+                        .is_some_and(|o| *o.tenant.id == *tenant && o.by_prefix)
+                }),
+        );
+        out.sort();
+        out.dedup();
+        out
+    }
 }
 
 /// Why a request could not be put to the policies. Each becomes a denial, never an allow.
@@ -105,6 +168,11 @@ pub struct ObjectFacts {
     pub tenantry_labels: BTreeSet<String>,
     pub directory_labels: BTreeSet<String>,
     pub pod: PodFacts,
+    pub service: ServiceFacts,
+    /// A Namespace write touches a protected label or annotation.
+    pub namespace_security_changed: bool,
+    /// Where the volume a claim names stands (see [`volume_claim`]).
+    pub volume_claim: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +183,19 @@ pub struct PodFacts {
     pub host_ipc: bool,
     pub enforcer: EnforcerState,
     pub scheduling: SchedulingState,
+    /// What the pod spec asks of the node (on UPDATE: what the update adds).
+    pub security: PodSecurity,
+    /// A container port or the app port is one of the enforcer's own.
+    pub enforcer_port_conflict: bool,
+}
+
+/// What a Service write claims of the network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceFacts {
+    /// `spec.externalIPs` gains an address.
+    pub external_ips: bool,
+    /// `status.loadBalancer` gains or changes ingress addresses.
+    pub load_balancer_status: bool,
 }
 
 /// The quota numbers behind the context, kept to explain a quota denial.
@@ -136,18 +217,22 @@ pub struct Translation {
     pub quota: QuotaFacts,
 }
 
-/// The namespace an object lives in; for a Namespace, its own name.
+/// The namespace an object lives in; for a Namespace, its own name (or, before the API server
+/// has generated one, its `generateName`, which carries the same `<tenant>-` prefix).
 pub fn object_namespace(req: &AdmissionRequest) -> String {
     if req.resource.group.is_empty() && req.resource.resource == "namespaces" {
-        let from_object = req
-            .subject()
-            .pointer("/metadata/name")
-            .and_then(Value::as_str);
+        let field = |f: &str| {
+            req.subject()
+                .pointer(&format!("/metadata/{f}"))
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+        };
         return req
             .name
             .as_deref()
             .filter(|n| !n.is_empty())
-            .or(from_object)
+            .or_else(|| field("name"))
+            .or_else(|| field("generateName"))
             .unwrap_or("")
             .to_string();
     }
@@ -190,42 +275,44 @@ fn stamped_on(object: &Value) -> BTreeSet<String> {
         .collect()
 }
 
-/// Works out the facts about the object under review.
-pub fn object_facts(
-    inputs: &Inputs<'_>,
+/// The stamped labels the object carries, and the ones it must carry. Subresources are never
+/// stamped: one whose body is the parent (status, ephemeralcontainers, resize, finalize) must
+/// leave the parent's labels as they were; the others (a TokenRequest, an Eviction, a Scale)
+/// carry no labels of the parent at all.
+fn label_facts(
     req: &AdmissionRequest,
-) -> Result<ObjectFacts, TranslateError> {
-    let directory = inputs.directory;
-    let namespace = object_namespace(req);
-    let owner = directory.namespace_owner(&namespace);
-    let object = req.subject();
-    let kind = req.kind.kind.as_str();
-    let group = req.resource.group.as_str();
-    let writes = matches!(req.operation, Operation::Create | Operation::Update);
-    let subresource = req.subresource();
-
-    let tenantry_labels = if writes {
-        stamped_on(object)
-    } else {
-        BTreeSet::new()
-    };
-    let directory_labels = match (&owner, req.operation, subresource) {
-        // Subresources cannot be stamped: their labels simply must not change.
-        (_, Operation::Update, s) if !s.is_empty() => stamped_on(&req.old_object),
-        (Some(o), _, _) if writes => directory_labels(o)
+    owner: Option<&NamespaceOwner<'_>>,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    if !matches!(req.operation, Operation::Create | Operation::Update) {
+        return (BTreeSet::new(), BTreeSet::new());
+    }
+    if !req.subresource().is_empty() {
+        return if request::body_is_parent(req) {
+            (stamped_on(&req.object), stamped_on(&req.old_object))
+        } else {
+            (BTreeSet::new(), BTreeSet::new())
+        };
+    }
+    let expected = owner.map_or_else(BTreeSet::new, |o| {
+        directory_labels(o)
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
-            .collect(),
-        _ => BTreeSet::new(),
-    };
+            .collect()
+    });
+    (stamped_on(&req.object), expected)
+}
 
-    let references = if writes && subresource.is_empty() {
-        references::references(directory, inputs.usage, group, kind, &namespace, object)
-    } else {
-        References::default()
-    };
-
-    let is_pod = group.is_empty() && req.resource.resource == "pods";
+/// The pod facts of a Pod (through any subresource whose body is the pod) or of a workload's
+/// pod template. On UPDATE, security facts are what the update adds.
+fn pod_facts(
+    inputs: &Inputs<'_>,
+    req: &AdmissionRequest,
+    owner: Option<&NamespaceOwner<'_>>,
+) -> Result<PodFacts, TranslateError> {
+    let kind = req.kind.kind.as_str();
+    let object = req.subject();
+    let is_pod = req.resource.group.is_empty() && req.resource.resource == "pods";
+    let writes = matches!(req.operation, Operation::Create | Operation::Update);
     let spec = if writes {
         pod::pod_spec(kind, object)
     } else {
@@ -236,37 +323,195 @@ pub fn object_facts(
             .and_then(Value::as_bool)
             .unwrap_or(false)
     };
-    let mut pod_facts = PodFacts {
+    let mut facts = PodFacts {
         is_pod,
         host_network: flag("hostNetwork"),
         host_pid: flag("hostPID"),
         host_ipc: flag("hostIPC"),
         enforcer: EnforcerState::NotApplicable,
         scheduling: SchedulingState::NotApplicable,
+        security: PodSecurity::default(),
+        enforcer_port_conflict: false,
     };
-    if let (true, Some(o), Some(spec)) = (is_pod && kind == "Pod", &owner, spec) {
+    let Some(spec) = spec else {
+        return Ok(facts);
+    };
+    let mut skip_injected = false;
+    let mut app_port = None;
+    if let (true, Some(o)) = (is_pod && kind == "Pod", owner) {
         match req.operation {
-            Operation::Create if subresource.is_empty() => {
+            Operation::Create if req.subresource().is_empty() => {
                 let port =
                     pod::app_port(object, inputs.injection).map_err(TranslateError::BadObject)?;
+                app_port = Some(port);
                 let expected = pod::Injection::for_pod(
                     inputs.injection,
                     &o.tenant.id,
                     &o.tenant.tier.name,
                     port,
                 );
-                pod_facts.enforcer =
+                facts.enforcer =
                     pod::enforcer_state_on_create(object, &expected, inputs.injection.mode);
-                pod_facts.scheduling = pod::scheduling_state_on_create(spec, &o.tenant.tier);
+                facts.scheduling = pod::scheduling_state_on_create(spec, &o.tenant.tier);
+                // The injected containers are judged by `enforcer-required` against exactly
+                // what Tenantry injects; anything else under their names is the tenant's.
+                skip_injected = facts.enforcer == EnforcerState::Injected;
             }
             Operation::Update => {
-                pod_facts.enforcer = pod::enforcer_state_on_update(object, &req.old_object);
+                facts.enforcer = pod::enforcer_state_on_update(object, &req.old_object);
                 let old_spec = req.old_object.get("spec").unwrap_or(&Value::Null);
-                pod_facts.scheduling = pod::scheduling_state_on_update(spec, old_spec);
+                facts.scheduling = pod::scheduling_state_on_update(spec, old_spec);
             }
             _ => {}
         }
     }
+    let security = PodSecurity::of(spec, skip_injected);
+    facts.security = match req.operation {
+        Operation::Update => {
+            let old_spec = pod::pod_spec(kind, &req.old_object).unwrap_or(&Value::Null);
+            security.added_since(&PodSecurity::of(old_spec, false))
+        }
+        _ => security,
+    };
+    let enforcer_ports = [inputs.injection.proxy_port, inputs.injection.admin_port];
+    facts.enforcer_port_conflict = enforcer_ports
+        .iter()
+        .any(|p| facts.security.container_ports.contains(&i64::from(*p)) || app_port == Some(*p));
+    Ok(facts)
+}
+
+/// What a Service write claims of the network: external IPs (CVE-2020-8554: traffic to any
+/// address, another tenant's included, is captured) and load-balancer addresses in its status.
+fn service_facts(req: &AdmissionRequest) -> ServiceFacts {
+    let is_service = req.resource.group.is_empty() && req.resource.resource == "services";
+    if !is_service || !matches!(req.operation, Operation::Create | Operation::Update) {
+        return ServiceFacts::default();
+    }
+    let non_empty = |v: &Value, ptr: &str| {
+        v.pointer(ptr)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    };
+    let external_ips = |v: &Value| {
+        v.pointer("/spec/externalIPs")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let load_balancer = |v: &Value| {
+        v.pointer("/status/loadBalancer")
+            .filter(|_| non_empty(v, "/status/loadBalancer/ingress"))
+            .cloned()
+    };
+    ServiceFacts {
+        external_ips: external_ips(&req.object)
+            .iter()
+            .any(|ip| !external_ips(&req.old_object).contains(ip)),
+        load_balancer_status: load_balancer(&req.object).is_some()
+            && load_balancer(&req.object) != load_balancer(&req.old_object),
+    }
+}
+
+/// Where the PersistentVolume a claim names in `spec.volumeName` stands: `""` (no name, or
+/// unchanged by this update), `available` (unclaimed or claimed by this very claim, and not
+/// reserved for another tenant), `taken` (claimed by another claim: naming it would take over a
+/// released volume's data once an admin clears it), `reserved` (labelled for another tenant),
+/// `unknown` (no such volume observed: it could appear later as anyone's).
+fn volume_claim(
+    inputs: &Inputs<'_>,
+    req: &AdmissionRequest,
+    owner: Option<&NamespaceOwner<'_>>,
+) -> &'static str {
+    let is_claim = req.resource.group.is_empty()
+        && req.resource.resource == "persistentvolumeclaims"
+        && req.subresource().is_empty();
+    if !is_claim || !matches!(req.operation, Operation::Create | Operation::Update) {
+        return "";
+    }
+    let name_of = |v: &Value| {
+        v.pointer("/spec/volumeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+    };
+    let Some(volume) = name_of(&req.object) else {
+        return "";
+    };
+    if name_of(&req.old_object).as_deref() == Some(volume.as_str()) {
+        return "";
+    }
+    let Some(v) = inputs.usage.volume(&volume) else {
+        return "unknown";
+    };
+    let namespace = req.namespace.as_deref().unwrap_or("");
+    let claim = req
+        .object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .or(req.name.as_deref())
+        .unwrap_or("");
+    let owner_id = owner.map(|o| &*o.tenant.id);
+    if v.tenant_label
+        .as_deref()
+        .is_some_and(|t| Some(t) != owner_id)
+    {
+        return "reserved";
+    }
+    match (&v.claim_namespace, &v.claim_name) {
+        (None, _) => "available",
+        (Some(ns), Some(n)) if **ns == *namespace && n == claim => "available",
+        _ => "taken",
+    }
+}
+
+/// Whether a Namespace write sets, changes or removes a label or annotation under one of the
+/// operator's protected prefixes (`pod-security.kubernetes.io/`).
+fn namespace_security_changed(boundary: &Boundary, req: &AdmissionRequest) -> bool {
+    let is_namespace = req.resource.group.is_empty() && req.resource.resource == "namespaces";
+    if !is_namespace || !matches!(req.operation, Operation::Create | Operation::Update) {
+        return false;
+    }
+    let protected = |object: &Value| -> BTreeSet<(String, String)> {
+        ["labels", "annotations"]
+            .iter()
+            .filter_map(|f| {
+                object
+                    .pointer(&format!("/metadata/{f}"))
+                    .and_then(Value::as_object)
+            })
+            .flatten()
+            .filter(|(k, _)| boundary.is_protected_namespace_key(k))
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+            .collect()
+    };
+    protected(&req.object) != protected(&req.old_object)
+}
+
+/// Works out the facts about the object under review.
+pub fn object_facts(
+    inputs: &Inputs<'_>,
+    req: &AdmissionRequest,
+) -> Result<ObjectFacts, TranslateError> {
+    let namespace = object_namespace(req);
+    let owner = inputs.request_owner(req);
+    let object = req.subject();
+    let kind = req.kind.kind.as_str();
+    let group = req.resource.group.as_str();
+    let writes = matches!(req.operation, Operation::Create | Operation::Update);
+    let subresource = req.subresource();
+
+    let (tenantry_labels, directory_labels) = label_facts(req, owner.as_ref());
+
+    let references = if writes && subresource.is_empty() {
+        references::references(inputs, group, kind, &namespace, object)
+    } else {
+        References::default()
+    };
+
+    let pod = pod_facts(inputs, req, owner.as_ref())?;
+    let service = service_facts(req);
+    let namespace_security_changed = namespace_security_changed(inputs.boundary, req);
+    let volume_claim = volume_claim(inputs, req, owner.as_ref());
 
     Ok(ObjectFacts {
         namespace,
@@ -275,7 +520,10 @@ pub fn object_facts(
         references,
         tenantry_labels,
         directory_labels,
-        pod: pod_facts,
+        pod,
+        service,
+        namespace_security_changed,
+        volume_claim,
     })
 }
 
@@ -287,7 +535,8 @@ fn quota_facts(
     let group = req.resource.group.as_str();
     let resource = req.resource.resource.as_str();
     let counted_resource = usage::count_key(group, resource);
-    let counts = req.operation == Operation::Create && req.subresource().is_empty();
+    let counts = matches!(req.operation, Operation::Create | Operation::Update)
+        && matches!(req.subresource(), "" | "resize");
     let (Some(owner), true) = (owner, counts) else {
         return Ok(QuotaFacts {
             counted_resource,
@@ -295,9 +544,10 @@ fn quota_facts(
         });
     };
     let tenant = &owner.tenant.id;
-    let requested = usage::amounts_of(group, resource, &req.object)
-        .map_err(|e| TranslateError::BadObject(e.to_string()))?;
-    let used = |key: &str| inputs.usage.used(tenant, key);
+    let requested = requested_amounts(req)?;
+    let namespaces = inputs.tenant_namespaces(tenant);
+    let namespaces: Vec<&str> = namespaces.iter().map(|n| &**n).collect();
+    let used = |key: &str| inputs.usage.used(tenant, &namespaces, key);
     let usage = Amounts {
         namespaces: used("namespaces"),
         pods: used("pods"),
@@ -329,6 +579,22 @@ fn quota_facts(
         usage,
         requested,
     })
+}
+
+/// What a write adds to its tenant's usage: the whole object on CREATE; on UPDATE (a resize, a
+/// claim expanded, a pod's resources through any path) only what grows.
+pub fn requested_amounts(req: &AdmissionRequest) -> Result<Amounts, TranslateError> {
+    let (group, resource) = (req.resource.group.as_str(), req.resource.resource.as_str());
+    let new = usage::amounts_of(group, resource, &req.object)
+        .map_err(|e| TranslateError::BadObject(e.to_string()))?;
+    if req.operation != Operation::Update {
+        return Ok(new);
+    }
+    // The stored object was validated by the API server; one whose quantities Tenantry cannot
+    // read is taken to be what it becomes, so that an unrelated update (a finalizer removed)
+    // is never refused over it.
+    let old = usage::amounts_of(group, resource, &req.old_object).unwrap_or_else(|_| new.clone());
+    Ok(new.growth_since(&old))
 }
 
 fn amounts_record(a: &Amounts) -> Result<RestrictedExpression, TranslateError> {
@@ -371,15 +637,47 @@ fn tenant_entity(directory: &Directory, id: &str) -> Result<Option<Entity>, Tran
     let Some(t) = directory.tenant(id) else {
         return Ok(None);
     };
-    let attrs = HashMap::from([
-        ("name".to_string(), string(&t.id)),
-        ("tier".to_string(), string(&t.tier.name)),
-        ("status".to_string(), string(t.status.as_str())),
-    ]);
-    let parents: HashSet<EntityUid> = t.client.iter().map(|c| uid(&TYPES.client, &c.id)).collect();
-    Entity::new(uid(&TYPES.tenant, id), attrs, parents)
+    tenantry_tenancy::policy::tenant_entity(t)
         .map(Some)
-        .map_err(internal)
+        .map_err(TranslateError::Internal)
+}
+
+/// The pod security facts as Cedar record fields.
+fn security_record(f: &PodSecurity) -> Vec<(String, RestrictedExpression)> {
+    let b = |name: &str, v: bool| (name.to_string(), RestrictedExpression::new_bool(v));
+    let strings = |name: &str, v: &BTreeSet<String>| {
+        (
+            name.to_string(),
+            RestrictedExpression::new_set(v.iter().map(|s| string(s))),
+        )
+    };
+    let longs = |name: &str, v: &BTreeSet<i64>| {
+        (
+            name.to_string(),
+            RestrictedExpression::new_set(v.iter().map(|n| RestrictedExpression::new_long(*n))),
+        )
+    };
+    vec![
+        b("privileged", f.privileged),
+        b("host_process", f.host_process),
+        strings("host_paths", &f.host_paths),
+        longs("host_ports", &f.host_ports),
+        strings("added_capabilities", &f.added_capabilities),
+        b("apparmor_unconfined", f.apparmor_unconfined),
+        b("selinux_custom", f.selinux_custom),
+        b("proc_mount_unmasked", f.proc_mount_unmasked),
+        b("seccomp_unconfined", f.seccomp_unconfined),
+        strings("sysctls", &f.sysctls),
+        strings("restricted_volume_types", &f.restricted_volume_types),
+        strings("network_volumes", &f.network_volumes),
+        b("privilege_escalation", f.privilege_escalation),
+        b("may_run_as_root", f.may_run_as_root),
+        longs("run_as_users", &f.run_as_users),
+        b("seccomp_unset", f.seccomp_unset),
+        b("capabilities_kept", f.capabilities_kept),
+        b("share_process_namespace", f.share_process_namespace),
+        b("targets_enforcer", f.targets_enforcer),
+    ]
 }
 
 /// Builds the Cedar request for an admission request.
@@ -389,7 +687,7 @@ pub fn translate(
 ) -> Result<Translation, TranslateError> {
     let directory = inputs.directory;
     let facts = object_facts(inputs, req)?;
-    let owner = directory.namespace_owner(&facts.namespace);
+    let owner = inputs.request_owner(req);
     let quota = quota_facts(inputs, req, owner.as_ref())?;
 
     // The store holds only entities whose attributes policies read: the principal, the object,
@@ -410,7 +708,7 @@ pub fn translate(
     let (principal, mut attrs) = if let Some((sa_namespace, sa_name)) = info.service_account() {
         builder.add(directory.serviceaccount_memberships(sa_namespace, sa_name));
         // A service account of a tenant namespace acts for that tenant, listed or not.
-        if let Some(home) = directory.namespace_owner(sa_namespace) {
+        if let Some(home) = inputs.owner(sa_namespace) {
             builder.add(&[Membership {
                 tenant: home.tenant.id.clone(),
                 team: home.team.cloned(),
@@ -432,6 +730,10 @@ pub fn translate(
     attrs.insert(
         "tenant_member".to_string(),
         RestrictedExpression::new_bool(!builder.tenants.is_empty()),
+    );
+    attrs.insert(
+        "cluster_component".to_string(),
+        RestrictedExpression::new_bool(inputs.boundary.is_cluster_component(info)),
     );
     let mut tenants: BTreeSet<Arc<str>> = builder.tenants.clone();
     entities.push(Entity::new(principal.clone(), attrs, builder.parents).map_err(internal)?);
@@ -462,26 +764,34 @@ pub fn translate(
         ),
     );
     let p = &facts.pod;
-    let pod_record = RestrictedExpression::new_record([
-        (
-            "is_pod".to_string(),
-            RestrictedExpression::new_bool(p.is_pod),
-        ),
-        (
-            "host_network".to_string(),
-            RestrictedExpression::new_bool(p.host_network),
-        ),
-        (
-            "host_pid".to_string(),
-            RestrictedExpression::new_bool(p.host_pid),
-        ),
-        (
-            "host_ipc".to_string(),
-            RestrictedExpression::new_bool(p.host_ipc),
-        ),
-        ("enforcer".to_string(), string(p.enforcer.as_str())),
-        ("scheduling".to_string(), string(p.scheduling.as_str())),
-    ])
+    let pod_record = RestrictedExpression::new_record(
+        [
+            (
+                "is_pod".to_string(),
+                RestrictedExpression::new_bool(p.is_pod),
+            ),
+            (
+                "host_network".to_string(),
+                RestrictedExpression::new_bool(p.host_network),
+            ),
+            (
+                "host_pid".to_string(),
+                RestrictedExpression::new_bool(p.host_pid),
+            ),
+            (
+                "host_ipc".to_string(),
+                RestrictedExpression::new_bool(p.host_ipc),
+            ),
+            ("enforcer".to_string(), string(p.enforcer.as_str())),
+            ("scheduling".to_string(), string(p.scheduling.as_str())),
+        ]
+        .into_iter()
+        .chain(security_record(&p.security))
+        .chain([(
+            "enforcer_port_conflict".to_string(),
+            RestrictedExpression::new_bool(p.enforcer_port_conflict),
+        )]),
+    )
     .map_err(internal)?;
     let set =
         |items: &BTreeSet<String>| RestrictedExpression::new_set(items.iter().map(|s| string(s)));
@@ -513,6 +823,19 @@ pub fn translate(
         ("tenantry_labels".to_string(), set(&facts.tenantry_labels)),
         ("directory_labels".to_string(), set(&facts.directory_labels)),
         ("pod".to_string(), pod_record),
+        (
+            "service_external_ips".to_string(),
+            RestrictedExpression::new_bool(facts.service.external_ips),
+        ),
+        (
+            "load_balancer_status".to_string(),
+            RestrictedExpression::new_bool(facts.service.load_balancer_status),
+        ),
+        (
+            "namespace_security_changed".to_string(),
+            RestrictedExpression::new_bool(facts.namespace_security_changed),
+        ),
+        ("volume_claim".to_string(), string(facts.volume_claim)),
     ]);
     let mut parents = HashSet::new();
     if let Some(o) = &facts.owner {

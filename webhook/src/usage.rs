@@ -5,6 +5,7 @@
 //! `tenantry review`) or from cluster watches.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -28,6 +29,27 @@ pub struct Amounts {
 }
 
 impl Amounts {
+    /// What `self` has beyond `old`, field by field (never negative): the usage an UPDATE adds.
+    pub fn growth_since(&self, old: &Amounts) -> Amounts {
+        let g = |new: i64, old: i64| new.saturating_sub(old).max(0);
+        Amounts {
+            namespaces: g(self.namespaces, old.namespaces),
+            pods: g(self.pods, old.pods),
+            services: g(self.services, old.services),
+            persistentvolumeclaims: g(self.persistentvolumeclaims, old.persistentvolumeclaims),
+            requests_cpu: g(self.requests_cpu, old.requests_cpu),
+            requests_memory: g(self.requests_memory, old.requests_memory),
+            requests_storage: g(self.requests_storage, old.requests_storage),
+            limits_cpu: g(self.limits_cpu, old.limits_cpu),
+            limits_memory: g(self.limits_memory, old.limits_memory),
+            count: g(self.count, old.count),
+        }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.fields().iter().all(|(_, v)| *v == 0)
+    }
+
     /// `(ResourceQuota name, value)` pairs, with `count` under the name Cedar sees.
     pub fn fields(&self) -> [(&'static str, i64); 10] {
         [
@@ -92,13 +114,34 @@ pub fn amounts_of(group: &str, resource: &str, object: &Value) -> Result<Amounts
     Ok(a)
 }
 
-/// Read access to current usage, as the decision needs it.
+/// A PersistentVolume as far as claims are concerned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VolumeClaim {
+    /// `spec.claimRef`: the claim it is bound or reserved to.
+    pub claim_namespace: Option<Arc<str>>,
+    pub claim_name: Option<String>,
+    /// Its `tenantry.dev/tenant` label: reserved for that tenant by the platform.
+    pub tenant_label: Option<Arc<str>>,
+}
+
+/// What Tenantry knows of the cluster, as decisions need it: usage, the hosts objects serve, pod
+/// addresses, volumes' claims and namespaces' tenant labels. All in memory.
 pub trait UsageView: Send + Sync {
     /// The tenant's current total for a ResourceQuota name (`pods`, `requests.cpu`,
-    /// `count/deployments.apps`, …), across all of its namespaces.
-    fn used(&self, tenant: &str, resource: &str) -> i64;
-    /// The tenant that already serves an Ingress host, if any.
-    fn host_holder(&self, host: &str) -> Option<Arc<str>>;
+    /// `count/deployments.apps`, …) over `namespaces` (all of its namespaces), plus what its
+    /// admitted creates have reserved.
+    fn used(&self, tenant: &str, namespaces: &[&str], resource: &str) -> i64;
+    /// Namespaces of the objects that serve `host` (Ingresses, Gateways, Gateway API routes),
+    /// exactly or through a wildcard either way.
+    fn host_namespaces(&self, host: &str) -> Vec<Arc<str>>;
+    /// The `tenantry.dev/tenant` label of a Namespace, as observed.
+    fn namespace_label(&self, namespace: &str) -> Option<Arc<str>>;
+    /// Namespaces observed with `tenant`'s label.
+    fn labelled_namespaces(&self, tenant: &str) -> Vec<Arc<str>>;
+    /// The namespace of the pod holding `ip`.
+    fn pod_ip_namespace(&self, ip: IpAddr) -> Option<Arc<str>>;
+    /// A PersistentVolume's claim and label.
+    fn volume(&self, name: &str) -> Option<VolumeClaim>;
 }
 
 /// No objects at all: every tenant uses nothing.
@@ -106,10 +149,22 @@ pub trait UsageView: Send + Sync {
 pub struct NoUsage;
 
 impl UsageView for NoUsage {
-    fn used(&self, _: &str, _: &str) -> i64 {
+    fn used(&self, _: &str, _: &[&str], _: &str) -> i64 {
         0
     }
-    fn host_holder(&self, _: &str) -> Option<Arc<str>> {
+    fn host_namespaces(&self, _: &str) -> Vec<Arc<str>> {
+        Vec::new()
+    }
+    fn namespace_label(&self, _: &str) -> Option<Arc<str>> {
+        None
+    }
+    fn labelled_namespaces(&self, _: &str) -> Vec<Arc<str>> {
+        Vec::new()
+    }
+    fn pod_ip_namespace(&self, _: IpAddr) -> Option<Arc<str>> {
+        None
+    }
+    fn volume(&self, _: &str) -> Option<VolumeClaim> {
         None
     }
 }
@@ -236,6 +291,52 @@ pub fn for_each_object(
     }
     flush(&mut doc, doc_start, &mut count)?;
     Ok(count)
+}
+
+/// The hosts an object serves: an Ingress's rules and TLS hosts, a Gateway's listener hostnames,
+/// a Gateway API route's `hostnames`. Other objects serve none.
+pub fn served_hosts<'a>(group: &str, kind: &str, object: &'a Value) -> Vec<&'a str> {
+    let listed = |ptr: &str| {
+        object
+            .pointer(ptr)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    };
+    let mut hosts: Vec<&str> = match (group, kind) {
+        ("networking.k8s.io", "Ingress") => return ingress_hosts(object),
+        ("gateway.networking.k8s.io", "Gateway") => listed("/spec/listeners")
+            .filter_map(|l| l.get("hostname").and_then(Value::as_str))
+            .collect(),
+        ("gateway.networking.k8s.io", k) if k.ends_with("Route") => listed("/spec/hostnames")
+            .filter_map(Value::as_str)
+            .collect(),
+        _ => Vec::new(),
+    };
+    hosts.retain(|h| !h.is_empty());
+    hosts.sort_unstable();
+    hosts.dedup();
+    hosts
+}
+
+/// A running pod's addresses (`status.podIPs`, or `status.podIP` from older kubelets). Pods on
+/// the host network have the node's address, which is not theirs to claim.
+pub fn pod_ips(pod: &Value) -> Vec<IpAddr> {
+    if pod.pointer("/spec/hostNetwork").and_then(Value::as_bool) == Some(true) {
+        return Vec::new();
+    }
+    let mut ips: Vec<IpAddr> = pod
+        .pointer("/status/podIPs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get("ip").and_then(Value::as_str))
+        .chain(pod.pointer("/status/podIP").and_then(Value::as_str))
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    ips.sort_unstable();
+    ips.dedup();
+    ips
 }
 
 /// The hosts an Ingress serves (rules and TLS).

@@ -17,6 +17,7 @@ struct World {
     directory: Directory,
     policies: PolicyEngine,
     injection: InjectionConfig,
+    boundary: tenantry_webhook::Boundary,
 }
 
 impl World {
@@ -25,6 +26,7 @@ impl World {
             directory: embedded::directory().unwrap(),
             policies: embedded::policies().unwrap(),
             injection: InjectionConfig::default(),
+            boundary: tenantry_webhook::Boundary::default(),
         }
     }
     fn inputs(&self) -> Inputs<'_> {
@@ -33,6 +35,7 @@ impl World {
             usage: &NoUsage,
             policies: &self.policies,
             injection: &self.injection,
+            boundary: &self.boundary,
         }
     }
     fn mutate(&self, req: &AdmissionRequest) -> Decision {
@@ -412,6 +415,7 @@ fn a_policy_that_fails_to_evaluate_denies() {
         directory: embedded::directory().unwrap(),
         policies: PolicyEngine::from_sources(&schema, &policies).unwrap(),
         injection: InjectionConfig::default(),
+        boundary: tenantry_webhook::Boundary::default(),
     };
     let (_, v, _) = w.admit(&fixture("pod-create.json"));
     assert!(

@@ -227,14 +227,16 @@ fn manifests_yield_the_expected_facts() {
     let directory = embedded::directory().unwrap();
     let policies = embedded::policies().unwrap();
     let state: Vec<Value> = serde_saphyr::from_multiple(embedded::STATE_YAML).unwrap();
-    let usage = Ledger::from_objects(&directory, &state).unwrap();
+    let usage = Ledger::from_objects(&state).unwrap();
     let injection = InjectionConfig::default();
+    let boundary = tenantry_webhook::Boundary::default();
     let view = usage.view(None);
     let inputs = Inputs {
         directory: &directory,
         usage: &view,
         policies: &policies,
         injection: &injection,
+        boundary: &boundary,
     };
     for row in ROWS {
         let object: Value =
@@ -249,6 +251,8 @@ fn manifests_yield_the_expected_facts() {
             namespace: (!row.namespace.is_empty()).then(|| row.namespace.to_string()),
             operation: Operation::Create,
             dry_run: false,
+            subresource: None,
+            name: None,
         };
         let req = review::admission_request(&write, "uid").unwrap();
         let translation =
@@ -265,6 +269,7 @@ fn translated_requests_conform_to_the_schema() {
     let directory = embedded::directory().unwrap();
     let policies = embedded::policies().unwrap();
     let injection = InjectionConfig::default();
+    let boundary = tenantry_webhook::Boundary::default();
     let usage = Ledger::new();
     let view = usage.view(None);
     let inputs = Inputs {
@@ -272,6 +277,7 @@ fn translated_requests_conform_to_the_schema() {
         usage: &view,
         policies: &policies,
         injection: &injection,
+        boundary: &boundary,
     };
     for row in ROWS {
         let object: Value = serde_saphyr::from_str(row.manifest).unwrap();
@@ -285,6 +291,8 @@ fn translated_requests_conform_to_the_schema() {
             namespace: (!row.namespace.is_empty()).then(|| row.namespace.to_string()),
             operation: Operation::Create,
             dry_run: false,
+            subresource: None,
+            name: None,
         };
         let req = review::admission_request(&write, "uid").unwrap();
         let t = translate::translate(&inputs, &req).unwrap();
