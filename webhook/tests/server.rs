@@ -644,3 +644,335 @@ async fn replicas_sharing_redis_never_overshoot_together() {
     })
     .await;
 }
+
+// --- the boundary, over HTTPS, with reviews shaped as the API server sends them -------------------
+
+/// Existing objects for the boundary tests: the example state plus pods with addresses.
+const BOUNDARY_STATE: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: { name: api-1, namespace: acme-prod }
+spec: { containers: [{ name: api, image: acme/api }] }
+status: { phase: Running, podIP: 10.244.1.5 }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: web-9, namespace: globex-prod }
+spec: { containers: [{ name: web, image: nginx }] }
+status: { phase: Running, podIP: 10.244.2.9 }
+"#;
+
+async fn boundary_webhook(name: &str) -> Webhook {
+    let tenants = std::fs::read_to_string(repo_root().join("examples/tenants.yaml")).unwrap();
+    let state = std::env::temp_dir().join(format!(
+        "tenantry-boundary-state-{}-{name}.yaml",
+        std::process::id()
+    ));
+    let example = std::fs::read_to_string(repo_root().join("examples/state.yaml")).unwrap();
+    std::fs::write(&state, format!("{example}\n---\n{BOUNDARY_STATE}")).unwrap();
+    start(
+        name,
+        &tenants,
+        &[
+            "--state",
+            state.to_str().unwrap(),
+            "--cluster-cidrs",
+            "10.244.0.0/16,10.96.0.0/12",
+        ],
+    )
+    .await
+}
+
+/// The review with another identity.
+fn as_user(mut review: Value, user: &str, groups: &[&str]) -> Value {
+    review["request"]["userInfo"] = json!({"username": user, "groups": groups});
+    review["request"]["uid"] = json!(format!(
+        "{}-{user}",
+        review["request"]["uid"].as_str().unwrap()
+    ));
+    review
+}
+
+/// Sends a review to /validate and returns (allowed, message).
+async fn validate(hook: &Webhook, review: &Value) -> (bool, String) {
+    let v = hook.post("/validate", review).await;
+    assert_eq!(v.status, 200, "{}", v.text());
+    let v: Value = serde_json::from_slice(&v.body).unwrap();
+    assert_eq!(v["response"]["uid"], review["request"]["uid"], "uid echoed");
+    (
+        v["response"]["allowed"].as_bool().unwrap(),
+        v["response"]["status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subresources_reviews_and_cluster_components_are_decided_by_what_they_do() {
+    let hook = boundary_webhook("subresources").await;
+    // (fixture, identity override, allowed, policy that must deny)
+    let bob = Some(("bob", &["globex-devs", "system:authenticated"][..]));
+    let alice = Some(("alice", &["acme-devs", "system:authenticated"][..]));
+    let cases: &[(&str, Option<(&str, &[&str])>, bool, &str)] = &[
+        // The kubelet's TokenRequest for a pod's projected token: refused before.
+        ("sa-token-kubelet.json", None, true, ""),
+        ("sa-token-kubelet.json", bob, false, "cross-tenant-write"),
+        ("sa-token-kubelet.json", alice, true, ""),
+        (
+            "pod-eviction-cross-tenant.json",
+            None,
+            false,
+            "cross-tenant-write",
+        ),
+        ("pod-eviction-own.json", None, true, ""),
+        (
+            "deployment-scale-cross-tenant.json",
+            None,
+            false,
+            "cross-tenant-write",
+        ),
+        ("deployment-scale-cross-tenant.json", alice, true, ""),
+        (
+            "pod-proxy-cross-tenant.json",
+            None,
+            false,
+            "cross-tenant-write",
+        ),
+        ("pod-proxy-cross-tenant.json", alice, true, ""),
+        (
+            "service-proxy-cross-tenant.json",
+            None,
+            false,
+            "cross-tenant-write",
+        ),
+        ("pod-binding-scheduler.json", None, true, ""),
+        ("pod-binding-scheduler.json", alice, false, "pod-binding"),
+        // kubectl auth can-i, TokenReview, LocalSubjectAccessReview persist nothing.
+        ("ssar-tenant.json", None, true, ""),
+        ("ssar-tenant.json", bob, true, ""),
+        ("tokenreview.json", None, true, ""),
+        ("lsar.json", None, true, ""),
+        ("lsar.json", bob, true, ""),
+        (
+            "service-status-lb-tenant.json",
+            None,
+            false,
+            "load-balancer-status",
+        ),
+        (
+            "service-status-lb-tenant.json",
+            Some((
+                "system:serviceaccount:kube-system:service-controller",
+                &["system:serviceaccounts"][..],
+            )),
+            true,
+            "",
+        ),
+        ("pod-status-kubelet.json", None, true, ""),
+        ("pod-resize.json", None, true, ""),
+    ];
+    for (name, identity, allowed, policy) in cases {
+        let mut review = fixture(name);
+        if let Some((user, groups)) = identity {
+            review = as_user(review, user, groups);
+        }
+        let (got, message) = validate(&hook, &review).await;
+        assert_eq!(got, *allowed, "{name} as {identity:?}: {message}");
+        if !policy.is_empty() {
+            assert!(
+                message.contains(&format!("[policy {policy}]")),
+                "{name}: {message}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspended_tenants_are_cleaned_up_by_the_cluster_but_stopped_themselves() {
+    let hook = boundary_webhook("suspended").await;
+    // The garbage collector's finalizer removal is the last review before the object goes: a
+    // denial makes it retry forever. initech is suspended.
+    let mut gc = fixture("gc-finalizer-removal-suspended.json");
+    for object in ["object", "oldObject"] {
+        let o = &mut gc["request"][object]["metadata"];
+        o["namespace"] = json!("initech-prod");
+        o["labels"] = json!({"tenantry.dev/tenant": "initech", "tenantry.dev/tier": "business"});
+    }
+    gc["request"]["namespace"] = json!("initech-prod");
+    let (allowed, message) = validate(&hook, &gc).await;
+    assert!(
+        allowed,
+        "the garbage collector cleans up a suspended tenant: {message}"
+    );
+    let by_peter = as_user(gc.clone(), "peter", &["system:authenticated"]);
+    let (allowed, message) = validate(&hook, &by_peter).await;
+    assert!(
+        !allowed && message.contains("[policy suspended-tenant]"),
+        "{message}"
+    );
+    // The kubelet still issues tokens for initech's pods while they stop.
+    let mut token = fixture("sa-token-kubelet.json");
+    token["request"]["namespace"] = json!("initech-prod");
+    let (allowed, message) = validate(&hook, &token).await;
+    assert!(allowed, "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_service_namespaces_are_the_creators_and_pre_existing_ones_nobodys() {
+    let hook = boundary_webhook("namespaces").await;
+    // generateName: no name at mutation, the generated one at validation.
+    let m = hook
+        .post(
+            "/mutate",
+            &fixture("namespace-create-generatename-mutating.json"),
+        )
+        .await;
+    let m: Value = serde_json::from_slice(&m.body).unwrap();
+    assert_eq!(m["response"]["allowed"], true, "{m}");
+    let mut review = fixture("namespace-create-generatename.json");
+    {
+        use base64::Engine as _;
+        let ops = base64::engine::general_purpose::STANDARD
+            .decode(m["response"]["patch"].as_str().expect("labels are stamped"))
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&ops).unwrap();
+        json_patch::patch(&mut review["request"]["object"], &patch).unwrap();
+    }
+    assert_eq!(
+        review["request"]["object"]["metadata"]["labels"]["tenantry.dev/tenant"],
+        "globex"
+    );
+    let (allowed, message) = validate(&hook, &review).await;
+    assert!(allowed, "{message}");
+    let created = review["request"]["name"].as_str().unwrap().to_string();
+
+    let config_map = |namespace: &str, uid: &str| {
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": uid, "kind": {"group": "", "version": "v1", "kind": "ConfigMap"},
+            "resource": {"group": "", "version": "v1", "resource": "configmaps"},
+            "name": "c", "namespace": namespace, "operation": "CREATE",
+            "userInfo": {"username": "bob", "groups": ["globex-devs", "system:authenticated"]},
+            "object": {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": namespace}},
+            "dryRun": false}})
+    };
+    // Right after the create, before any watch could report it, bob writes into it.
+    let r = hook.admit(&config_map(&created, "cm-1")).await;
+    assert_eq!(
+        r["allowed"], true,
+        "bob writes into the namespace he just created: {r}"
+    );
+    // A namespace that matches globex's prefix but was never created through the webhook.
+    let (allowed, message) = validate(&hook, &config_map("globex-legacy", "cm-2")).await;
+    assert!(
+        !allowed && message.contains("[policy cross-tenant-write]"),
+        "{message}"
+    );
+    // A reserved name is nobody's, even created by a tenant.
+    let mut reserved = fixture("namespace-create-generatename.json");
+    reserved["request"]["name"] = json!("globex-system");
+    reserved["request"]["object"]["metadata"]["name"] = json!("globex-system");
+    let (allowed, message) = validate(&hook, &reserved).await;
+    assert!(
+        !allowed && message.contains("[policy cross-tenant-write]"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_cannot_reach_the_node_or_around_the_enforcer() {
+    let hook = boundary_webhook("podsecurity").await;
+    let pod = |name: &str, spec_patch: Value| {
+        let mut r = pod_review("bob", "globex-prod", name, false);
+        let spec = r["request"]["object"]["spec"].as_object_mut().unwrap();
+        for (k, v) in spec_patch.as_object().unwrap() {
+            spec.insert(k.clone(), v.clone());
+        }
+        r
+    };
+    let plain = hook.admit(&pod("plain", json!({}))).await;
+    assert_eq!(plain["allowed"], true, "{plain}");
+    for (name, patch, policy) in [
+        (
+            "priv",
+            json!({"containers": [{"name": "web", "image": "nginx", "securityContext": {"privileged": true}}]}),
+            "pod-privileged",
+        ),
+        (
+            "root",
+            json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}),
+            "pod-host-path",
+        ),
+        (
+            "port",
+            json!({"containers": [{"name": "web", "image": "nginx", "ports": [{"containerPort": 80, "hostPort": 80}]}]}),
+            "pod-host-ports",
+        ),
+        (
+            "netadmin",
+            json!({"containers": [{"name": "web", "image": "nginx", "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}}]}),
+            "enforcer-capabilities",
+        ),
+        (
+            "uid",
+            json!({"containers": [{"name": "web", "image": "nginx", "securityContext": {"runAsUser": 1337}}]}),
+            "enforcer-uid",
+        ),
+    ] {
+        let r = hook.admit(&pod(name, patch)).await;
+        assert_eq!(r["allowed"], false, "{name}: {r}");
+        assert!(
+            r["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("[policy {policy}]")),
+            "{name}: {r}"
+        );
+    }
+    // kubectl debug with a privileged profile, through pods/ephemeralcontainers.
+    let mut debug = fixture("pod-ephemeralcontainers.json");
+    debug = as_user(debug, "alice", &["acme-devs", "system:authenticated"]);
+    let (allowed, message) = validate(&hook, &debug).await;
+    assert!(allowed, "an ordinary debug container: {message}");
+    let containers = debug["request"]["object"]["spec"]["ephemeralContainers"]
+        .as_array_mut()
+        .unwrap();
+    let last = containers.last_mut().unwrap();
+    last["securityContext"] = json!({"privileged": true});
+    let (allowed, message) = validate(&hook, &debug).await;
+    assert!(
+        !allowed && message.contains("[policy pod-privileged]"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_addresses_are_attributed_to_the_pods_that_hold_them() {
+    let hook = boundary_webhook("endpoints").await;
+    let slice = |uid: &str, address: &str| {
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": uid, "kind": {"group": "discovery.k8s.io", "version": "v1", "kind": "EndpointSlice"},
+            "resource": {"group": "discovery.k8s.io", "version": "v1", "resource": "endpointslices"},
+            "name": uid, "namespace": "globex-prod", "operation": "CREATE",
+            "userInfo": {"username": "bob", "groups": ["globex-devs", "system:authenticated"]},
+            "object": {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": uid, "namespace": "globex-prod",
+                    "labels": {"tenantry.dev/tenant": "globex", "tenantry.dev/tier": "free"}},
+                "addressType": "IPv4", "endpoints": [{"addresses": [address]}], "ports": [{"port": 8080}]},
+            "dryRun": false}})
+    };
+    let (allowed, message) = validate(&hook, &slice("steal", "10.244.1.5")).await;
+    assert!(
+        !allowed && message.contains("[policy cross-tenant-reference]"),
+        "acme's pod: {message}"
+    );
+    let (allowed, message) = validate(&hook, &slice("own", "10.244.2.9")).await;
+    assert!(allowed, "globex's own pod: {message}");
+    let (allowed, message) = validate(&hook, &slice("guess", "10.244.77.1")).await;
+    assert!(
+        !allowed && message.contains("[policy reference-any-tenant]"),
+        "{message}"
+    );
+    let (allowed, message) = validate(&hook, &slice("external", "192.0.2.10")).await;
+    assert!(allowed, "an external address: {message}");
+}
