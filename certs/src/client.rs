@@ -87,6 +87,22 @@ impl Client {
         }
     }
 
+    /// A raw TLS connection, for tests that write bytes the way a slow or hostile peer would.
+    pub async fn connect_tls(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        let connector = self
+            .tls
+            .as_ref()
+            .ok_or_else(|| tls_err("this client speaks plain HTTP"))?;
+        let name = ServerName::try_from(self.server_name.clone()).map_err(tls_err)?;
+        connector.connect(name, tcp).await.map_err(tls_err)
+    }
+
     pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<Reply> {
         self.send(addr, "GET", path, Vec::new()).await
     }

@@ -24,6 +24,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PodSpec, PodTemplateSpec, ResourceQuota, Secret, Service,
     ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -34,20 +35,18 @@ use tenantry_tests::repo_root;
 use tenantry_webhook::contract;
 
 /// The server's flags (`tenantry-webhook --help`), and whether each takes a value.
-const SERVER_FLAGS: &[(&str, bool)] = &[
-    ("listen", true),
-    ("metrics-listen", true),
-    ("tls-cert", true),
-    ("tls-key", true),
-    ("tls-bootstrap", false),
-    ("tenants", true),
-    ("policies", true),
-    ("redis", true),
-    ("kubeconfig", true),
-    ("state", true),
-    ("sidecar-image", true),
-    ("sidecar-mode", true),
-];
+/// `--flag` → whether it takes a value, for every flag `tenantry-webhook` has (from its clap
+/// definition, so the manifests are checked against the real server).
+fn server_flag_table() -> Vec<(String, bool)> {
+    use clap::CommandFactory;
+    tenantry_webhook::server::Config::command()
+        .get_arguments()
+        .filter_map(|a| {
+            a.get_long()
+                .map(|l| (l.to_string(), a.get_action().takes_values()))
+        })
+        .collect()
+}
 
 /// The Secret `--tls-bootstrap` creates and every replica reads.
 const TLS_SECRET: &str = "tenantry-webhook-tls";
@@ -364,6 +363,7 @@ fn check_all_typed(b: &Build) {
             ("apps/v1", "Deployment") => parses::<Deployment>(o, &origin),
             ("batch/v1", "Job") => parses::<Job>(o, &origin),
             ("policy/v1", "PodDisruptionBudget") => parses::<PodDisruptionBudget>(o, &origin),
+            ("networking.k8s.io/v1", "NetworkPolicy") => parses::<NetworkPolicy>(o, &origin),
             ("rbac.authorization.k8s.io/v1", "ClusterRole") => parses::<ClusterRole>(o, &origin),
             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
                 parses::<ClusterRoleBinding>(o, &origin)
@@ -540,7 +540,8 @@ fn server_flags(
             Some((n, v)) => (n, Some(v.to_string())),
             None => (flag, None),
         };
-        let Some((_, takes_value)) = SERVER_FLAGS.iter().find(|(f, _)| *f == name) else {
+        let table = server_flag_table();
+        let Some(&(_, takes_value)) = table.iter().find(|(f, _)| f == name) else {
             panic!("{origin}: tenantry-webhook has no flag `--{name}`");
         };
         let value = match (takes_value, inline) {
@@ -566,7 +567,7 @@ fn server_flags(
         };
         let name = name.to_lowercase().replace('_', "-");
         assert!(
-            SERVER_FLAGS.iter().any(|(f, _)| *f == name),
+            server_flag_table().iter().any(|(f, _)| *f == name),
             "{origin}: env `{var}` matches no tenantry-webhook flag"
         );
         // clap: a flag on the command line wins over its environment variable, so giving both
@@ -1523,4 +1524,140 @@ fn dev_overlay_uses_postgres_and_redis_and_imports_the_example_tenants() {
 fn base_tenants_file_is_a_valid_directory() {
     let path = deploy_dir().join("base/tenants.yaml");
     tenantry_tenancy::source::parse_yaml(&read(&path), &path).unwrap();
+}
+
+#[test]
+fn replicas_share_quota_reservations() {
+    for b in builds() {
+        let origin = b.root.display().to_string();
+        let d = b.webhook_deployment();
+        let replicas = d.spec.replicas.unwrap_or(1);
+        let c = webhook_container(&d);
+        let env = resolved_env(&b, contract::NAMESPACE, &c);
+        let flags = server_flags(&c.args.clone().unwrap_or_default(), &env, &origin);
+        if replicas > 1 {
+            let url = flags.get("redis").unwrap_or_else(|| {
+                panic!(
+                    "{origin}: {replicas} replicas without --redis each keep their own reservations"
+                )
+            });
+            check_service_url(&b, url, 6379, &origin);
+        }
+    }
+}
+
+/// The CIDR blocks a NetworkPolicy rule admits from, with their exceptions.
+fn admitted_blocks(
+    rule: &k8s_openapi::api::networking::v1::NetworkPolicyIngressRule,
+) -> Vec<(String, Vec<String>)> {
+    rule.from
+        .iter()
+        .flatten()
+        .filter_map(|peer| peer.ip_block.as_ref())
+        .map(|b| (b.cidr.clone(), b.except.clone().unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn only_the_api_server_reaches_the_webhook_and_only_the_webhook_reaches_redis() {
+    for b in builds() {
+        let origin = b.root.display().to_string();
+        let d = b.webhook_deployment();
+        let labels = template_labels(&d);
+        let c = webhook_container(&d);
+        let env = resolved_env(&b, contract::NAMESPACE, &c);
+        let flags = server_flags(&c.args.clone().unwrap_or_default(), &env, &origin);
+        let pod_network = flags
+            .get("cluster-cidrs")
+            .and_then(|v| v.split(',').next())
+            .unwrap_or_else(|| panic!("{origin}: the webhook is told the cluster's networks"))
+            .to_string();
+        let policies: Vec<NetworkPolicy> = b.all();
+        let guarding: Vec<&NetworkPolicy> = policies
+            .iter()
+            .filter(|p| {
+                p.metadata.namespace.as_deref() == Some(contract::NAMESPACE)
+                    && p.spec.as_ref().is_some_and(|s| {
+                        s.pod_selector
+                            .as_ref()
+                            .is_some_and(|sel| selects(sel, &labels))
+                    })
+            })
+            .collect();
+        assert!(
+            !guarding.is_empty(),
+            "{origin}: a NetworkPolicy guards the webhook pods"
+        );
+        for p in guarding {
+            let spec = p.spec.as_ref().unwrap();
+            assert!(
+                spec.policy_types.iter().flatten().any(|t| t == "Ingress"),
+                "{origin}: {:?} restricts ingress",
+                p.metadata.name
+            );
+            for rule in spec.ingress.iter().flatten() {
+                let reaches_https = rule.ports.as_ref().is_none_or(|ports| {
+                    ports.iter().any(|port| {
+                        port.port
+                            .as_ref()
+                            .is_none_or(|p| resolve_port(&c, p) == Some(8443))
+                    })
+                });
+                if !reaches_https {
+                    continue;
+                }
+                let peers = rule.from.as_deref().unwrap_or_default();
+                assert!(
+                    !peers.is_empty(),
+                    "{origin}: the HTTPS port is open to everyone, tenant pods included"
+                );
+                for peer in peers {
+                    assert!(
+                        peer.pod_selector.is_none() && peer.namespace_selector.is_none(),
+                        "{origin}: the HTTPS port admits pods by selector: {peer:?}"
+                    );
+                }
+                for (cidr, except) in admitted_blocks(rule) {
+                    assert!(
+                        cidr != "0.0.0.0/0" || except.contains(&pod_network),
+                        "{origin}: {cidr} reaches the HTTPS port from the pod network {pod_network}"
+                    );
+                }
+            }
+        }
+        // Redis decides quotas: nothing but the webhook may reach it.
+        let redis: Deployment = b.one("redis");
+        let redis_labels = template_labels(&redis);
+        let guarding: Vec<&NetworkPolicy> = policies
+            .iter()
+            .filter(|p| {
+                p.spec.as_ref().is_some_and(|s| {
+                    s.pod_selector
+                        .as_ref()
+                        .is_some_and(|sel| selects(sel, &redis_labels))
+                })
+            })
+            .collect();
+        assert!(
+            !guarding.is_empty(),
+            "{origin}: a NetworkPolicy guards Redis"
+        );
+        for p in guarding {
+            for rule in p.spec.as_ref().unwrap().ingress.iter().flatten() {
+                let peers = rule.from.as_deref().unwrap_or_default();
+                assert!(!peers.is_empty(), "{origin}: Redis is open to everyone");
+                for peer in peers {
+                    let selector = peer
+                        .pod_selector
+                        .as_ref()
+                        .expect("Redis admits pods by selector");
+                    assert!(peer.namespace_selector.is_none() && peer.ip_block.is_none());
+                    assert!(
+                        selects(selector, &labels),
+                        "{origin}: Redis admits only the webhook"
+                    );
+                }
+            }
+        }
+    }
 }

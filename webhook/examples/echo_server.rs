@@ -26,5 +26,13 @@ async fn main() {
         .unwrap();
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let never = Arc::new(tokio::sync::Notify::new());
-    tenantry_webhook::server::serve(listener, Some(tls), app, never, Duration::from_secs(1)).await;
+    tenantry_webhook::server::serve(
+        listener,
+        Some(tls),
+        app,
+        never,
+        Duration::from_secs(1),
+        1024,
+    )
+    .await;
 }

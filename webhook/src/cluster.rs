@@ -204,6 +204,54 @@ where
     watcher::watcher(api, watcher::Config::default()).default_backoff()
 }
 
+/// How many replicas the Deployment running this pod asks for, when that can be known: this pod
+/// (named by `HOSTNAME`) → its ReplicaSet → `spec.replicas`. `None` outside a Deployment, or when
+/// a lookup fails (the webhook's RBAC lists pods and ReplicaSets, which is all this needs).
+pub async fn own_replicas(client: Client) -> Option<i32> {
+    use kube::api::ListParams;
+    let name = std::env::var("HOSTNAME").ok()?;
+    let namespace =
+        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            .map(|n| n.trim().to_string())
+            .unwrap_or_else(|_| contract::NAMESPACE.to_string());
+    let by_name = |n: &str| ListParams::default().fields(&format!("metadata.name={n}"));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let pod = pods
+        .list(&by_name(&name))
+        .await
+        .ok()?
+        .items
+        .into_iter()
+        .next()?;
+    let owner = pod
+        .metadata
+        .owner_references?
+        .into_iter()
+        .find(|o| o.kind == "ReplicaSet" && o.controller == Some(true))?;
+    let sets: Api<ReplicaSet> = Api::namespaced(client, &namespace);
+    let set = sets
+        .list(&by_name(&owner.name))
+        .await
+        .ok()?
+        .items
+        .into_iter()
+        .next()?;
+    set.spec.replicas
+}
+
+/// Refuses a start that would let replicas overshoot quotas: several replicas, each with its own
+/// reservations.
+pub fn require_shared_reservations(replicas: Option<i32>, shared: bool) -> Result<()> {
+    match replicas {
+        Some(n) if n > 1 && !shared => anyhow::bail!(
+            "this webhook is one of {n} replicas but has no --redis: each replica would keep its \
+             own quota reservations, and a burst of creates spread over them could overshoot a \
+             tier up to {n} times; give every replica the same --redis, or run one replica"
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// The Secret replicas share the bootstrap CA and serving certificate through.
 pub const TLS_SECRET: &str = "tenantry-webhook-tls";
 
@@ -290,4 +338,24 @@ pub async fn bootstrap_tls(client: Client, cert: &Path, key: &Path) -> Result<()
 fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_replicas_need_shared_reservations() {
+        let err = require_shared_reservations(Some(3), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("one of 3 replicas") && err.contains("--redis"),
+            "{err}"
+        );
+        assert!(require_shared_reservations(Some(3), true).is_ok());
+        assert!(require_shared_reservations(Some(1), false).is_ok());
+        // Not in a Deployment, or not allowed to look: nothing to refuse on.
+        assert!(require_shared_reservations(None, false).is_ok());
+    }
 }

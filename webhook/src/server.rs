@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -92,9 +92,16 @@ pub struct Config {
     /// tenant's next create for long.
     #[arg(long, env = "TENANTRY_RESERVATION_TTL", default_value = "15s", value_parser = parse_duration)]
     pub reservation_ttl: Duration,
-    /// Largest request body; larger ones get 413.
+    /// Largest request body; larger ones get 413, at once when `Content-Length` announces it.
     #[arg(long, env = "TENANTRY_MAX_BODY_BYTES", default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive; slower ones get 408. The API server sends a
+    /// review in one go; a body trickling in holds a connection every tenant write depends on.
+    #[arg(long, env = "TENANTRY_BODY_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Most connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "TENANTRY_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
     /// How long in-flight reviews may take to finish after SIGTERM.
     #[arg(long, env = "TENANTRY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -201,6 +208,25 @@ pub struct AppState {
     pub usage_ready: AtomicBool,
     /// Reservations shared by replicas (`--redis`); per replica without it.
     pub shared: Option<crate::reservations::SharedReservations>,
+    /// How review bodies are read.
+    pub body: BodyLimits,
+}
+
+/// How review bodies are read: at most `max_bytes` (refused from `Content-Length` before any of
+/// it is read), within `read_timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_bytes: usize,
+    pub read_timeout: Duration,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits {
+            max_bytes: 4 << 20,
+            read_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// A create's claim on its tenant's quota.
@@ -535,12 +561,13 @@ impl AppState {
 }
 
 /// The HTTPS router: the admission endpoints plus the operator endpoints.
-pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(contract::MUTATE_PATH, post(mutate))
         .route(contract::VALIDATE_PATH, post(validate))
         .merge(operator_router())
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        // Bodies are read by `read_body` under its own limits.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -552,12 +579,71 @@ pub fn operator_router() -> Router<Arc<AppState>> {
         .route(contract::METRICS_PATH, get(metrics))
 }
 
-async fn mutate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    state.review(Endpoint::Mutate, &body).await
+async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    match read_body(&state, request).await {
+        Ok(body) => state.review(Endpoint::Mutate, &body).await,
+        Err(refusal) => refusal,
+    }
 }
 
-async fn validate(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    state.review(Endpoint::Validate, &body).await
+async fn validate(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    match read_body(&state, request).await {
+        Ok(body) => state.review(Endpoint::Validate, &body).await,
+        Err(refusal) => refusal,
+    }
+}
+
+/// The request body, or the refusal: 413 for a body announced or found larger than the limit
+/// (without reading it), 408 for one that does not arrive in time.
+async fn read_body(state: &AppState, request: Request) -> Result<Bytes, Response> {
+    let limits = state.body;
+    let refuse = |status: StatusCode, error: &str, message: String| {
+        state.metrics.bad_requests.inc();
+        warn!(error, %message, "refused a review body");
+        (
+            status,
+            axum::Json(json!({"error": error, "message": message})),
+        )
+            .into_response()
+    };
+    let too_large = |size: String| {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the body ({size}) exceeds --max-body-bytes ({} bytes)",
+                limits.max_bytes
+            ),
+        )
+    };
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = announced
+        && n > limits.max_bytes as u64
+    {
+        return Err(too_large(format!("{n} bytes announced")));
+    }
+    let body = request.into_body();
+    match tokio::time::timeout(
+        limits.read_timeout,
+        axum::body::to_bytes(body, limits.max_bytes),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(too_large("more than allowed".to_string())),
+        Err(_) => Err(refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the body did not arrive within --body-read-timeout ({:?})",
+                limits.read_timeout
+            ),
+        )),
+    }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -603,6 +689,7 @@ impl AppState {
             observes_cluster: false,
             usage_ready: AtomicBool::new(true),
             shared: None,
+            body: BodyLimits::default(),
         }
     }
 }
@@ -640,13 +727,14 @@ pub async fn start_local(state: Arc<AppState>) -> Result<LocalWebhook> {
         .context("cannot listen on loopback")?;
     let addr = listener.local_addr()?;
     let shutdown = Arc::new(tokio::sync::Notify::new());
-    let app = router(state, 4 << 20);
+    let app = router(state);
     let task = tokio::spawn(serve(
         listener,
         Some(tls),
         app,
         shutdown.clone(),
         Duration::from_secs(5),
+        1024,
     ));
     Ok(LocalWebhook {
         addr,
@@ -707,6 +795,14 @@ pub async fn run(config: Config) -> Result<()> {
         ),
         None => None,
     };
+    if let Some(client) = &kube
+        && config.redis.is_none()
+    {
+        crate::cluster::require_shared_reservations(
+            crate::cluster::own_replicas(client.clone()).await,
+            false,
+        )?;
+    }
     let ledger = Arc::new(Ledger::new());
     let state = Arc::new(AppState {
         directory: directory.clone(),
@@ -727,6 +823,10 @@ pub async fn run(config: Config) -> Result<()> {
         observes_cluster: kube.is_some(),
         usage_ready: AtomicBool::new(false),
         shared,
+        body: BodyLimits {
+            max_bytes: config.max_body_bytes,
+            read_timeout: config.body_read_timeout,
+        },
     });
     match &kube {
         Some(client) => {
@@ -763,7 +863,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
 
     let shutdown = Arc::new(tokio::sync::Notify::new());
-    let app = router(state.clone(), config.max_body_bytes);
+    let app = router(state.clone());
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -774,6 +874,7 @@ pub async fn run(config: Config) -> Result<()> {
         app,
         shutdown.clone(),
         config.shutdown_grace,
+        config.max_connections,
     ))];
     if let Some(addr) = config.metrics_listen {
         let listener = TcpListener::bind(addr)
@@ -787,6 +888,7 @@ pub async fn run(config: Config) -> Result<()> {
             ops,
             shutdown.clone(),
             config.shutdown_grace,
+            64,
         )));
     }
     wait_for_signal().await;
@@ -820,26 +922,47 @@ async fn wait_for_signal() {
 }
 
 /// Accepts connections (TLS when `tls` is given) until `shutdown`, then waits up to `grace` for
-/// open connections to finish their in-flight requests.
+/// open connections to finish their in-flight requests. At most `max_connections` are served at
+/// once; the rest wait in the listen backlog, so a flood of idle connections cannot exhaust the
+/// process's file descriptors and lock the API server out.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     app: Router,
     shutdown: Arc<tokio::sync::Notify>,
     grace: Duration,
+    max_connections: usize,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // The protocol comes from ALPN (or is HTTP/1.1 in plain text), never from sniffing the first
+    // bytes: a connection that sends nothing must meet a timeout, and sniffing has none.
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A connection idle between requests, or slow to send a request head, is closed.
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
         .keep_alive(true);
-    let builder = Arc::new(builder);
+    // An idle h2 connection is pinged and closed when the peer stops answering.
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let http1 = Arc::new(builder.clone().http1_only());
+    let http2 = Arc::new(builder.http2_only());
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     let stop = shutdown.notified();
     tokio::pin!(stop);
     loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut stop => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -853,10 +976,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let builder = builder.clone();
+        let (http1, http2) = (http1.clone(), http2.clone());
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _permit = permit;
             match acceptor {
                 Some(acceptor) => {
                     let handshake =
@@ -873,13 +997,17 @@ pub async fn serve(
                             return;
                         }
                     };
+                    let builder = match tls.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => http2,
+                        _ => http1,
+                    };
                     let conn = builder.serve_connection(TokioIo::new(tls), service);
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 }
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    let conn = http1.serve_connection(TokioIo::new(stream), service);
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }

@@ -254,12 +254,12 @@ async fn bodies_that_are_not_reviews_get_400_and_huge_ones_413() {
             .contains("not an AdmissionReview"),
         "{body}"
     );
-    let r = hook
-        .client
-        .post(hook.addr, "/mutate", vec![b' '; 70_000])
-        .await
-        .unwrap();
-    assert_eq!(r.status, 413);
+    // The refusal comes from Content-Length, before the body is read, so the client may still be
+    // writing when it arrives: send the head and part of the body, then read.
+    let head =
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 70000\r\n\r\n".to_string();
+    let status = raw_exchange(&hook, head, &[b' '; 1000], Duration::from_secs(5)).await;
+    assert!(status.starts_with("HTTP/1.1 413"), "{status}");
     assert!(
         metric(
             &hook.metrics().await,
@@ -708,13 +708,16 @@ async fn validate(hook: &Webhook, review: &Value) -> (bool, String) {
     )
 }
 
+/// A user and groups replacing a fixture's, or the fixture's own.
+type Identity<'a> = Option<(&'a str, &'a [&'a str])>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subresources_reviews_and_cluster_components_are_decided_by_what_they_do() {
     let hook = boundary_webhook("subresources").await;
     // (fixture, identity override, allowed, policy that must deny)
     let bob = Some(("bob", &["globex-devs", "system:authenticated"][..]));
     let alice = Some(("alice", &["acme-devs", "system:authenticated"][..]));
-    let cases: &[(&str, Option<(&str, &[&str])>, bool, &str)] = &[
+    let cases: &[(&str, Identity, bool, &str)] = &[
         // The kubelet's TokenRequest for a pod's projected token: refused before.
         ("sa-token-kubelet.json", None, true, ""),
         ("sa-token-kubelet.json", bob, false, "cross-tenant-write"),
@@ -975,4 +978,80 @@ async fn endpoint_addresses_are_attributed_to_the_pods_that_hold_them() {
     );
     let (allowed, message) = validate(&hook, &slice("external", "192.0.2.10")).await;
     assert!(allowed, "an external address: {message}");
+}
+
+/// Writes `head` and `body` on a fresh TLS connection and returns the status line the server
+/// answers with (or fails the test after `patience`).
+async fn raw_exchange(hook: &Webhook, head: String, body: &[u8], patience: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = hook.client.connect_tls(hook.addr).await.unwrap();
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(body).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut reply = vec![0u8; 512];
+    let n = tokio::time::timeout(patience, tls.read(&mut reply))
+        .await
+        .expect("the server answers without waiting for the rest of the body")
+        .unwrap();
+    String::from_utf8_lossy(&reply[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_slow_bodies_and_idle_connections_cannot_hold_the_webhook() {
+    let hook = start(
+        "limits",
+        TENANTS,
+        &[
+            "--max-body-bytes",
+            "65536",
+            "--body-read-timeout",
+            "300ms",
+            "--max-connections",
+            "3",
+        ],
+    )
+    .await;
+    let head = |length: usize| {
+        format!(
+            "POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+        )
+    };
+    // 16 MiB announced, one byte sent: refused from the header, not after 4 MiB have arrived.
+    let status = raw_exchange(&hook, head(16 << 20), b"{", Duration::from_secs(5)).await;
+    assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+    // A small body that never finishes arriving: refused once the read timeout passes.
+    let status = raw_exchange(&hook, head(100), b"{\"kind\":", Duration::from_secs(5)).await;
+    assert!(status.starts_with("HTTP/1.1 408"), "{status}");
+    // A body under the limit that arrives promptly is decided as ever.
+    let review = serde_json::to_vec(&pod_review("alice", "acme-dev", "ok", true)).unwrap();
+    let status = raw_exchange(&hook, head(review.len()), &review, Duration::from_secs(5)).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+
+    // Connections beyond --max-connections wait for a slot instead of being served, so idle
+    // ones cannot exhaust the process; a slot frees as soon as a connection closes.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(hook.client.connect_tls(hook.addr).await.unwrap());
+    }
+    let waiting = tokio::spawn({
+        let client = hook.client.clone();
+        let addr = hook.addr;
+        async move { client.get(addr, "/healthz").await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a fourth connection is not served while three are held"
+    );
+    drop(idle.pop());
+    let reply = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once a slot frees")
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.status, 200);
 }
