@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod contract;
 pub mod decide;
 pub mod embedded;
+pub mod facts;
 pub mod ledger;
 pub mod metrics;
 pub mod mutate;

@@ -74,8 +74,9 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Mutation, T
         if !pod::opted_out(&object) {
             let port =
                 pod::app_port(&object, inputs.injection).map_err(TranslateError::BadObject)?;
-            let sidecar =
-                pod::Injection::for_pod(inputs.injection, &owner.tenant.id, &tier.name, port);
+            let sidecar = inputs
+                .injection
+                .injection(&owner.tenant.id, &tier.name, port);
             let mode: SidecarMode = inputs.injection.mode;
             changed |= pod::inject(&mut object, &sidecar, mode);
         }

@@ -5,6 +5,9 @@
 //! this pod?", so a pod that reaches validation without the sidecar, with an altered one, or with
 //! scheduling the tier does not grant, is caught however it got there.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use serde_json::{Map, Value, json};
 use tenantry_tenancy::directory::Tier;
 use tenantry_tenancy::model::Toleration;
@@ -64,6 +67,55 @@ pub struct InjectionConfig {
     /// the application's port to the enforcer, so the Service can keep targeting the app's port
     /// and nothing reaches the app around the enforcer.
     pub redirect: bool,
+    /// Injections already built for this configuration.
+    pub built: Arc<InjectionCache>,
+}
+
+/// Injections already built, by (tenant, tier, app port). Every pod is compared with exactly
+/// what Tenantry injects, at mutation and again at validation; building that JSON cost more
+/// than the comparison. Not part of the configuration's value: two configurations with the same
+/// settings are equal whatever they have built.
+#[derive(Debug, Default)]
+pub struct InjectionCache {
+    built: RwLock<HashMap<InjectionKey, Arc<Injection>>>,
+}
+
+/// (tenant, tier, app port).
+type InjectionKey = (Arc<str>, Arc<str>, u16);
+
+/// Most entries kept: tenants × app ports in use. Beyond it (app ports are the tenant's to
+/// choose), the cache starts over rather than grow.
+const INJECTION_CACHE_LIMIT: usize = 4096;
+
+impl PartialEq for InjectionCache {
+    fn eq(&self, _: &InjectionCache) -> bool {
+        true
+    }
+}
+
+impl Eq for InjectionCache {}
+
+impl InjectionConfig {
+    /// What Tenantry injects into a pod of `tenant` in `tier` whose app listens on `app_port`.
+    pub fn injection(&self, tenant: &Arc<str>, tier: &Arc<str>, app_port: u16) -> Arc<Injection> {
+        let key = (tenant.clone(), tier.clone(), app_port);
+        if let Some(found) = self
+            .built
+            .built
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return found.clone();
+        }
+        let injection = Arc::new(Injection::for_pod(self, tenant, tier, app_port));
+        let mut built = self.built.built.write().unwrap_or_else(|p| p.into_inner());
+        if built.len() >= INJECTION_CACHE_LIMIT {
+            built.clear();
+        }
+        built.insert(key, injection.clone());
+        injection
+    }
 }
 
 impl Default for InjectionConfig {
@@ -77,6 +129,7 @@ impl Default for InjectionConfig {
             tenants: None,
             redis: None,
             redirect: false,
+            built: Arc::default(),
         }
     }
 }
