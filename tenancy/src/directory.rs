@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::model::{PodSecurityLevel, RateLimit, Scheduling, Status, TenantsFile};
+use crate::model::{
+    Members, NetworkIsolation, PodSecurityLevel, RateLimit, Role, Scheduling, Status, TenantsFile,
+};
 use crate::quantity::{self, QuantityError, Unit};
 
 /// Why tenant data was refused. Every message names the place in the tenants data.
@@ -69,6 +71,7 @@ pub struct Tier {
     pub rate_limit: Option<RateLimit>,
     pub scheduling: Scheduling,
     pub pod_security: PodSecurityLevel,
+    pub network_isolation: NetworkIsolation,
 }
 
 /// Quota limits in ResourceQuota names; CPU in millicores, everything else in whole units.
@@ -161,11 +164,12 @@ pub struct NamespaceOwner<'a> {
     pub by_prefix: bool,
 }
 
-/// Membership of an identity in a tenant, and in one of its teams.
+/// Membership of an identity in a tenant, and in one of its teams, with its role there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Membership {
     pub tenant: Arc<str>,
     pub team: Option<Arc<str>>,
+    pub role: Role,
 }
 
 #[derive(Debug)]
@@ -216,6 +220,7 @@ impl Directory {
                 rate_limit: spec.rate_limit,
                 scheduling: spec.scheduling.clone(),
                 pod_security: spec.pod_security,
+                network_isolation: spec.network_isolation,
             };
             tiers.insert(name, Arc::new(tier));
         }
@@ -276,21 +281,12 @@ impl Directory {
                     },
                 );
             }
-            let member = Membership {
-                tenant: tenant_id.clone(),
-                team: None,
-            };
             index_members(
-                &mut users,
-                &mut groups,
-                &mut serviceaccounts,
-                (
-                    &spec.members.users,
-                    &spec.members.groups,
-                    &spec.members.serviceaccounts,
-                ),
-                &member,
-                || format!("tenants.{id}.members.serviceaccounts"),
+                (&mut users, &mut groups, &mut serviceaccounts),
+                &spec.members,
+                &tenant_id,
+                None,
+                || format!("tenants.{id}.members"),
             )?;
 
             let mut teams = Vec::new();
@@ -320,17 +316,12 @@ impl Directory {
                     }
                     entry.team = Some(team_id.clone());
                 }
-                let member = Membership {
-                    tenant: tenant_id.clone(),
-                    team: Some(team_id.clone()),
-                };
                 index_members(
-                    &mut users,
-                    &mut groups,
-                    &mut serviceaccounts,
-                    (&team.users, &team.groups, &team.serviceaccounts),
-                    &member,
-                    || format!("tenants.{id}.teams.{team_name}.serviceaccounts"),
+                    (&mut users, &mut groups, &mut serviceaccounts),
+                    &team.members(),
+                    &tenant_id,
+                    Some(&team_id),
+                    || format!("tenants.{id}.teams.{team_name}"),
                 )?;
                 teams.push(Team {
                     name: team_id,
@@ -347,6 +338,22 @@ impl Directory {
                 teams,
             };
             tenants.insert(tenant_id, Arc::new(tenant));
+        }
+
+        // An identity listed twice in one tenant or team has the stronger of its roles.
+        for index in [&mut users, &mut groups, &mut serviceaccounts] {
+            for memberships in index.values_mut() {
+                memberships.sort_by(|a, b| {
+                    (&a.tenant, &a.team, std::cmp::Reverse(a.role)).cmp(&(
+                        &b.tenant,
+                        &b.team,
+                        std::cmp::Reverse(b.role),
+                    ))
+                });
+                memberships.dedup_by(|later, first| {
+                    later.tenant == first.tenant && later.team == first.team
+                });
+            }
         }
 
         Ok(Directory {
@@ -457,40 +464,56 @@ impl Directory {
     }
 }
 
-type MemberLists<'a> = (&'a Vec<String>, &'a Vec<String>, &'a Vec<String>);
+type Indexes<'a> = (
+    &'a mut HashMap<String, Vec<Membership>>,
+    &'a mut HashMap<String, Vec<Membership>>,
+    &'a mut HashMap<String, Vec<Membership>>,
+);
 
+/// Indexes the members of a tenant (`team` None) or of one of its teams, each with its role.
 fn index_members(
-    users: &mut HashMap<String, Vec<Membership>>,
-    groups: &mut HashMap<String, Vec<Membership>>,
-    serviceaccounts: &mut HashMap<String, Vec<Membership>>,
-    (user_names, group_names, sa_names): MemberLists<'_>,
-    member: &Membership,
-    sa_place: impl Fn() -> String,
+    (users, groups, serviceaccounts): Indexes<'_>,
+    members: &Members,
+    tenant: &Arc<str>,
+    team: Option<&Arc<str>>,
+    place: impl Fn() -> String,
 ) -> Result<(), DirectoryError> {
-    for user in user_names {
-        users.entry(user.clone()).or_default().push(member.clone());
-    }
-    for group in group_names {
-        groups
-            .entry(group.clone())
-            .or_default()
-            .push(member.clone());
-    }
-    for sa in sa_names {
-        let valid = sa
-            .split_once(':')
-            .is_some_and(|(ns, name)| is_dns_label(ns) && !name.is_empty() && !name.contains(':'));
-        if !valid {
-            return Err(DirectoryError::InvalidName {
-                place: sa_place(),
-                value: sa.clone(),
-                what: "service account (expected `namespace:name`)",
-            });
+    for (role, user_names, group_names, sa_names) in members.by_role() {
+        let member = Membership {
+            tenant: tenant.clone(),
+            team: team.cloned(),
+            role,
+        };
+        for user in user_names {
+            users.entry(user.clone()).or_default().push(member.clone());
         }
-        serviceaccounts
-            .entry(sa.clone())
-            .or_default()
-            .push(member.clone());
+        for group in group_names {
+            groups
+                .entry(group.clone())
+                .or_default()
+                .push(member.clone());
+        }
+        for sa in sa_names {
+            let valid = sa.split_once(':').is_some_and(|(ns, name)| {
+                is_dns_label(ns) && !name.is_empty() && !name.contains(':')
+            });
+            if !valid {
+                let list = match role {
+                    Role::Developer => "serviceaccounts",
+                    Role::Admin => "admins.serviceaccounts",
+                    Role::Viewer => "viewers.serviceaccounts",
+                };
+                return Err(DirectoryError::InvalidName {
+                    place: format!("{}.{list}", place()),
+                    value: sa.clone(),
+                    what: "service account (expected `namespace:name`)",
+                });
+            }
+            serviceaccounts
+                .entry(sa.clone())
+                .or_default()
+                .push(member.clone());
+        }
     }
     Ok(())
 }
@@ -595,6 +618,54 @@ tenants:
         assert_eq!(limits.get("requests.memory"), Some(4 << 30));
         assert_eq!(limits.get("count/configmaps"), Some(5));
         assert_eq!(limits.get("services"), None);
+    }
+
+    #[test]
+    fn members_have_roles_and_the_strongest_listing_wins() {
+        let d = parse(
+            r#"
+tiers: { free: {} }
+tenants:
+  acme:
+    tier: free
+    namespaces: [acme-dev]
+    members:
+      users: [alice, dave]
+      admins: { users: [alice], groups: [acme-owners] }
+      viewers: { users: [carol], serviceaccounts: ["acme-dev:audit"] }
+    teams:
+      backend: { namespaces: [acme-dev], users: [erin], admins: { users: [frank] } }
+"#,
+        )
+        .unwrap();
+        let role = |m: &[Membership]| m.iter().map(|m| m.role).collect::<Vec<_>>();
+        assert_eq!(
+            role(d.user_memberships("alice")),
+            [Role::Admin],
+            "listed twice: the stronger"
+        );
+        assert_eq!(role(d.user_memberships("dave")), [Role::Developer]);
+        assert_eq!(role(d.user_memberships("carol")), [Role::Viewer]);
+        assert_eq!(role(d.group_memberships("acme-owners")), [Role::Admin]);
+        assert_eq!(
+            role(d.serviceaccount_memberships("acme-dev", "audit")),
+            [Role::Viewer]
+        );
+        let frank = &d.user_memberships("frank")[0];
+        assert_eq!(
+            (frank.team.as_deref(), frank.role),
+            (Some("backend"), Role::Admin)
+        );
+        assert_eq!(role(d.user_memberships("erin")), [Role::Developer]);
+        let err = parse(
+            "tiers: { free: {} }\ntenants:\n  acme: { tier: free, members: { viewers: { serviceaccounts: [audit] } } }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("tenants.acme.members.viewers.serviceaccounts"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod source;
 pub mod store;
 
 pub use directory::{Directory, DirectoryError, Membership, NamespaceOwner, Tenant, Tier};
-pub use model::{PodSecurityLevel, Status, TenantsFile};
+pub use model::{NetworkIsolation, PodSecurityLevel, Role, Status, TenantsFile};
 pub use policy::{PolicyEngine, PolicyError, SourceFile, Verdict};
 pub use postgres::{PostgresError, PostgresSource};
 pub use source::{SourceError, TenantSource};

@@ -36,6 +36,50 @@ pub struct TierSpec {
     /// `restricted`.
     #[serde(default, skip_serializing_if = "PodSecurityLevel::is_default")]
     pub pod_security: PodSecurityLevel,
+    /// Which pods may reach the tier's pods (besides through the enforcer's port): `shared`
+    /// (the default: any namespace of the same tenant), `namespace` (the same namespace only) or
+    /// `dedicated` (the same namespace, on the tier's own node pool).
+    #[serde(default, skip_serializing_if = "NetworkIsolation::is_default")]
+    pub network_isolation: NetworkIsolation,
+}
+
+/// How far a tier's pods are isolated on the network; the provisioning controller writes it
+/// into each namespace's NetworkPolicy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkIsolation {
+    #[default]
+    Shared,
+    Namespace,
+    Dedicated,
+}
+
+impl NetworkIsolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkIsolation::Shared => "shared",
+            NetworkIsolation::Namespace => "namespace",
+            NetworkIsolation::Dedicated => "dedicated",
+        }
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == NetworkIsolation::Shared
+    }
+}
+
+impl std::str::FromStr for NetworkIsolation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "shared" => Ok(NetworkIsolation::Shared),
+            "namespace" => Ok(NetworkIsolation::Namespace),
+            "dedicated" => Ok(NetworkIsolation::Dedicated),
+            _ => Err(format!(
+                "`{s}` is not a network isolation (shared, namespace, dedicated)"
+            )),
+        }
+    }
 }
 
 /// A Kubernetes Pod Security Standards level. `privileged` is deliberately absent: tenant pods
@@ -199,7 +243,8 @@ impl fmt::Display for Status {
     }
 }
 
-/// Kubernetes identities that belong to a tenant.
+/// Kubernetes identities that belong to a tenant. Those listed directly are developers; those
+/// under `admins` and `viewers` are members with that role instead.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Members {
@@ -210,6 +255,87 @@ pub struct Members {
     /// `namespace:name`
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub serviceaccounts: Vec<String>,
+    /// The tenant's owners and administrators: full access in its namespaces.
+    #[serde(default, skip_serializing_if = "Identities::is_empty")]
+    pub admins: Identities,
+    /// Read-only members.
+    #[serde(default, skip_serializing_if = "Identities::is_empty")]
+    pub viewers: Identities,
+}
+
+/// Users, groups and service accounts (`namespace:name`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identities {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub serviceaccounts: Vec<String>,
+}
+
+impl Identities {
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.groups.is_empty() && self.serviceaccounts.is_empty()
+    }
+}
+
+/// What a member may do, in the tenant's namespaces or its team's. Ordered by power: an identity
+/// listed twice has the stronger role.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads (Kubernetes `view`).
+    Viewer,
+    /// Deploys and operates workloads (Kubernetes `edit`).
+    #[default]
+    Developer,
+    /// Full access, role bindings included (Kubernetes `admin`): owners and administrators.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Admin, Role::Developer, Role::Viewer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Developer => "developer",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// The Kubernetes ClusterRole a role is bound to in the tenant's namespaces.
+    pub fn cluster_role(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Developer => "edit",
+            Role::Viewer => "view",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "developer" => Ok(Role::Developer),
+            "viewer" => Ok(Role::Viewer),
+            other => Err(format!(
+                "`{other}` is not a member role (admin, developer, viewer)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A team inside a tenant: its own namespaces and members.
@@ -224,4 +350,52 @@ pub struct TeamSpec {
     pub groups: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub serviceaccounts: Vec<String>,
+    /// The team's administrators.
+    #[serde(default, skip_serializing_if = "Identities::is_empty")]
+    pub admins: Identities,
+    /// The team's read-only members.
+    #[serde(default, skip_serializing_if = "Identities::is_empty")]
+    pub viewers: Identities,
+}
+
+/// A role with the users, groups and service accounts holding it.
+pub type RoleHolders<'a> = (Role, &'a [String], &'a [String], &'a [String]);
+
+impl Members {
+    /// Every listed identity with its role: `(role, users, groups, serviceaccounts)`.
+    pub fn by_role(&self) -> [RoleHolders<'_>; 3] {
+        [
+            (
+                Role::Developer,
+                &self.users,
+                &self.groups,
+                &self.serviceaccounts,
+            ),
+            (
+                Role::Admin,
+                &self.admins.users,
+                &self.admins.groups,
+                &self.admins.serviceaccounts,
+            ),
+            (
+                Role::Viewer,
+                &self.viewers.users,
+                &self.viewers.groups,
+                &self.viewers.serviceaccounts,
+            ),
+        ]
+    }
+}
+
+impl TeamSpec {
+    /// The team's members as [`Members`].
+    pub fn members(&self) -> Members {
+        Members {
+            users: self.users.clone(),
+            groups: self.groups.clone(),
+            serviceaccounts: self.serviceaccounts.clone(),
+            admins: self.admins.clone(),
+            viewers: self.viewers.clone(),
+        }
+    }
 }

@@ -386,8 +386,8 @@ fn tenant_of(uid: &EntityUid) -> Option<String> {
     let id: &str = uid.id().unescaped();
     match uid.type_name().basename() {
         "Tenant" => Some(id.to_string()),
-        // Team ids are `tenant/team`.
-        "Team" => id.split_once('/').map(|(t, _)| t.to_string()),
+        // Team ids are `tenant/team`; role ids `tenant/role` or `tenant/team/role`.
+        "Team" | "Role" => id.split_once('/').map(|(t, _)| t.to_string()),
         _ => None,
     }
 }

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::directory::{Directory, DirectoryError};
 use crate::model::{
-    ClientSpec, Members, QuantitySpec, RateLimit, Scheduling, Status, TeamSpec, TenantSpec,
+    ClientSpec, Members, QuantitySpec, RateLimit, Role, Scheduling, Status, TeamSpec, TenantSpec,
     TenantsFile, TierSpec,
 };
 use crate::source::redact_url;
@@ -363,12 +363,13 @@ async fn write_tier(
     let node_selector = json(serde_json::to_string(&tier.scheduling.node_selector))?;
     let tolerations = json(serde_json::to_string(&tier.scheduling.tolerations))?;
     sqlx::query(
-        "INSERT INTO tiers (name, rate_limit_rps, rate_limit_burst, priority_class, node_selector, tolerations, pod_security)
-         VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7)
+        "INSERT INTO tiers (name, rate_limit_rps, rate_limit_burst, priority_class, node_selector, tolerations, pod_security, network_isolation)
+         VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8)
          ON CONFLICT (name) DO UPDATE SET
            rate_limit_rps = EXCLUDED.rate_limit_rps, rate_limit_burst = EXCLUDED.rate_limit_burst,
            priority_class = EXCLUDED.priority_class, node_selector = EXCLUDED.node_selector,
-           tolerations = EXCLUDED.tolerations, pod_security = EXCLUDED.pod_security",
+           tolerations = EXCLUDED.tolerations, pod_security = EXCLUDED.pod_security,
+           network_isolation = EXCLUDED.network_isolation",
     )
     .bind(name)
     .bind(tier.rate_limit.map(|r| r.requests_per_second as i32))
@@ -377,6 +378,7 @@ async fn write_tier(
     .bind(node_selector)
     .bind(tolerations)
     .bind(tier.pod_security.as_str())
+    .bind(tier.network_isolation.as_str())
     .execute(&mut **tx)
     .await
     .map_err(query_error("writing a tier"))?;
@@ -468,12 +470,7 @@ async fn write_tenant(
             .await
             .map_err(query_error("writing a team namespace"))?;
         }
-        let members = Members {
-            users: spec.users.clone(),
-            groups: spec.groups.clone(),
-            serviceaccounts: spec.serviceaccounts.clone(),
-        };
-        write_members(tx, id, team, &members).await?;
+        write_members(tx, id, team, &spec.members()).await?;
     }
     Ok(())
 }
@@ -484,25 +481,30 @@ async fn write_members(
     team: &str,
     members: &Members,
 ) -> Result<(), PostgresError> {
-    let kinds = [
-        ("user", &members.users),
-        ("group", &members.groups),
-        ("serviceaccount", &members.serviceaccounts),
-    ];
-    for (kind, names) in kinds {
-        for name in names {
-            sqlx::query(
-                "INSERT INTO members (tenant, team, kind, name) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(tenant)
-            .bind(team)
-            .bind(kind)
-            .bind(name)
-            .execute(&mut **tx)
-            .await
-            .map_err(query_error("writing a member"))?;
+    // One row per identity: listed under several roles, it keeps the strongest.
+    let mut strongest: BTreeMap<(&str, &str), Role> = BTreeMap::new();
+    for (role, users, groups, sas) in members.by_role() {
+        let kinds = [("user", users), ("group", groups), ("serviceaccount", sas)];
+        for (kind, names) in kinds {
+            for name in names {
+                let r = strongest.entry((kind, name.as_str())).or_insert(role);
+                *r = (*r).max(role);
+            }
         }
+    }
+    for ((kind, name), role) in strongest {
+        sqlx::query(
+            "INSERT INTO members (tenant, team, kind, name, role) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tenant, team, kind, name) DO UPDATE SET role = EXCLUDED.role",
+        )
+        .bind(tenant)
+        .bind(team)
+        .bind(kind)
+        .bind(name)
+        .bind(role.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(query_error("writing a member"))?;
     }
     Ok(())
 }
@@ -520,7 +522,8 @@ where
 
     let rows = sqlx::query(
         "SELECT name, rate_limit_rps, rate_limit_burst, priority_class,
-                node_selector::text AS node_selector, tolerations::text AS tolerations, pod_security
+                node_selector::text AS node_selector, tolerations::text AS tolerations, pod_security,
+                network_isolation
          FROM tiers",
     )
     .fetch_all(&mut *tx)
@@ -532,7 +535,14 @@ where
         let node_selector: String = row.get("node_selector");
         let tolerations: String = row.get("tolerations");
         let pod_security: String = row.get("pod_security");
+        let network_isolation: String = row.get("network_isolation");
         let tier = TierSpec {
+            network_isolation: network_isolation.parse().map_err(|message| {
+                PostgresError::Column {
+                    column: "tiers.network_isolation",
+                    message,
+                }
+            })?,
             pod_security: pod_security
                 .parse()
                 .map_err(|message| PostgresError::Column {
@@ -631,24 +641,52 @@ where
             t.namespaces.push(ns);
         }
     }
-    let members: Vec<(String, String, String, String)> = sqlx::query_as(
-        "SELECT tenant, team, kind, name FROM members ORDER BY tenant, team, kind, name",
+    let members: Vec<(String, String, String, String, String)> = sqlx::query_as(
+        "SELECT tenant, team, kind, name, role FROM members ORDER BY tenant, team, kind, name",
     )
     .fetch_all(&mut *tx)
     .await
     .map_err(query_error("reading members"))?;
-    for (tenant, team, kind, name) in members {
+    for (tenant, team, kind, name, role) in members {
+        let role: Role = role.parse().map_err(|message| PostgresError::Column {
+            column: "members.role",
+            message,
+        })?;
         let Some(t) = file.tenants.get_mut(&tenant) else {
             continue;
         };
         let (users, groups, sas) = if team.is_empty() {
             let m = &mut t.members;
-            (&mut m.users, &mut m.groups, &mut m.serviceaccounts)
+            match role {
+                Role::Developer => (&mut m.users, &mut m.groups, &mut m.serviceaccounts),
+                Role::Admin => (
+                    &mut m.admins.users,
+                    &mut m.admins.groups,
+                    &mut m.admins.serviceaccounts,
+                ),
+                Role::Viewer => (
+                    &mut m.viewers.users,
+                    &mut m.viewers.groups,
+                    &mut m.viewers.serviceaccounts,
+                ),
+            }
         } else {
             let Some(m) = t.teams.get_mut(&team) else {
                 continue;
             };
-            (&mut m.users, &mut m.groups, &mut m.serviceaccounts)
+            match role {
+                Role::Developer => (&mut m.users, &mut m.groups, &mut m.serviceaccounts),
+                Role::Admin => (
+                    &mut m.admins.users,
+                    &mut m.admins.groups,
+                    &mut m.admins.serviceaccounts,
+                ),
+                Role::Viewer => (
+                    &mut m.viewers.users,
+                    &mut m.viewers.groups,
+                    &mut m.viewers.serviceaccounts,
+                ),
+            }
         };
         match kind.as_str() {
             "user" => users.push(name),

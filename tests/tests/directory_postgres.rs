@@ -34,20 +34,22 @@ fn summary(d: &Directory) -> Vec<String> {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         out.push(format!(
-            "{} tier={} status={} client={:?} ns={:?} limits={limits:?} sched={:?} rate={:?}",
+            "{} tier={} status={} client={:?} ns={:?} limits={limits:?} sched={:?} rate={:?} pss={} net={}",
             t.id,
             t.tier.name,
             t.status,
             t.client.as_ref().map(|c| c.id.to_string()),
             t.namespaces,
             t.tier.scheduling,
-            t.tier.rate_limit
+            t.tier.rate_limit,
+            t.tier.pod_security.as_str(),
+            t.tier.network_isolation.as_str()
         ));
         for team in &t.teams {
             out.push(format!("{}/{} ns={:?}", t.id, team.name, team.namespaces));
         }
     }
-    for user in ["alice", "bob", "peter", "nobody"] {
+    for user in ["alice", "bob", "dana", "peter", "nobody"] {
         out.push(format!("user {user}: {:?}", d.user_memberships(user)));
     }
     out.push(format!(

@@ -129,6 +129,7 @@ struct Types {
     service_account: EntityTypeName,
     group: EntityTypeName,
     team: EntityTypeName,
+    role: EntityTypeName,
     tenant: EntityTypeName,
     client: EntityTypeName,
     object: EntityTypeName,
@@ -143,6 +144,7 @@ static TYPES: LazyLock<Types> = LazyLock::new(|| {
         service_account: t("ServiceAccount"),
         group: t("Group"),
         team: t("Team"),
+        role: t("Role"),
         tenant: t("Tenant"),
         client: t("Client"),
         object: t("Object"),
@@ -278,7 +280,7 @@ fn amounts_record(a: &Amounts) -> Result<RestrictedExpression, TranslateError> {
     .map_err(internal)
 }
 
-/// The principal's ancestors: its groups, and the teams, tenants and clients above them.
+/// The principal's ancestors: its groups, and the roles, teams, tenants and clients above them.
 struct PrincipalBuilder<'a> {
     directory: &'a Directory,
     tenants: BTreeSet<Arc<str>>,
@@ -290,10 +292,16 @@ impl PrincipalBuilder<'_> {
         for m in memberships {
             self.tenants.insert(m.tenant.clone());
             self.parents.insert(uid(&TYPES.tenant, &m.tenant));
-            if let Some(team) = &m.team {
-                self.parents
-                    .insert(uid(&TYPES.team, &format!("{}/{}", m.tenant, team)));
-            }
+            // Roles are `Role::"<tenant>/<role>"` and `Role::"<tenant>/<team>/<role>"`.
+            let role = match &m.team {
+                Some(team) => {
+                    self.parents
+                        .insert(uid(&TYPES.team, &format!("{}/{}", m.tenant, team)));
+                    format!("{}/{}/{}", m.tenant, team, m.role)
+                }
+                None => format!("{}/{}", m.tenant, m.role),
+            };
+            self.parents.insert(uid(&TYPES.role, &role));
             if let Some(client) = self
                 .directory
                 .tenant(&m.tenant)
@@ -384,6 +392,7 @@ pub fn translate(
             builder.add(&[Membership {
                 tenant: home.tenant.id.clone(),
                 team: home.team.cloned(),
+                role: tenantry_tenancy::model::Role::Developer,
             }]);
         }
         let attrs = HashMap::from([

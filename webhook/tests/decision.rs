@@ -474,3 +474,45 @@ fn transparent_mode_injects_the_redirect_init_container_first() {
             .contains(&"enforcer-required".to_string())
     );
 }
+
+#[test]
+fn policies_can_read_a_members_role() {
+    use tenantry_webhook::review::{self, Identity, Write};
+    let (schema, mut policies) = embedded::policy_sources();
+    policies.push(SourceFile {
+        path: "viewers.cedar".into(),
+        text: "@id(\"viewers-read-only\")\n@message(\"acme's viewers only read\")\nforbid (principal in Role::\"acme/viewer\", action in [Action::\"create\", Action::\"update\", Action::\"delete\"], resource);\n".into(),
+    });
+    let mut file = embedded::directory().unwrap().source().clone();
+    let acme = file.tenants.get_mut("acme").unwrap();
+    acme.members.viewers.users.push("carol".into());
+    let w = World {
+        directory: Directory::build(file, 2).unwrap(),
+        policies: PolicyEngine::from_sources(&schema, &policies).unwrap(),
+        injection: InjectionConfig::default(),
+        boundary: tenantry_webhook::Boundary::default(),
+    };
+    let write = |user: &str| Write {
+        object: json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}),
+        old: None,
+        identity: Identity {
+            user: user.into(),
+            groups: vec![],
+        },
+        namespace: Some("acme-prod".into()),
+        operation: tenantry_webhook::Operation::Create,
+        dry_run: false,
+        subresource: None,
+        name: None,
+    };
+    let carol = review::admission_request(&write("carol"), "uid-carol").unwrap();
+    let (_, v, _) = w.admit(&carol);
+    assert_eq!(v.denied_by, ["viewers-read-only"], "{:?}", v.response);
+    let alice = review::admission_request(&write("alice"), "uid-alice").unwrap();
+    let (_, v, _) = w.admit(&alice);
+    assert!(
+        v.response.allowed,
+        "a developer of acme writes: {:?}",
+        v.response
+    );
+}
