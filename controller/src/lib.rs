@@ -4,6 +4,11 @@
 //!
 //! [`desired::desired`] is the heart of it: a pure function from a directory snapshot (and the
 //! self-service namespaces observed in the cluster) to every object Tenantry owns, table-tested
-//! like the webhook's translation. Applying it to a cluster comes next.
+//! like the webhook's translation. [`apply`] makes the cluster so with server-side apply under
+//! one field manager, pruning only what Tenantry manages; [`run`] is the process: the directory
+//! followed from Postgres or a file, one active replica through a Lease, a reconcile on every
+//! directory change, on every change to a managed object (drift) and on a resync period.
 
+pub mod apply;
 pub mod desired;
+pub mod run;

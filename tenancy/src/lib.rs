@@ -5,6 +5,7 @@
 //! with LISTEN/NOTIFY) and the [`DirectoryStore`] that serves the current one; and the Cedar
 //! [`PolicyEngine`]. The webhook and the enforcer depend on this crate and never on each other.
 
+pub mod config;
 pub mod directory;
 pub mod embedded;
 pub mod model;

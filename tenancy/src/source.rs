@@ -112,6 +112,53 @@ pub fn directory_from_yaml(text: &str, origin: &Path) -> Result<Directory, Sourc
     })
 }
 
+/// Follows a tenants file: every `every`, reloads it if it changed and publishes the new
+/// snapshot; a broken file is logged and the last good snapshot stays (and stays fresh: the
+/// file is broken, not unreachable, so the last snapshot is what the operator last had working).
+/// `reloaded` hears whether each reload succeeded.
+pub async fn follow_file(
+    path: std::path::PathBuf,
+    store: std::sync::Arc<crate::DirectoryStore>,
+    every: std::time::Duration,
+    reloaded: impl Fn(bool),
+) {
+    let stamp = |p: &Path| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    };
+    let mut last = stamp(&path);
+    let mut version = store.current().version();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let now = stamp(&path);
+        if now == last {
+            store.record_fresh();
+            continue;
+        }
+        last = now;
+        match load_file(&path) {
+            Ok(loaded) => {
+                // Files carry no version; count reloads so metrics show the change.
+                version += 1;
+                let loaded = loaded.with_version(version);
+                tracing::info!(
+                    tenants = loaded.tenant_count(),
+                    version,
+                    "tenants file reloaded"
+                );
+                store.publish(loaded);
+                reloaded(true);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "tenants file not reloaded; the last good snapshot stays");
+                store.record_fresh();
+                reloaded(false);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,8 @@
 /// The loopback HTTP(S) client the demo and load harness use too.
 pub use tenantry_certs::client as https;
 
+pub mod api_server;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

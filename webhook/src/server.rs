@@ -170,24 +170,7 @@ impl Config {
     }
 }
 
-/// `250ms`, `30s`, `5m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = s.trim().split_at(
-        s.trim()
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(s.trim().len()),
-    );
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 30s, 5m)"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("`{s}` is not a duration (e.g. 500ms, 30s, 5m)")),
-    }
-}
+pub use tenantry_tenancy::config::parse_duration;
 
 /// What every request reads. Cheap to share; each request loads the current snapshots once.
 #[derive(Debug)]
@@ -1052,44 +1035,14 @@ async fn watch_tenants_file(
     metrics: Arc<Metrics>,
     every: Duration,
 ) {
-    let mut last = file_stamp(&path);
-    let mut version = directory.current().version();
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        let now = file_stamp(&path);
-        if now == last {
-            directory.record_fresh();
-            continue;
-        }
-        last = now;
-        match tenantry_tenancy::source::load_file(&path) {
-            Ok(loaded) => {
-                // Files carry no version; count reloads so metrics show the change.
-                version += 1;
-                let loaded = loaded.with_version(version);
-                info!(
-                    tenants = loaded.tenant_count(),
-                    version, "tenants file reloaded"
-                );
-                directory.publish(loaded);
-                metrics
-                    .tenants_reloads
-                    .get_or_create(&ResultLabels { result: "ok" })
-                    .inc();
-            }
-            Err(e) => {
-                error!(error = %e, "tenants file not reloaded; the last good snapshot stays");
-                metrics
-                    .tenants_reloads
-                    .get_or_create(&ResultLabels { result: "error" })
-                    .inc();
-                // The file is broken, not unreachable: the last snapshot is still what the
-                // operator last had working, so it stays fresh.
-                directory.record_fresh();
-            }
-        }
-    }
+    tenantry_tenancy::source::follow_file(path, directory, every, move |ok| {
+        let result = if ok { "ok" } else { "error" };
+        metrics
+            .tenants_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    })
+    .await;
 }
 
 async fn watch_policies(policies: Arc<PolicyStore>, metrics: Arc<Metrics>, every: Duration) {

@@ -2,148 +2,37 @@
 //! in-process API server that lists objects and streams watch events exactly as the API server's
 //! list and watch endpoints do, and the real HTTPS webhook deciding on what the watches saw.
 //!
-//! The API server is a second real implementation, not a mock: it speaks HTTP, answers lists
-//! with a resourceVersion, streams `{"type": …, "object": …}` lines to watchers, and answers 404
-//! for kinds whose CRDs are not installed (the Gateway API here).
+//! The API server is `tenantry_tests::api_server`, a second real implementation, not a mock: it
+//! speaks HTTP, answers lists with a resourceVersion, streams `{"type": …, "object": …}` lines
+//! to watchers, and answers 404 for kinds whose CRDs are not installed (the Gateway API here).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-use std::collections::HashMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::body::Frame;
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
+use tenantry_tests::api_server::ApiServer;
 use tenantry_tests::https::Client;
 use tenantry_webhook::server::{self, AppState};
 use tenantry_webhook::{cluster, embedded};
-use tokio::sync::mpsc;
 
-type Body = BoxBody<Bytes, Infallible>;
-
-/// Collections by path (`/api/v1/pods`), with their watchers.
-#[derive(Default)]
-struct Store {
-    items: HashMap<String, Vec<Value>>,
-    watchers: HashMap<String, Vec<mpsc::UnboundedSender<Bytes>>>,
-    version: u64,
-}
-
-#[derive(Clone, Default)]
-struct FakeApiServer {
-    store: Arc<Mutex<Store>>,
-}
-
-/// The collection path an object lives under, cluster-wide (how the webhook watches).
+/// The cluster-wide collection an object lives under (how the webhook watches).
 fn collection(object: &Value) -> String {
     let api_version = object["apiVersion"].as_str().unwrap();
     let kind = object["kind"].as_str().unwrap();
     let (_, plural) = tenantry_webhook::usage::resource_of(api_version, kind);
-    if api_version.contains('/') {
-        format!("/apis/{api_version}/{plural}")
-    } else {
-        format!("/api/{api_version}/{plural}")
-    }
+    ApiServer::collection_of(object, &plural)
 }
 
-impl FakeApiServer {
-    fn seed(&self, mut object: Value) {
-        let mut s = self.store.lock().unwrap();
-        s.version += 1;
-        object["metadata"]["resourceVersion"] = json!(s.version.to_string());
-        s.items.entry(collection(&object)).or_default().push(object);
-    }
-
-    /// Applies a change and streams it to the collection's watchers, as etcd would.
-    fn event(&self, kind: &str, mut object: Value) {
-        let mut s = self.store.lock().unwrap();
-        s.version += 1;
-        object["metadata"]["resourceVersion"] = json!(s.version.to_string());
-        let path = collection(&object);
-        let name = object["metadata"]["name"].clone();
-        let namespace = object["metadata"]["namespace"].clone();
-        let items = s.items.entry(path.clone()).or_default();
-        items.retain(|o| o["metadata"]["name"] != name || o["metadata"]["namespace"] != namespace);
-        if kind != "DELETED" {
-            items.push(object.clone());
-        }
-        let line = format!("{}\n", json!({"type": kind, "object": object}));
-        for w in s.watchers.entry(path).or_default() {
-            let _ = w.send(Bytes::from(line.clone()));
-        }
-    }
-
-    fn respond(&self, req: &Request<hyper::body::Incoming>) -> Response<Body> {
-        let path = req.uri().path().to_string();
-        let query = req.uri().query().unwrap_or("");
-        if path.starts_with("/apis/gateway.networking.k8s.io/") {
-            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                "message": "the server could not find the requested resource", "reason": "NotFound", "code": 404});
-            return Response::builder()
-                .status(404)
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(status.to_string())).boxed())
-                .unwrap();
-        }
-        let mut s = self.store.lock().unwrap();
-        if query
-            .split('&')
-            .any(|p| p == "watch=true" || p == "watch=1")
-        {
-            let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
-            s.watchers.entry(path).or_default().push(tx);
-            let stream = futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv()
-                    .await
-                    .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
-            });
-            return Response::builder()
-                .header("content-type", "application/json")
-                .body(BodyExt::boxed(StreamBody::new(stream)))
-                .unwrap();
-        }
-        let list = json!({"kind": "List", "apiVersion": "v1",
-            "metadata": {"resourceVersion": s.version.to_string()},
-            "items": s.items.get(&path).cloned().unwrap_or_default()});
-        Response::builder()
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(list.to_string())).boxed())
-            .unwrap()
-    }
-
-    async fn serve(self) -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let api = self.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let api = api.clone();
-                        async move { Ok::<_, Infallible>(api.respond(&req)) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        addr
-    }
+/// Stores an object (before the watches start, or as a watch event after).
+fn event(api: &ApiServer, kind: &str, object: Value) {
+    api.event(&collection(&object), kind, object);
 }
 
 struct World {
-    api: FakeApiServer,
+    api: ApiServer,
     state: Arc<AppState>,
     hook: server::LocalWebhook,
     client: Client,
@@ -151,11 +40,13 @@ struct World {
 
 /// The example directory, a webhook watching the fake API server, and its HTTPS endpoint.
 async fn world(seed: Vec<Value>) -> World {
-    let api = FakeApiServer::default();
+    let api = ApiServer::new();
+    // The Gateway API's CRDs are not installed here.
+    api.missing("/apis/gateway.networking.k8s.io/");
     for object in seed {
-        api.seed(object);
+        event(&api, "ADDED", object);
     }
-    let addr = api.clone().serve().await;
+    let addr = api.serve().await.unwrap();
     let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
     let client = kube::Client::try_from(config).unwrap();
     let mut state = AppState::local(
@@ -287,7 +178,8 @@ async fn hosts_are_held_per_object_and_follow_watch_events() {
     );
 
     // globex deletes one of the two Ingresses serving the host: it is still globex's.
-    w.api.event(
+    event(
+        &w.api,
         "DELETED",
         ingress("shop-a", "globex-prod", "shop.globex.example"),
     );
@@ -296,7 +188,8 @@ async fn hosts_are_held_per_object_and_follow_watch_events() {
     assert!(!allowed, "still served by shop-b: {message}");
 
     // The other moves to a new host: the old one is free at once, the new one is held.
-    w.api.event(
+    event(
+        &w.api,
         "MODIFIED",
         ingress("shop-b", "globex-prod", "new.globex.example"),
     );
@@ -392,6 +285,6 @@ async fn a_create_the_api_server_refuses_as_a_duplicate_holds_no_quota() {
     assert!(!allowed && message.contains("quota-pods"), "{message}");
     let mut tenth = existing.clone();
     tenth["metadata"]["name"] = json!("tenth");
-    w.api.event("ADDED", tenth);
+    event(&w.api, "ADDED", tenth);
     w.settle(|s| s.ledger.reservations() == 0).await;
 }

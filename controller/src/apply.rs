@@ -1,0 +1,252 @@
+//! Applying the desired state: server-side apply under one field manager, then pruning what
+//! Tenantry manages and no longer wants. Objects without the `managed-by: tenantry` label are
+//! never touched: ownership is recorded by Tenantry, not inferred from labels tenants set.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::scheduling::v1::PriorityClass;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tenantry_tenancy::Directory;
+use thiserror::Error;
+
+use crate::desired::{self, DesiredState, LABEL_TENANT, MANAGED_BY, MANAGER, Options};
+
+/// The field manager of every object Tenantry applies.
+pub const FIELD_MANAGER: &str = "tenantry-controller";
+
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error("cannot apply {kind} `{name}`: {source}")]
+    Apply {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot list {kind}: {source}")]
+    List {
+        kind: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot delete {kind} `{name}`: {source}")]
+    Delete {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// What one reconcile did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub applied: usize,
+    pub pruned: usize,
+}
+
+fn selector() -> ListParams {
+    ListParams::default().labels(&format!("{MANAGED_BY}={MANAGER}"))
+}
+
+async fn apply<K>(api: &Api<K>, object: &K) -> Result<(), ApplyError>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    // `force`: the directory is the truth; a field someone else changed is taken back.
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(&name, &params, &Patch::Apply(object))
+        .await
+        .map(|_| ())
+        .map_err(|source| ApplyError::Apply {
+            kind: std::any::type_name::<K>()
+                .rsplit("::")
+                .next()
+                .unwrap_or("object")
+                .to_string(),
+            name,
+            source,
+        })
+}
+
+/// Deletes objects of kind `K` that carry Tenantry's label but are not in `wanted`
+/// (`(namespace, name)`; namespace empty for cluster-scoped kinds). `scoped` gives the API to
+/// delete through for an object's namespace.
+async fn prune<K>(
+    api: Api<K>,
+    scoped: impl Fn(&str) -> Api<K>,
+    wanted: &BTreeSet<(String, String)>,
+) -> Result<usize, ApplyError>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    let listed = api
+        .list(&selector())
+        .await
+        .map_err(|source| ApplyError::List {
+            kind: kind.clone(),
+            source,
+        })?;
+    let mut pruned = 0;
+    for object in listed.items {
+        let key = (object.namespace().unwrap_or_default(), object.name_any());
+        if wanted.contains(&key) {
+            continue;
+        }
+        match scoped(&key.0)
+            .delete(&key.1, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => pruned += 1,
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(ApplyError::Delete {
+                    kind: kind.clone(),
+                    name: format!("{}/{}", key.0, key.1),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(pruned)
+}
+
+/// Self-service namespaces in the cluster: those labelled for a tenant whose prefix they carry
+/// (the webhook stamped them when the tenant created them), not listed for anyone.
+pub async fn self_service_namespaces(
+    client: &Client,
+    directory: &Directory,
+) -> Result<BTreeMap<String, String>, ApplyError> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let listed = api
+        .list(&ListParams::default().labels(LABEL_TENANT))
+        .await
+        .map_err(|source| ApplyError::List {
+            kind: "Namespace".to_string(),
+            source,
+        })?;
+    let mut out = BTreeMap::new();
+    for ns in listed.items {
+        let name = ns.name_any();
+        let Some(label) = ns.labels().get(LABEL_TENANT) else {
+            continue;
+        };
+        if directory.listed_owner(&name).is_some() {
+            continue;
+        }
+        if directory
+            .prefix_owner(&name)
+            .is_some_and(|o| *o.tenant.id == **label)
+        {
+            out.insert(name, label.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Applies everything `state` wants, then prunes what Tenantry manages and no longer wants.
+/// Namespaces are never pruned: deleting a tenant's data is the lifecycle's explicit step.
+pub async fn apply_state(client: &Client, state: &DesiredState) -> Result<Report, ApplyError> {
+    let mut report = Report::default();
+    let classes: Api<PriorityClass> = Api::all(client.clone());
+    for class in &state.priority_classes {
+        apply(&classes, class).await?;
+        report.applied += 1;
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut wanted: BTreeMap<&'static str, BTreeSet<(String, String)>> = BTreeMap::new();
+    for n in &state.namespaces {
+        apply(&namespaces, &n.namespace).await?;
+        let ns = n.namespace.name_any();
+        apply(
+            &Api::<NetworkPolicy>::namespaced(client.clone(), &ns),
+            &n.network_policy,
+        )
+        .await?;
+        apply(
+            &Api::<LimitRange>::namespaced(client.clone(), &ns),
+            &n.limit_range,
+        )
+        .await?;
+        apply(
+            &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
+            &n.service_account,
+        )
+        .await?;
+        report.applied += 4;
+        let bindings = Api::<RoleBinding>::namespaced(client.clone(), &ns);
+        for binding in &n.role_bindings {
+            apply(&bindings, binding).await?;
+            report.applied += 1;
+            wanted
+                .entry("RoleBinding")
+                .or_default()
+                .insert((ns.clone(), binding.name_any()));
+        }
+        for (kind, name) in [
+            ("NetworkPolicy", desired::ISOLATION),
+            ("LimitRange", desired::DEFAULTS),
+            ("ServiceAccount", desired::AUTOMATION),
+        ] {
+            wanted
+                .entry(kind)
+                .or_default()
+                .insert((ns.clone(), name.to_string()));
+        }
+    }
+    let empty = BTreeSet::new();
+    let want = |kind: &str| wanted.get(kind).unwrap_or(&empty);
+    let c = client.clone();
+    report.pruned += prune(
+        Api::<RoleBinding>::all(c.clone()),
+        |ns| Api::namespaced(c.clone(), ns),
+        want("RoleBinding"),
+    )
+    .await?;
+    report.pruned += prune(
+        Api::<NetworkPolicy>::all(c.clone()),
+        |ns| Api::namespaced(c.clone(), ns),
+        want("NetworkPolicy"),
+    )
+    .await?;
+    report.pruned += prune(
+        Api::<LimitRange>::all(c.clone()),
+        |ns| Api::namespaced(c.clone(), ns),
+        want("LimitRange"),
+    )
+    .await?;
+    report.pruned += prune(
+        Api::<ServiceAccount>::all(c.clone()),
+        |ns| Api::namespaced(c.clone(), ns),
+        want("ServiceAccount"),
+    )
+    .await?;
+    let classes_wanted: BTreeSet<(String, String)> = state
+        .priority_classes
+        .iter()
+        .map(|c| (String::new(), c.name_any()))
+        .collect();
+    report.pruned += prune(classes.clone(), |_| classes.clone(), &classes_wanted).await?;
+    Ok(report)
+}
+
+/// One reconcile: read the world fresh, compute what it should be, make it so.
+pub async fn reconcile(
+    client: &Client,
+    directory: &Directory,
+    options: &Options,
+) -> Result<Report, ApplyError> {
+    let self_service = self_service_namespaces(client, directory).await?;
+    let state = desired::desired(directory, &self_service, options);
+    apply_state(client, &state).await
+}
