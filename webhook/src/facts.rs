@@ -36,6 +36,8 @@ pub struct ObjectFacts {
     pub service: ServiceFacts,
     /// A Namespace write touches a protected label or annotation.
     pub namespace_security_changed: bool,
+    /// The object is (or was, before this write) one the provisioning controller manages.
+    pub managed_by_tenantry: bool,
     /// Where the volume a claim names stands (see [`volume_claim`]).
     pub volume_claim: &'static str,
 }
@@ -285,6 +287,22 @@ fn volume_claim(
     }
 }
 
+/// The label the provisioning controller puts on everything it manages.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tenantry");
+
+/// Whether the object under review is, or was before this write, managed by the provisioning
+/// controller: a write that removes the label is as much a change to a managed object as one
+/// that keeps it. Subresource bodies are judged by their parent's labels where they carry them.
+fn managed_by_tenantry(req: &AdmissionRequest) -> bool {
+    let carries = |v: &Value| {
+        v.pointer("/metadata/labels")
+            .and_then(|l| l.get(MANAGED_BY.0))
+            .and_then(Value::as_str)
+            == Some(MANAGED_BY.1)
+    };
+    carries(&req.object) || carries(&req.old_object)
+}
+
 /// Whether a Namespace write sets, changes or removes a label or annotation under one of the
 /// operator's protected prefixes (`pod-security.kubernetes.io/`).
 fn namespace_security_changed(boundary: &Boundary, req: &AdmissionRequest) -> bool {
@@ -332,6 +350,7 @@ pub fn object_facts(
     let pod = pod_facts(inputs, req, owner.as_ref())?;
     let service = service_facts(req);
     let namespace_security_changed = namespace_security_changed(inputs.boundary, req);
+    let managed_by_tenantry = managed_by_tenantry(req);
     let volume_claim = volume_claim(inputs, req, owner.as_ref());
 
     Ok(ObjectFacts {
@@ -344,6 +363,7 @@ pub fn object_facts(
         pod,
         service,
         namespace_security_changed,
+        managed_by_tenantry,
         volume_claim,
     })
 }

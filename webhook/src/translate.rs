@@ -517,6 +517,10 @@ pub fn translate(
             RestrictedExpression::new_bool(facts.namespace_security_changed),
         ),
         ("volume_claim".to_string(), string(facts.volume_claim)),
+        (
+            "managed_by_tenantry".to_string(),
+            RestrictedExpression::new_bool(facts.managed_by_tenantry),
+        ),
     ]);
     let mut parents = HashSet::new();
     if let Some(o) = &facts.owner {
