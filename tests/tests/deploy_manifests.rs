@@ -1328,16 +1328,15 @@ fn rbac_is_exactly_what_the_server_needs() {
         };
 
         // Cluster-wide: watch the usage kinds, patch the two webhook configurations.
-        let roles = b.all::<ClusterRole>();
-        assert_eq!(roles.len(), 1, "{origin}: one ClusterRole");
-        let role = &roles[0];
         let bindings = b.all::<ClusterRoleBinding>();
-        assert!(
-            bindings.iter().any(|rb| rb.role_ref.kind == "ClusterRole"
-                && Some(&rb.role_ref.name) == role.metadata.name.as_ref()
-                && sa_subject(&rb.subjects)),
-            "{origin}: the ClusterRole is bound to the webhook's ServiceAccount"
-        );
+        let bound: Vec<&String> = bindings
+            .iter()
+            .filter(|rb| rb.role_ref.kind == "ClusterRole" && sa_subject(&rb.subjects))
+            .map(|rb| &rb.role_ref.name)
+            .collect();
+        assert_eq!(bound.len(), 1, "{origin}: one ClusterRole for the webhook");
+        let role = b.one::<ClusterRole>(bound[0]);
+        let role = &role;
         let have = grants(role.rules.as_deref().unwrap_or_default(), &origin);
         let mut want = BTreeSet::new();
         for (group, _version, resource) in contract::WATCHED_RESOURCES {
@@ -1365,9 +1364,18 @@ fn rbac_is_exactly_what_the_server_needs() {
         );
 
         // In tenantry-system: read and create the TLS Secret, nothing else.
+        let role_bindings = b.all::<RoleBinding>();
+        let bound: Vec<&String> = role_bindings
+            .iter()
+            .filter(|rb| rb.role_ref.kind == "Role" && sa_subject(&rb.subjects))
+            .map(|rb| &rb.role_ref.name)
+            .collect();
+        assert_eq!(bound.len(), 1, "{origin}: one Role for the webhook");
         let roles = b.all::<Role>();
-        assert_eq!(roles.len(), 1, "{origin}: one Role");
-        let role = &roles[0];
+        let role = roles
+            .iter()
+            .find(|r| r.metadata.name.as_ref() == Some(bound[0]))
+            .unwrap();
         assert_eq!(
             role.metadata.namespace.as_deref(),
             Some(contract::NAMESPACE)
@@ -1660,4 +1668,100 @@ fn only_the_api_server_reaches_the_webhook_and_only_the_webhook_reaches_redis() 
             }
         }
     }
+}
+
+#[test]
+fn the_controller_gets_exactly_what_it_provisions() {
+    use tenantry_controller_grants::*;
+    for b in builds() {
+        let origin = b.root.display().to_string();
+        let d = b.one::<Deployment>("tenantry-controller");
+        let spec = pod_spec(&d);
+        let account = spec.service_account_name.clone().unwrap();
+        let bound_to_controller = |subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
+            subjects.iter().flatten().any(|s| {
+                s.kind == "ServiceAccount"
+                    && s.name == account
+                    && s.namespace.as_deref() == Some(contract::NAMESPACE)
+            })
+        };
+        let mut have = BTreeSet::new();
+        for rb in b.all::<ClusterRoleBinding>() {
+            if rb.role_ref.kind == "ClusterRole" && bound_to_controller(&rb.subjects) {
+                let role = b.one::<ClusterRole>(&rb.role_ref.name);
+                have.extend(grants(role.rules.as_deref().unwrap_or_default(), &origin));
+            }
+        }
+        let mut want = BTreeSet::new();
+        for (group, resource) in PROVISIONED {
+            for verb in VERBS {
+                want.insert(grant(group, resource, verb, ""));
+            }
+        }
+        for role in ["admin", "edit", "view"] {
+            want.insert(grant(
+                "rbac.authorization.k8s.io",
+                "clusterroles",
+                "bind",
+                role,
+            ));
+        }
+        assert_eq!(have, want, "{origin}: the controller's cluster-wide grants");
+        let mut lease = BTreeSet::new();
+        for rb in b.all::<RoleBinding>() {
+            if rb.role_ref.kind == "Role" && bound_to_controller(&rb.subjects) {
+                let roles = b.all::<Role>();
+                let role = roles
+                    .iter()
+                    .find(|r| r.metadata.name.as_ref() == Some(&rb.role_ref.name))
+                    .unwrap();
+                assert_eq!(
+                    role.metadata.namespace.as_deref(),
+                    Some(contract::NAMESPACE)
+                );
+                lease.extend(grants(role.rules.as_deref().unwrap_or_default(), &origin));
+            }
+        }
+        assert!(
+            lease
+                .iter()
+                .all(|g| g.1 == "leases" && g.0 == "coordination.k8s.io"),
+            "{origin}: in tenantry-system the controller touches only its Lease: {lease:?}"
+        );
+        // Its tenant source is the webhook's.
+        let c = &spec.containers[0];
+        let env = resolved_env(&b, contract::NAMESPACE, c);
+        let webhook_env = resolved_env(
+            &b,
+            contract::NAMESPACE,
+            &webhook_container(&b.webhook_deployment()),
+        );
+        let tenants = |env: &[(String, String)]| {
+            env.iter()
+                .find(|(k, _)| k == "TENANTRY_TENANTS")
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            tenants(&env),
+            tenants(&webhook_env),
+            "{origin}: one tenant source"
+        );
+        assert!(
+            d.spec.replicas.unwrap_or(1) >= 2,
+            "{origin}: a standby replica"
+        );
+    }
+}
+
+/// What the controller provisions, and the verbs server-side apply and pruning need.
+mod tenantry_controller_grants {
+    pub const PROVISIONED: &[(&str, &str)] = &[
+        ("", "namespaces"),
+        ("", "serviceaccounts"),
+        ("", "limitranges"),
+        ("networking.k8s.io", "networkpolicies"),
+        ("rbac.authorization.k8s.io", "rolebindings"),
+        ("scheduling.k8s.io", "priorityclasses"),
+    ];
+    pub const VERBS: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
 }
