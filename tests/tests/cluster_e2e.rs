@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `TENANTRY_E2E_KUBECONFIG` | kubeconfig of a cluster admin (required to run) |
 //! | `TENANTRY_E2E_WEBHOOK_URL` | `https://HOST:PORT` at which the API server reaches this machine (required) |
-//! | `TENANTRY_E2E_WEBHOOK_BIN` | the server binary (default `target/debug/tenantry-webhook`) |
+//! | `TENANTRY_E2E_WEBHOOK_BIN` | the server binary (default `target/debug/tenantry-webhook`; `tenantry-controller` is taken from the same directory) |
 //! | `TENANTRY_E2E_SIDECAR_MODE` | `native` (default, Kubernetes ≥ 1.29) or `container` |
 //!
 //! The suite registers the *shipped* webhook rules from `deploy/base/webhooks.yaml`, narrowed
@@ -392,6 +392,16 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     panic!("timed out after 60s waiting until {what}");
 }
 
+/// A child process killed when the scenario ends, however it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The `@message` of the policy with `@id(id)` in policies/, which the webhook quotes on deny.
 fn policy_message(id: &str) -> String {
     let marker = format!("@id(\"{id}\")");
@@ -587,6 +597,88 @@ fn tenants_on_a_real_cluster() {
         &cluster.as_user_with("e2e-alice", &create, &capture),
         "service-external-ips",
     );
+
+    eprintln!("scenario: the provisioning controller isolates and binds the tenants' namespaces");
+    let controller_bin = cluster.config.binary.with_file_name("tenantry-controller");
+    assert!(
+        controller_bin.is_file(),
+        "{} not found: `cargo build -p tenantry-controller`",
+        controller_bin.display()
+    );
+    let controller = Command::new(&controller_bin)
+        .arg(format!(
+            "--tenants={}",
+            cluster.dir.join("tenants.yaml").display()
+        ))
+        .arg(format!(
+            "--kubeconfig={}",
+            cluster.config.kubeconfig.display()
+        ))
+        .arg(format!(
+            "--metrics-listen=127.0.0.1:{}",
+            free_port().unwrap()
+        ))
+        // The Lease lives in the suite's own namespace, removed with it.
+        .arg(format!("--lease-namespace={ACME_NS}"))
+        .arg("--lease-name=tenantry-e2e-controller")
+        .arg("--resync=5s")
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("cannot start the controller binary");
+    let _controller = KillOnDrop(controller);
+    let exists = |args: &[&str]| {
+        cluster
+            .command()
+            .args(args)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    eventually("the controller isolates acme's namespace", || {
+        exists(&["-n", ACME_NS, "get", "networkpolicy", "tenantry-isolation"])
+    });
+    eventually("the controller binds globex's developer", || {
+        cluster
+            .command()
+            .args([
+                "-n",
+                GLOBEX_NS,
+                "get",
+                "rolebinding",
+                "tenantry-developer",
+                "-o",
+                "jsonpath={.subjects[*].name}",
+            ])
+            .output()
+            .unwrap()
+            .stdout
+            .windows(b"e2e-bob".len())
+            .any(|w| w == b"e2e-bob")
+    });
+    let out = cluster
+        .as_user("e2e-alice", &[])
+        .args([
+            "-n",
+            ACME_NS,
+            "delete",
+            "networkpolicy",
+            "tenantry-isolation",
+        ])
+        .output()
+        .unwrap();
+    denied_with(&out, "tenantry-managed-objects");
+    cluster.kubectl(&[
+        "-n",
+        ACME_NS,
+        "delete",
+        "networkpolicy",
+        "tenantry-isolation",
+    ]);
+    eventually("the controller repairs the drift", || {
+        exists(&["-n", ACME_NS, "get", "networkpolicy", "tenantry-isolation"])
+    });
 
     eprintln!("scenario: a suspended tenant can no longer create objects");
     cluster.set_tenants("suspended");
