@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use tenantry_tenancy::{PostgresSource, Status, TenantSource};
+use tenantry_tenancy::{PostgresSource, Role, Status, TenantSource};
 
 use crate::inputs;
 
@@ -50,6 +50,59 @@ pub enum TenantsCommand {
         #[arg(long, env = "TENANTRY_TENANTS")]
         tenants: String,
     },
+    /// Make an identity a member of a tenant (or of one of its teams) with a role; run again to
+    /// change the role.
+    AddMember {
+        id: String,
+        #[command(flatten)]
+        identity: MemberIdentity,
+        /// admin (Kubernetes `admin`), developer (`edit`) or viewer (`view`).
+        #[arg(long, default_value = "developer")]
+        role: Role,
+        /// A team of the tenant: the member is bound in the team's namespaces only.
+        #[arg(long)]
+        team: Option<String>,
+        #[arg(long, env = "TENANTRY_TENANTS")]
+        tenants: String,
+    },
+    /// Remove a member from a tenant (or from one of its teams).
+    RemoveMember {
+        id: String,
+        #[command(flatten)]
+        identity: MemberIdentity,
+        #[arg(long)]
+        team: Option<String>,
+        #[arg(long, env = "TENANTRY_TENANTS")]
+        tenants: String,
+    },
+}
+
+/// Exactly one identity.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct MemberIdentity {
+    /// A Kubernetes user name.
+    #[arg(long)]
+    user: Option<String>,
+    /// A Kubernetes group.
+    #[arg(long)]
+    group: Option<String>,
+    /// A service account, `namespace:name`.
+    #[arg(long)]
+    serviceaccount: Option<String>,
+}
+
+impl MemberIdentity {
+    /// `(kind, name)` as the members table stores them.
+    fn kind_and_name(&self) -> (&'static str, &str) {
+        match (&self.user, &self.group, &self.serviceaccount) {
+            (Some(u), _, _) => ("user", u),
+            (_, Some(g), _) => ("group", g),
+            (_, _, Some(sa)) => ("serviceaccount", sa),
+            // clap's group makes one of the three required.
+            (None, None, None) => ("user", ""),
+        }
+    }
 }
 
 fn postgres_url(source: &str) -> Result<String> {
@@ -143,6 +196,36 @@ pub fn run(command: TenantsCommand) -> Result<ExitCode> {
         TenantsCommand::Resume { id, tenants } => with_postgres(&tenants, async |pg| {
             pg.set_status(&id, Status::Active).await?;
             println!("tenant `{id}` is active");
+            Ok(ExitCode::SUCCESS)
+        }),
+        TenantsCommand::AddMember {
+            id,
+            identity,
+            role,
+            team,
+            tenants,
+        } => with_postgres(&tenants, async |pg| {
+            let (kind, name) = identity.kind_and_name();
+            pg.set_member(&id, team.as_deref(), kind, name, role)
+                .await?;
+            let place = team.map_or(format!("tenant `{id}`"), |t| format!("team `{id}/{t}`"));
+            println!("{kind} `{name}` is a {role} of {place}");
+            Ok(ExitCode::SUCCESS)
+        }),
+        TenantsCommand::RemoveMember {
+            id,
+            identity,
+            team,
+            tenants,
+        } => with_postgres(&tenants, async |pg| {
+            let (kind, name) = identity.kind_and_name();
+            let place = team
+                .as_deref()
+                .map_or(format!("tenant `{id}`"), |t| format!("team `{id}/{t}`"));
+            if !pg.remove_member(&id, team.as_deref(), kind, name).await? {
+                bail!("{kind} `{name}` is not a member of {place}");
+            }
+            println!("{kind} `{name}` is no longer a member of {place}");
             Ok(ExitCode::SUCCESS)
         }),
     }

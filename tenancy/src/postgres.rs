@@ -52,6 +52,8 @@ pub enum PostgresError {
     UnknownTenant(String),
     #[error("unknown tier `{0}`")]
     UnknownTier(String),
+    #[error("tenant `{tenant}` has no team `{team}`")]
+    UnknownTeam { tenant: String, team: String },
     #[error("column `{column}` holds invalid JSON: {source}")]
     Json {
         column: &'static str,
@@ -220,6 +222,83 @@ impl PostgresSource {
             status.as_str(),
         )
         .await
+    }
+
+    /// Adds (or re-roles) a member of `tenant`, or of its `team`. `kind` is `user`, `group` or
+    /// `serviceaccount` (`namespace:name`).
+    pub async fn set_member(
+        &self,
+        tenant: &str,
+        team: Option<&str>,
+        kind: &str,
+        name: &str,
+        role: Role,
+    ) -> Result<(), PostgresError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_error("starting a transaction"))?;
+        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
+            .bind(tenant)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query_error("looking up the tenant"))?;
+        if exists.is_none() {
+            return Err(PostgresError::UnknownTenant(tenant.to_string()));
+        }
+        if let Some(team) = team {
+            let found: Option<String> =
+                sqlx::query_scalar("SELECT name FROM teams WHERE tenant = $1 AND name = $2")
+                    .bind(tenant)
+                    .bind(team)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(query_error("looking up the team"))?;
+            if found.is_none() {
+                return Err(PostgresError::UnknownTeam {
+                    tenant: tenant.to_string(),
+                    team: team.to_string(),
+                });
+            }
+        }
+        sqlx::query(
+            "INSERT INTO members (tenant, team, kind, name, role) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tenant, team, kind, name) DO UPDATE SET role = EXCLUDED.role",
+        )
+        .bind(tenant)
+        .bind(team.unwrap_or(""))
+        .bind(kind)
+        .bind(name)
+        .bind(role.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error("writing a member"))?;
+        // The directory must still be valid (a service account name, say): check before commit.
+        let (file, version) = read_file(&mut *tx).await?;
+        Directory::build(file, version)?;
+        tx.commit().await.map_err(query_error("committing"))
+    }
+
+    /// Removes a member of `tenant` (or of its `team`); returns whether there was one.
+    pub async fn remove_member(
+        &self,
+        tenant: &str,
+        team: Option<&str>,
+        kind: &str,
+        name: &str,
+    ) -> Result<bool, PostgresError> {
+        let done = sqlx::query(
+            "DELETE FROM members WHERE tenant = $1 AND team = $2 AND kind = $3 AND name = $4",
+        )
+        .bind(tenant)
+        .bind(team.unwrap_or(""))
+        .bind(kind)
+        .bind(name)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("removing a member"))?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn update_tenant(

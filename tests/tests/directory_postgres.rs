@@ -377,3 +377,103 @@ async fn a_watcher_holds_exactly_one_connection() {
     assert_eq!(others, 1, "the watcher's single connection");
     watcher.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_with_roles_reroled_and_removed() {
+    use tenantry_tenancy::Role;
+    let pg = Postgres::start().unwrap();
+    let source = migrated(&pg).await;
+    source.import(&example()).await.unwrap();
+    let store = Arc::new(DirectoryStore::unloaded());
+    let watcher = tokio::spawn(source.clone().watch(store.clone(), Duration::from_secs(30)));
+    wait_until(&store, Duration::from_secs(10), |d| {
+        d.tenant("acme").is_some()
+    })
+    .await;
+
+    // Through the same API `tenantry tenants add-member` uses.
+    source
+        .set_member("globex", None, "user", "erin", Role::Viewer)
+        .await
+        .unwrap();
+    source
+        .set_member(
+            "acme",
+            Some("backend"),
+            "group",
+            "backend-leads",
+            Role::Admin,
+        )
+        .await
+        .unwrap();
+    wait_until(&store, Duration::from_secs(5), |d| {
+        d.user_memberships("erin").first().map(|m| m.role) == Some(Role::Viewer)
+            && d.group_memberships("backend-leads")
+                .first()
+                .is_some_and(|m| m.role == Role::Admin && m.team.as_deref() == Some("backend"))
+    })
+    .await;
+    // Running it again changes the role: one row per identity.
+    source
+        .set_member("globex", None, "user", "erin", Role::Admin)
+        .await
+        .unwrap();
+    wait_until(&store, Duration::from_secs(5), |d| {
+        d.user_memberships("erin")
+            .iter()
+            .map(|m| m.role)
+            .collect::<Vec<_>>()
+            == [Role::Admin]
+    })
+    .await;
+
+    // Refused, and nothing changes: an unknown tenant or team, a malformed service account.
+    let err = source
+        .set_member("nobody", None, "user", "x", Role::Developer)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PostgresError::UnknownTenant(_)), "{err}");
+    let err = source
+        .set_member("acme", Some("frontend"), "user", "x", Role::Developer)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "tenant `acme` has no team `frontend`");
+    let err = source
+        .set_member(
+            "acme",
+            None,
+            "serviceaccount",
+            "no-namespace",
+            Role::Developer,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no-namespace"), "{err}");
+    assert!(
+        source
+            .load()
+            .await
+            .unwrap()
+            .serviceaccount_memberships("", "no-namespace")
+            .is_empty()
+    );
+
+    assert!(
+        source
+            .remove_member("globex", None, "user", "erin")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !source
+            .remove_member("globex", None, "user", "erin")
+            .await
+            .unwrap()
+    );
+    wait_until(&store, Duration::from_secs(5), |d| {
+        d.user_memberships("erin").is_empty()
+    })
+    .await;
+    watcher.abort();
+}
