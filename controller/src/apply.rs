@@ -43,6 +43,12 @@ pub enum ApplyError {
         #[source]
         source: kube::Error,
     },
+    #[error("{failed} namespace(s) could not be provisioned (the others were); the first: {first}")]
+    Incomplete {
+        failed: usize,
+        #[source]
+        first: Box<ApplyError>,
+    },
 }
 
 /// What one reconcile did.
@@ -163,31 +169,17 @@ pub async fn apply_state(client: &Client, state: &DesiredState) -> Result<Report
         apply(&classes, class).await?;
         report.applied += 1;
     }
-    let namespaces: Api<Namespace> = Api::all(client.clone());
     let mut wanted: BTreeMap<&'static str, BTreeSet<(String, String)>> = BTreeMap::new();
+    // One namespace that cannot be provisioned (an admission refusal, a conflict) must not hold
+    // up every tenant after it: go on, and report it at the end.
+    let mut failures = Vec::new();
     for n in &state.namespaces {
-        apply(&namespaces, &n.namespace).await?;
         let ns = n.namespace.name_any();
-        apply(
-            &Api::<NetworkPolicy>::namespaced(client.clone(), &ns),
-            &n.network_policy,
-        )
-        .await?;
-        apply(
-            &Api::<LimitRange>::namespaced(client.clone(), &ns),
-            &n.limit_range,
-        )
-        .await?;
-        apply(
-            &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
-            &n.service_account,
-        )
-        .await?;
-        report.applied += 4;
-        let bindings = Api::<RoleBinding>::namespaced(client.clone(), &ns);
+        match apply_namespace(client, n).await {
+            Ok(applied) => report.applied += applied,
+            Err(e) => failures.push(e),
+        }
         for binding in &n.role_bindings {
-            apply(&bindings, binding).await?;
-            report.applied += 1;
             wanted
                 .entry("RoleBinding")
                 .or_default()
@@ -237,7 +229,42 @@ pub async fn apply_state(client: &Client, state: &DesiredState) -> Result<Report
         .map(|c| (String::new(), c.name_any()))
         .collect();
     report.pruned += prune(classes.clone(), |_| classes.clone(), &classes_wanted).await?;
-    Ok(report)
+    match failures.len() {
+        0 => Ok(report),
+        failed => Err(ApplyError::Incomplete {
+            failed,
+            first: Box::new(failures.swap_remove(0)),
+        }),
+    }
+}
+
+/// Everything Tenantry owns in one namespace; returns how many objects were applied.
+async fn apply_namespace(
+    client: &Client,
+    n: &crate::desired::NamespaceObjects,
+) -> Result<usize, ApplyError> {
+    apply(&Api::<Namespace>::all(client.clone()), &n.namespace).await?;
+    let ns = n.namespace.name_any();
+    apply(
+        &Api::<NetworkPolicy>::namespaced(client.clone(), &ns),
+        &n.network_policy,
+    )
+    .await?;
+    apply(
+        &Api::<LimitRange>::namespaced(client.clone(), &ns),
+        &n.limit_range,
+    )
+    .await?;
+    apply(
+        &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
+        &n.service_account,
+    )
+    .await?;
+    let bindings = Api::<RoleBinding>::namespaced(client.clone(), &ns);
+    for binding in &n.role_bindings {
+        apply(&bindings, binding).await?;
+    }
+    Ok(4 + n.role_bindings.len())
 }
 
 /// One reconcile: read the world fresh, compute what it should be, make it so.

@@ -149,3 +149,33 @@ async fn a_directory_becomes_namespaces_isolation_and_rbac_and_only_managed_obje
             .is_some()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_that_cannot_be_provisioned_does_not_hold_up_the_others() {
+    let api = ApiServer::new();
+    // Writes into acme-dev, the first namespace, are refused (say, by an admission webhook).
+    api.refuse("/api/v1/namespaces/acme-dev");
+    api.refuse("/apis/networking.k8s.io/v1/namespaces/acme-dev");
+    let client = client(&api).await;
+    let directory = embedded::directory().unwrap();
+    let err = apply::reconcile(&client, &directory, &Options::default())
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.starts_with("1 namespace(s) could not be provisioned"),
+        "{message}"
+    );
+    // Every namespace after it was still provisioned.
+    for ns in ["acme-prod", "globex-prod", "initech-prod"] {
+        assert!(
+            api.object(NETWORKPOLICIES, ns, "tenantry-isolation")
+                .is_some(),
+            "{ns}"
+        );
+    }
+    assert!(
+        api.object(NETWORKPOLICIES, "acme-dev", "tenantry-isolation")
+            .is_none()
+    );
+}

@@ -33,6 +33,8 @@ struct Store {
     watchers: HashMap<String, Vec<mpsc::UnboundedSender<Bytes>>>,
     version: u64,
     missing: Vec<String>,
+    /// Write paths refused with 403, as an admission webhook refusing them would.
+    refused: Vec<String>,
     /// Every write received, as `METHOD path?query`.
     writes: Vec<String>,
 }
@@ -144,6 +146,11 @@ impl ApiServer {
     /// Collections under `prefix` answer 404 (a CRD that is not installed).
     pub fn missing(&self, prefix: &str) {
         self.lock().missing.push(prefix.to_string());
+    }
+
+    /// Writes to paths under `prefix` are refused with 403 (an admission denial).
+    pub fn refuse(&self, prefix: &str) {
+        self.lock().refused.push(prefix.to_string());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -275,6 +282,15 @@ impl ApiServer {
                 Some(o) => json_response(200, &o),
                 None => not_found(&path),
             },
+            Method::PATCH | Method::DELETE
+                if self.lock().refused.iter().any(|r| path.starts_with(r)) =>
+            {
+                json_response(
+                    403,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": "admission webhook denied the request", "reason": "Forbidden", "code": 403}),
+                )
+            }
             Method::PATCH => {
                 self.lock().writes.push(format!("PATCH {path}?{query}"));
                 let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
