@@ -17,8 +17,8 @@ use tracing::{debug, info, warn};
 
 use crate::directory::{Directory, DirectoryError};
 use crate::model::{
-    ClientSpec, Members, QuantitySpec, RateLimit, Role, Scheduling, Status, TeamSpec, TenantSpec,
-    TenantsFile, TierSpec,
+    ClientSpec, Identities, Members, QuantitySpec, RateLimit, Role, Scheduling, Status, TeamSpec,
+    TenantSpec, TenantsFile, TierSpec,
 };
 use crate::source::redact_url;
 use crate::store::DirectoryStore;
@@ -588,6 +588,36 @@ async fn write_members(
     Ok(())
 }
 
+/// A member list triple.
+type Lists<'a> = (
+    &'a mut Vec<String>,
+    &'a mut Vec<String>,
+    &'a mut Vec<String>,
+);
+
+/// The users, groups and service accounts lists holding `role` (tenants' members and teams
+/// spell them the same way).
+fn role_lists<'a>(
+    role: Role,
+    developers: Lists<'a>,
+    admins: &'a mut Identities,
+    viewers: &'a mut Identities,
+) -> Lists<'a> {
+    match role {
+        Role::Developer => developers,
+        Role::Admin => (
+            &mut admins.users,
+            &mut admins.groups,
+            &mut admins.serviceaccounts,
+        ),
+        Role::Viewer => (
+            &mut viewers.users,
+            &mut viewers.groups,
+            &mut viewers.serviceaccounts,
+        ),
+    }
+}
+
 /// Reads every directory table into the file form, plus the version it corresponds to.
 async fn read_file<C>(tx: &mut C) -> Result<(TenantsFile, u64), PostgresError>
 where
@@ -734,39 +764,18 @@ where
         let Some(t) = file.tenants.get_mut(&tenant) else {
             continue;
         };
-        let (users, groups, sas) = if team.is_empty() {
+        let lists = if team.is_empty() {
             let m = &mut t.members;
-            match role {
-                Role::Developer => (&mut m.users, &mut m.groups, &mut m.serviceaccounts),
-                Role::Admin => (
-                    &mut m.admins.users,
-                    &mut m.admins.groups,
-                    &mut m.admins.serviceaccounts,
-                ),
-                Role::Viewer => (
-                    &mut m.viewers.users,
-                    &mut m.viewers.groups,
-                    &mut m.viewers.serviceaccounts,
-                ),
-            }
+            let developers = (&mut m.users, &mut m.groups, &mut m.serviceaccounts);
+            role_lists(role, developers, &mut m.admins, &mut m.viewers)
         } else {
             let Some(m) = t.teams.get_mut(&team) else {
                 continue;
             };
-            match role {
-                Role::Developer => (&mut m.users, &mut m.groups, &mut m.serviceaccounts),
-                Role::Admin => (
-                    &mut m.admins.users,
-                    &mut m.admins.groups,
-                    &mut m.admins.serviceaccounts,
-                ),
-                Role::Viewer => (
-                    &mut m.viewers.users,
-                    &mut m.viewers.groups,
-                    &mut m.viewers.serviceaccounts,
-                ),
-            }
+            let developers = (&mut m.users, &mut m.groups, &mut m.serviceaccounts);
+            role_lists(role, developers, &mut m.admins, &mut m.viewers)
         };
+        let (users, groups, sas) = lists;
         match kind.as_str() {
             "user" => users.push(name),
             "group" => groups.push(name),
