@@ -264,10 +264,11 @@ pub fn requested_amounts(req: &AdmissionRequest) -> Result<Amounts, TranslateErr
     if req.operation != Operation::Update {
         return Ok(new);
     }
-    // The stored object was validated by the API server; one whose quantities Tenantry cannot
-    // read is taken to be what it becomes, so that an unrelated update (a finalizer removed)
-    // is never refused over it.
-    let old = usage::amounts_of(group, resource, &req.old_object).unwrap_or_else(|_| new.clone());
+    // An old object whose quantities Tenantry cannot read (while the new one's it can) is
+    // counted as nothing: the whole new object is growth. Guessing "unchanged" would let a resize
+    // past the tier through on a parse failure. An update that leaves the quantities as they
+    // were cannot reach here: the same text would have failed above.
+    let old = usage::amounts_of(group, resource, &req.old_object).unwrap_or_default();
     Ok(new.growth_since(&old))
 }
 
@@ -592,4 +593,58 @@ pub fn translate(
         facts,
         quota,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::review::{self, Identity, Write};
+    use serde_json::json;
+
+    fn resize(old_cpu: &str, new_cpu: &str) -> AdmissionRequest {
+        let pod = |cpu: &str| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                   "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]}})
+        };
+        let write = Write {
+            object: pod(new_cpu),
+            old: Some(pod(old_cpu)),
+            identity: Identity::default(),
+            namespace: Some("acme-dev".into()),
+            operation: Operation::Update,
+            dry_run: false,
+            subresource: Some("pods/resize".into()),
+            name: None,
+        };
+        review::admission_request(&write, "uid").unwrap()
+    }
+
+    #[test]
+    fn an_update_is_charged_only_what_it_grows() {
+        assert_eq!(
+            requested_amounts(&resize("1", "3")).unwrap().requests_cpu,
+            2000
+        );
+        assert_eq!(
+            requested_amounts(&resize("3", "1")).unwrap().requests_cpu,
+            0
+        );
+        let grown = requested_amounts(&resize("1", "3")).unwrap();
+        assert_eq!(
+            (grown.pods, grown.count),
+            (0, 0),
+            "no new pod, no new object"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_old_object_never_hides_growth() {
+        // Counting "unchanged" on a parse failure would let a resize past the tier through.
+        assert_eq!(
+            requested_amounts(&resize("lots", "3"))
+                .unwrap()
+                .requests_cpu,
+            3000
+        );
+    }
 }
