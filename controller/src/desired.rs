@@ -193,7 +193,7 @@ fn namespace_objects(
     };
     NamespaceObjects {
         namespace,
-        network_policy: network_policy(tenant, ns, options),
+        network_policy: network_policy(tenant, ns, team, options),
         limit_range: limit_range(tenant, ns, team, options),
         role_bindings: role_bindings(directory, tenant, ns, team, automation_home),
         service_account: ServiceAccount {
@@ -207,7 +207,12 @@ fn namespace_objects(
 /// `dedicated` tiers), from the platform's namespaces, and to the enforcer's port from anyone
 /// (the enforcer decides per request whether the caller may call). Namespaces are matched by
 /// labels nobody else can set: the tenant label Tenantry stamps, the name the API server sets.
-fn network_policy(tenant: &Tenant, ns: &str, options: &Options) -> NetworkPolicy {
+fn network_policy(
+    tenant: &Tenant,
+    ns: &str,
+    team: Option<&str>,
+    options: &Options,
+) -> NetworkPolicy {
     let by_label = |key: &str, value: &str| NetworkPolicyPeer {
         namespace_selector: Some(LabelSelector {
             match_labels: Some(BTreeMap::from([(key.to_string(), value.to_string())])),
@@ -241,7 +246,9 @@ fn network_policy(tenant: &Tenant, ns: &str, options: &Options) -> NetworkPolicy
         },
     ];
     NetworkPolicy {
-        metadata: managed(ISOLATION, Some(ns), tenant_labels(tenant, None)),
+        // The same labels the webhook stamps on every object in the namespace, so its mutation
+        // never changes what the controller applies.
+        metadata: managed(ISOLATION, Some(ns), tenant_labels(tenant, team)),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector::default()),
             policy_types: Some(vec!["Ingress".into()]),
@@ -434,6 +441,19 @@ mod tests {
         assert_eq!(dev[LABEL_TEAM], "backend");
         assert_eq!(dev[LABEL_CLIENT], "globalcorp");
         assert_eq!(dev["pod-security.kubernetes.io/enforce"], "baseline");
+        // Every object in a team namespace carries what the webhook would stamp on it.
+        let objects = find(&state, "acme-dev");
+        for meta in [
+            &objects.network_policy.metadata,
+            &objects.limit_range.metadata,
+            &objects.service_account.metadata,
+        ] {
+            assert_eq!(
+                meta.labels.as_ref().unwrap()[LABEL_TEAM],
+                "backend",
+                "{meta:?}"
+            );
+        }
         let initech = find(&state, "initech-prod")
             .namespace
             .metadata
