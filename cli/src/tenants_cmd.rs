@@ -44,9 +44,23 @@ pub enum TenantsCommand {
         #[arg(long, env = "TENANTRY_TENANTS")]
         tenants: String,
     },
-    /// Resume a suspended tenant.
+    /// Resume a suspended tenant, or restore a deleted one before it is purged.
     Resume {
         id: String,
+        #[arg(long, env = "TENANTRY_TENANTS")]
+        tenants: String,
+    },
+    /// Delete a tenant: everything it does is refused at once (admission and traffic) and its
+    /// workloads are scaled to zero; its namespaces, with their data, are deleted by the
+    /// provisioning controller once the grace period has passed. `resume` restores it until then.
+    Delete {
+        id: String,
+        /// How long the data is kept before the namespaces are deleted.
+        #[arg(long, default_value = "30d", value_parser = tenantry_tenancy::config::parse_duration)]
+        grace_period: Duration,
+        /// Delete the namespaces now, without a grace period.
+        #[arg(long, conflicts_with = "grace_period")]
+        now: bool,
         #[arg(long, env = "TENANTRY_TENANTS")]
         tenants: String,
     },
@@ -191,6 +205,26 @@ pub fn run(command: TenantsCommand) -> Result<ExitCode> {
         TenantsCommand::Suspend { id, tenants } => with_postgres(&tenants, async |pg| {
             pg.set_status(&id, Status::Suspended).await?;
             println!("tenant `{id}` is suspended");
+            Ok(ExitCode::SUCCESS)
+        }),
+        TenantsCommand::Delete {
+            id,
+            grace_period,
+            now,
+            tenants,
+        } => with_postgres(&tenants, async |pg| {
+            let grace = if now { Duration::ZERO } else { grace_period };
+            let purge_after = jiff::Timestamp::now()
+                .checked_add(jiff::SignedDuration::try_from(grace)?)
+                .context("the grace period is too long")?;
+            pg.delete_tenant(&id, purge_after).await?;
+            if now {
+                println!("tenant `{id}` is deleted; its namespaces are being deleted now");
+            } else {
+                println!(
+                    "tenant `{id}` is deleted; its namespaces are deleted after {purge_after} (`tenantry tenants resume {id}` restores it until then)"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }),
         TenantsCommand::Resume { id, tenants } => with_postgres(&tenants, async |pg| {

@@ -392,6 +392,70 @@ fn tenants_lifecycle_against_postgres() {
     ]);
     assert_eq!(out.status.code(), Some(0));
 
+    // Deletion: refused at once, purge time recorded, restorable until then.
+    let deleted = tenantry(&[
+        "tenants",
+        "delete",
+        "acme",
+        "--grace-period",
+        "7d",
+        "--tenants",
+        &url,
+    ]);
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    assert!(
+        stdout(&deleted).contains("deleted after"),
+        "{}",
+        stdout(&deleted)
+    );
+    let show = stdout(&tenantry(&["tenants", "show", "acme", "--tenants", &url]));
+    assert!(
+        show.contains("status: deleted") && show.contains("purge_after:"),
+        "{show}"
+    );
+    let review_alice = || {
+        tenantry(&[
+            "review",
+            "-f",
+            &pod,
+            "--user",
+            "alice",
+            "-n",
+            "acme-dev",
+            "--tenants",
+            &url,
+        ])
+    };
+    let out = review_alice();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stdout(&out).contains("deleted-tenant"), "{}", stdout(&out));
+    let both = tenantry(&[
+        "tenants",
+        "delete",
+        "acme",
+        "--now",
+        "--grace-period",
+        "1d",
+        "--tenants",
+        &url,
+    ]);
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "--now and a grace period conflict"
+    );
+    assert!(
+        tenantry(&["tenants", "resume", "acme", "--tenants", &url])
+            .status
+            .success()
+    );
+    let show = stdout(&tenantry(&["tenants", "show", "acme", "--tenants", &url]));
+    assert!(
+        show.contains("status: active") && !show.contains("purge_after"),
+        "restoring cancels the purge: {show}"
+    );
+    assert_eq!(review_alice().status.code(), Some(0));
+
     let unknown = tenantry(&["tenants", "set-tier", "acme", "gold", "--tenants", &url]);
     assert_eq!(unknown.status.code(), Some(2));
     assert!(

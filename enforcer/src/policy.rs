@@ -301,6 +301,31 @@ mod tests {
     }
 
     #[test]
+    fn deleted_tenants_neither_call_nor_are_called() {
+        let (engine, dir) = setup();
+        let mut file = dir.source().clone();
+        file.tenants.get_mut("globex").unwrap().status = tenantry_tenancy::Status::Deleted;
+        let dir = Directory::build(file, 2).unwrap();
+        let globex = dir.tenant("globex").unwrap();
+        let acme = dir.tenant("acme").unwrap();
+        let deleted = Decision::Deny("the tenant is deleted".into());
+        assert_eq!(
+            decide(&engine, &dir, globex, &service("globex", false), "GET", "/"),
+            deleted
+        );
+        // Even a shared service of a deleted tenant is closed to everyone else...
+        assert_eq!(
+            decide(&engine, &dir, acme, &service("globex", true), "GET", "/"),
+            deleted
+        );
+        // ...while the active tenant beside it keeps calling its own and shared services.
+        assert_eq!(
+            decide(&engine, &dir, acme, &service("acme", false), "GET", "/"),
+            Decision::Allow
+        );
+    }
+
+    #[test]
     fn shipped_traffic_policies_do_not_read_the_context() {
         let (engine, _) = setup();
         assert!(!reads_context(&engine));

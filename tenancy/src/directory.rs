@@ -61,6 +61,10 @@ pub enum DirectoryError {
         first: String,
         second: String,
     },
+    #[error(
+        "tenants.{tenant}.purge_after: only a deleted tenant has a purge time (its status is `{status}`)"
+    )]
+    PurgeWithoutDeletion { tenant: String, status: Status },
 }
 
 /// A tier with its limits parsed into integers.
@@ -72,6 +76,7 @@ pub struct Tier {
     pub scheduling: Scheduling,
     pub pod_security: PodSecurityLevel,
     pub network_isolation: NetworkIsolation,
+    pub scale_down_on_suspend: bool,
 }
 
 /// Quota limits in ResourceQuota names; CPU in millicores, everything else in whole units.
@@ -147,11 +152,31 @@ pub struct Tenant {
     pub client: Option<Arc<Client>>,
     pub namespaces: Vec<String>,
     pub teams: Vec<Team>,
+    /// Whether its workloads are scaled to zero while suspended (the tier's setting unless the
+    /// tenant overrides it).
+    pub scale_down_on_suspend: bool,
+    /// When a deleted tenant's namespaces are deleted for good.
+    pub purge_after: Option<jiff::Timestamp>,
 }
 
 impl Tenant {
     pub fn is_suspended(&self) -> bool {
         self.status == Status::Suspended
+    }
+
+    /// Whether its workloads should be scaled to zero now: deleted, or suspended on a tier (or
+    /// with an override) that says so.
+    pub fn scaled_down(&self) -> bool {
+        match self.status {
+            Status::Active => false,
+            Status::Suspended => self.scale_down_on_suspend,
+            Status::Deleted => true,
+        }
+    }
+
+    /// Whether its namespaces are due to be deleted at `now`.
+    pub fn purge_due(&self, now: jiff::Timestamp) -> bool {
+        self.status == Status::Deleted && self.purge_after.is_some_and(|at| at <= now)
     }
 }
 
@@ -221,6 +246,7 @@ impl Directory {
                 scheduling: spec.scheduling.clone(),
                 pod_security: spec.pod_security,
                 network_isolation: spec.network_isolation,
+                scale_down_on_suspend: spec.scale_down_on_suspend,
             };
             tiers.insert(name, Arc::new(tier));
         }
@@ -252,6 +278,12 @@ impl Directory {
                     tier: spec.tier.clone(),
                 })?
                 .clone();
+            if spec.purge_after.is_some() && spec.status != Status::Deleted {
+                return Err(DirectoryError::PurgeWithoutDeletion {
+                    tenant: id.clone(),
+                    status: spec.status,
+                });
+            }
             let client = match &spec.client {
                 None => None,
                 Some(c) => Some(
@@ -329,6 +361,9 @@ impl Directory {
                 });
             }
 
+            let scale_down_on_suspend = spec
+                .scale_down_on_suspend
+                .unwrap_or(tier.scale_down_on_suspend);
             let tenant = Tenant {
                 id: tenant_id.clone(),
                 tier,
@@ -336,6 +371,8 @@ impl Directory {
                 client,
                 namespaces: spec.namespaces.clone(),
                 teams,
+                scale_down_on_suspend,
+                purge_after: spec.purge_after,
             };
             tenants.insert(tenant_id, Arc::new(tenant));
         }
@@ -719,6 +756,13 @@ tenants:
             (
                 BASE.replace("  acme-labs:", "  Acme_Labs:"),
                 "tenants.Acme_Labs: `Acme_Labs` is not a valid tenant id",
+            ),
+            (
+                BASE.replace(
+                    "tier: free\n    namespaces: [labs]",
+                    "tier: free\n    purge_after: 2027-01-01T00:00:00Z\n    namespaces: [labs]",
+                ),
+                "tenants.acme-labs.purge_after: only a deleted tenant has a purge time (its status is `active`)",
             ),
         ];
         for (yaml, want) in cases {

@@ -41,6 +41,10 @@ pub struct TierSpec {
     /// `dedicated` (the same namespace, on the tier's own node pool).
     #[serde(default, skip_serializing_if = "NetworkIsolation::is_default")]
     pub network_isolation: NetworkIsolation,
+    /// Whether suspending a tenant of this tier scales its Deployments and StatefulSets to zero
+    /// (restored on resume). Deleted tenants are always scaled down.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scale_down_on_suspend: bool,
 }
 
 /// How far a tier's pods are isolated on the network; the provisioning controller writes it
@@ -204,6 +208,13 @@ pub struct TenantSpec {
     pub members: Members,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub teams: BTreeMap<String, TeamSpec>,
+    /// Overrides the tier's `scale_down_on_suspend` for this tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_on_suspend: Option<bool>,
+    /// For a `deleted` tenant: when the provisioning controller deletes its namespaces, and with
+    /// them its data (RFC 3339). Absent: kept until an operator sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purge_after: Option<jiff::Timestamp>,
 }
 
 /// Whether a tenant may write.
@@ -213,6 +224,8 @@ pub enum Status {
     #[default]
     Active,
     Suspended,
+    /// Soft-deleted: everything blocked, data kept until `purge_after`.
+    Deleted,
 }
 
 impl Status {
@@ -220,6 +233,7 @@ impl Status {
         match self {
             Status::Active => "active",
             Status::Suspended => "suspended",
+            Status::Deleted => "deleted",
         }
     }
 }
@@ -230,8 +244,9 @@ impl std::str::FromStr for Status {
         match s {
             "active" => Ok(Status::Active),
             "suspended" => Ok(Status::Suspended),
+            "deleted" => Ok(Status::Deleted),
             other => Err(format!(
-                "`{other}` is not a tenant status (active, suspended)"
+                "`{other}` is not a tenant status (active, suspended, deleted)"
             )),
         }
     }

@@ -214,12 +214,28 @@ impl PostgresSource {
             .await
     }
 
-    /// Suspends or resumes a tenant.
+    /// Suspends or resumes a tenant (a deleted one is restored, its purge cancelled); for
+    /// deletion see [`PostgresSource::delete_tenant`].
     pub async fn set_status(&self, tenant: &str, status: Status) -> Result<(), PostgresError> {
         self.update_tenant(
-            "UPDATE tenants SET status = $2 WHERE id = $1",
+            "UPDATE tenants SET status = $2, purge_after = NULL WHERE id = $1",
             tenant,
             status.as_str(),
+        )
+        .await
+    }
+
+    /// Soft-deletes a tenant: everything it does is refused from now on, and the provisioning
+    /// controller deletes its namespaces at `purge_after`.
+    pub async fn delete_tenant(
+        &self,
+        tenant: &str,
+        purge_after: jiff::Timestamp,
+    ) -> Result<(), PostgresError> {
+        self.update_tenant(
+            "UPDATE tenants SET status = 'deleted', purge_after = $2::timestamptz WHERE id = $1",
+            tenant,
+            &purge_after.to_string(),
         )
         .await
     }
@@ -442,13 +458,14 @@ async fn write_tier(
     let node_selector = json(serde_json::to_string(&tier.scheduling.node_selector))?;
     let tolerations = json(serde_json::to_string(&tier.scheduling.tolerations))?;
     sqlx::query(
-        "INSERT INTO tiers (name, rate_limit_rps, rate_limit_burst, priority_class, node_selector, tolerations, pod_security, network_isolation)
-         VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8)
+        "INSERT INTO tiers (name, rate_limit_rps, rate_limit_burst, priority_class, node_selector, tolerations, pod_security, network_isolation, scale_down_on_suspend)
+         VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7, $8, $9)
          ON CONFLICT (name) DO UPDATE SET
            rate_limit_rps = EXCLUDED.rate_limit_rps, rate_limit_burst = EXCLUDED.rate_limit_burst,
            priority_class = EXCLUDED.priority_class, node_selector = EXCLUDED.node_selector,
            tolerations = EXCLUDED.tolerations, pod_security = EXCLUDED.pod_security,
-           network_isolation = EXCLUDED.network_isolation",
+           network_isolation = EXCLUDED.network_isolation,
+           scale_down_on_suspend = EXCLUDED.scale_down_on_suspend",
     )
     .bind(name)
     .bind(tier.rate_limit.map(|r| r.requests_per_second as i32))
@@ -458,6 +475,7 @@ async fn write_tier(
     .bind(tolerations)
     .bind(tier.pod_security.as_str())
     .bind(tier.network_isolation.as_str())
+    .bind(tier.scale_down_on_suspend)
     .execute(&mut **tx)
     .await
     .map_err(query_error("writing a tier"))?;
@@ -484,14 +502,18 @@ async fn write_tenant(
     tenant: &TenantSpec,
 ) -> Result<(), PostgresError> {
     sqlx::query(
-        "INSERT INTO tenants (id, tier, status, client) VALUES ($1, $2, $3, $4)
+        "INSERT INTO tenants (id, tier, status, client, scale_down_on_suspend, purge_after)
+         VALUES ($1, $2, $3, $4, $5, $6::timestamptz)
          ON CONFLICT (id) DO UPDATE SET tier = EXCLUDED.tier, status = EXCLUDED.status,
-           client = EXCLUDED.client",
+           client = EXCLUDED.client, scale_down_on_suspend = EXCLUDED.scale_down_on_suspend,
+           purge_after = EXCLUDED.purge_after",
     )
     .bind(id)
     .bind(&tenant.tier)
     .bind(tenant.status.as_str())
     .bind(&tenant.client)
+    .bind(tenant.scale_down_on_suspend)
+    .bind(tenant.purge_after.map(|t| t.to_string()))
     .execute(&mut **tx)
     .await
     .map_err(query_error("writing a tenant"))?;
@@ -632,7 +654,7 @@ where
     let rows = sqlx::query(
         "SELECT name, rate_limit_rps, rate_limit_burst, priority_class,
                 node_selector::text AS node_selector, tolerations::text AS tolerations, pod_security,
-                network_isolation
+                network_isolation, scale_down_on_suspend
          FROM tiers",
     )
     .fetch_all(&mut *tx)
@@ -646,6 +668,7 @@ where
         let pod_security: String = row.get("pod_security");
         let network_isolation: String = row.get("network_isolation");
         let tier = TierSpec {
+            scale_down_on_suspend: row.get("scale_down_on_suspend"),
             network_isolation: network_isolation.parse().map_err(|message| {
                 PostgresError::Column {
                     column: "tiers.network_isolation",
@@ -699,23 +722,38 @@ where
     for (id, display_name) in clients {
         file.clients.insert(id, ClientSpec { display_name });
     }
-    let tenants: Vec<(String, String, String, Option<String>)> =
-        sqlx::query_as("SELECT id, tier, status, client FROM tenants")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(query_error("reading tenants"))?;
-    for (id, tier, status, client) in tenants {
+    let tenants = sqlx::query(
+        "SELECT id, tier, status, client, scale_down_on_suspend,
+                (extract(epoch FROM purge_after) * 1000000)::bigint AS purge_after_us
+         FROM tenants",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(query_error("reading tenants"))?;
+    for row in tenants {
+        let status: String = row.get("status");
+        let purge_after = row
+            .get::<Option<i64>, _>("purge_after_us")
+            .map(|us| {
+                jiff::Timestamp::from_microsecond(us).map_err(|e| PostgresError::Column {
+                    column: "tenants.purge_after",
+                    message: e.to_string(),
+                })
+            })
+            .transpose()?;
         let spec = TenantSpec {
-            tier,
-            // The CHECK constraint admits only the two statuses; anything else is suspended
+            tier: row.get("tier"),
+            // The CHECK constraint admits only the known statuses; anything else is suspended
             // rather than active, because "could not read" must never mean "no restriction".
             status: status.parse().unwrap_or(Status::Suspended),
-            client,
+            client: row.get("client"),
             namespaces: Vec::new(),
             members: Members::default(),
             teams: BTreeMap::new(),
+            scale_down_on_suspend: row.get("scale_down_on_suspend"),
+            purge_after,
         };
-        file.tenants.insert(id, spec);
+        file.tenants.insert(row.get("id"), spec);
     }
     let namespaces: Vec<(String, String)> =
         sqlx::query_as("SELECT namespace, tenant FROM tenant_namespaces ORDER BY namespace")

@@ -34,7 +34,7 @@ fn summary(d: &Directory) -> Vec<String> {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         out.push(format!(
-            "{} tier={} status={} client={:?} ns={:?} limits={limits:?} sched={:?} rate={:?} pss={} net={}",
+            "{} tier={} status={} client={:?} ns={:?} limits={limits:?} sched={:?} rate={:?} pss={} net={} scale_down={} purge={:?}",
             t.id,
             t.tier.name,
             t.status,
@@ -43,7 +43,9 @@ fn summary(d: &Directory) -> Vec<String> {
             t.tier.scheduling,
             t.tier.rate_limit,
             t.tier.pod_security.as_str(),
-            t.tier.network_isolation.as_str()
+            t.tier.network_isolation.as_str(),
+            t.scale_down_on_suspend,
+            t.purge_after,
         ));
         for team in &t.teams {
             out.push(format!("{}/{} ns={:?}", t.id, team.name, team.namespaces));
@@ -73,6 +75,57 @@ async fn imported_yaml_loads_back_as_the_same_directory() {
     let from_yaml = Directory::build(example(), 1).unwrap();
     assert_eq!(summary(&from_pg), summary(&from_yaml));
     assert!(from_pg.version() > 1, "every import bumps the version");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_and_its_purge_time_round_trip_and_restoring_cancels_it() {
+    let pg = Postgres::start().unwrap();
+    let source = migrated(&pg).await;
+    let mut file = example();
+    let globex = file.tenants.get_mut("globex").unwrap();
+    globex.status = Status::Deleted;
+    globex.purge_after = Some("2026-12-30T09:15:00.123456Z".parse().unwrap());
+    globex.scale_down_on_suspend = Some(false);
+    source.import(&file).await.unwrap();
+    let loaded = source.load().await.unwrap();
+    assert_eq!(
+        summary(&loaded),
+        summary(&Directory::build(file, 1).unwrap())
+    );
+    let globex = loaded.tenant("globex").unwrap();
+    assert!(
+        globex.scaled_down(),
+        "a deleted tenant is always scaled down"
+    );
+    assert!(globex.purge_due("2026-12-30T09:15:01Z".parse().unwrap()));
+    assert!(!globex.purge_due("2026-12-30T09:14:59Z".parse().unwrap()));
+    // initech is suspended on business, whose tier scales suspended tenants down.
+    assert!(loaded.tenant("initech").unwrap().scaled_down());
+
+    source
+        .delete_tenant("acme", "2027-01-01T00:00:00Z".parse().unwrap())
+        .await
+        .unwrap();
+    let acme = source.load().await.unwrap();
+    let acme = acme.tenant("acme").unwrap();
+    assert_eq!(acme.status, Status::Deleted);
+    assert_eq!(
+        acme.purge_after,
+        Some("2027-01-01T00:00:00Z".parse().unwrap())
+    );
+    source.set_status("acme", Status::Active).await.unwrap();
+    let restored = source.load().await.unwrap();
+    assert_eq!(restored.tenant("acme").unwrap().purge_after, None);
+
+    // Only a deleted tenant has a purge time, whoever writes the table.
+    let refused = sqlx::query("UPDATE tenants SET purge_after = now() WHERE id = 'acme'")
+        .execute(source.pool())
+        .await;
+    assert!(refused.is_err(), "an active tenant with a purge time");
+    assert!(matches!(
+        source.delete_tenant("hooli", jiff::Timestamp::now()).await,
+        Err(PostgresError::UnknownTenant(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,8 @@ fn world(extra: usize) -> (Directory, PolicyEngine) {
                     ..Members::default()
                 },
                 teams: Default::default(),
+                scale_down_on_suspend: None,
+                purge_after: None,
             },
         );
         writeln!(
