@@ -10,6 +10,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::events::Recorder;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -17,6 +18,7 @@ use tenantry_tenancy::Directory;
 use thiserror::Error;
 
 use crate::desired::{self, DesiredState, LABEL_TENANT, MANAGED_BY, MANAGER, Options};
+use crate::lifecycle::{self, LifecycleReport};
 
 /// The field manager of every object Tenantry applies.
 pub const FIELD_MANAGER: &str = "tenantry-controller";
@@ -56,6 +58,7 @@ pub enum ApplyError {
 pub struct Report {
     pub applied: usize,
     pub pruned: usize,
+    pub lifecycle: LifecycleReport,
 }
 
 fn selector() -> ListParams {
@@ -267,13 +270,21 @@ async fn apply_namespace(
     Ok(4 + n.role_bindings.len())
 }
 
-/// One reconcile: read the world fresh, compute what it should be, make it so.
+/// One reconcile: read the world fresh, compute what it should be, make it so, then carry out
+/// the lifecycle (even when some namespace could not be provisioned: a suspended tenant must be
+/// scaled down whatever else failed).
 pub async fn reconcile(
     client: &Client,
+    recorder: &Recorder,
     directory: &Directory,
     options: &Options,
+    now: jiff::Timestamp,
 ) -> Result<Report, ApplyError> {
     let self_service = self_service_namespaces(client, directory).await?;
-    let state = desired::desired(directory, &self_service, options);
-    apply_state(client, &state).await
+    let state = desired::desired(directory, &self_service, options, now);
+    let applied = apply_state(client, &state).await;
+    let lifecycle = lifecycle::carry_out(client, recorder, &state).await?;
+    let mut report = applied?;
+    report.lifecycle = lifecycle;
+    Ok(report)
 }

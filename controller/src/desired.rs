@@ -7,6 +7,12 @@
 //! giving default requests (so no pod escapes CPU and memory quotas by asking for nothing),
 //! RoleBindings of the members by role (team members only in their team's namespaces), and a
 //! ServiceAccount for the tenant's automation.
+//!
+//! The lifecycle is part of the same function: a suspended or deleted tenant keeps its namespaces
+//! and isolation but loses its RoleBindings (no access at all, reads included); its namespaces are
+//! listed for scale-down where the tier (or tenant) says so, always when deleted; and a deleted
+//! tenant whose purge time has passed is no longer provisioned: its namespaces are listed for
+//! deletion instead.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tenantry_tenancy::Directory;
 use tenantry_tenancy::directory::Tenant;
-use tenantry_tenancy::model::{Members, NetworkIsolation, Role};
+use tenantry_tenancy::model::{Members, NetworkIsolation, Role, Status};
 
 /// `app.kubernetes.io/managed-by` on everything Tenantry owns; the controller touches nothing
 /// without it, and the webhook keeps tenants from changing what carries it.
@@ -76,11 +82,17 @@ pub struct NamespaceObjects {
     pub service_account: ServiceAccount,
 }
 
-/// Everything Tenantry owns in the cluster.
+/// Everything Tenantry owns in the cluster, and what the lifecycle asks of tenant workloads.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DesiredState {
     pub priority_classes: Vec<PriorityClass>,
     pub namespaces: Vec<NamespaceObjects>,
+    /// Namespaces whose Deployments and StatefulSets run no replicas (suspended or deleted
+    /// tenants); everywhere else, workloads Tenantry scaled down get their replicas back.
+    pub scaled_down: BTreeSet<String>,
+    /// Namespaces to delete, with the tenant they must be labelled for: deleted tenants past
+    /// their purge time.
+    pub purge: BTreeMap<String, String>,
 }
 
 fn managed(
@@ -118,6 +130,7 @@ pub fn desired(
     directory: &Directory,
     self_service: &BTreeMap<String, String>,
     options: &Options,
+    now: jiff::Timestamp,
 ) -> DesiredState {
     let mut state = DesiredState::default();
     let mut classes = BTreeSet::new();
@@ -145,6 +158,15 @@ pub fn desired(
             if owner == &*tenant.id {
                 namespaces.entry(ns.clone()).or_insert(None);
             }
+        }
+        if tenant.purge_due(now) {
+            for ns in namespaces.into_keys() {
+                state.purge.insert(ns, tenant.id.to_string());
+            }
+            continue;
+        }
+        if tenant.scaled_down() {
+            state.scaled_down.extend(namespaces.keys().cloned());
         }
         let automation_home = namespaces.keys().next().cloned();
         for (ns, team) in &namespaces {
@@ -307,6 +329,7 @@ fn subjects(members: &Members, role: Role) -> Vec<Subject> {
 
 /// One RoleBinding per role held in this namespace: the tenant's members by role, and in a
 /// team's namespace the team's members by role too. The automation ServiceAccount develops.
+/// A suspended or deleted tenant has none: its members lose all access, reads included.
 fn role_bindings(
     directory: &Directory,
     tenant: &Tenant,
@@ -314,6 +337,9 @@ fn role_bindings(
     team: Option<&str>,
     automation_home: Option<&str>,
 ) -> Vec<RoleBinding> {
+    if tenant.status != Status::Active {
+        return Vec::new();
+    }
     let spec = directory.source().tenants.get(&*tenant.id);
     let tenant_members = spec.map(|s| s.members.clone()).unwrap_or_default();
     let team_members = team
@@ -365,6 +391,10 @@ mod tests {
         tenantry_tenancy::embedded::directory().unwrap()
     }
 
+    fn now() -> jiff::Timestamp {
+        "2026-11-30T09:00:00Z".parse().unwrap()
+    }
+
     fn find<'a>(state: &'a DesiredState, ns: &str) -> &'a NamespaceObjects {
         state
             .namespaces
@@ -386,7 +416,7 @@ mod tests {
 
     #[test]
     fn every_tier_class_and_listed_namespace_is_provisioned() {
-        let state = desired(&directory(), &BTreeMap::new(), &Options::default());
+        let state = desired(&directory(), &BTreeMap::new(), &Options::default(), now());
         let classes: Vec<_> = state
             .priority_classes
             .iter()
@@ -429,7 +459,7 @@ mod tests {
 
     #[test]
     fn namespaces_carry_the_directorys_labels_and_the_tiers_pod_security_level() {
-        let state = desired(&directory(), &BTreeMap::new(), &Options::default());
+        let state = desired(&directory(), &BTreeMap::new(), &Options::default(), now());
         let dev = find(&state, "acme-dev")
             .namespace
             .metadata
@@ -466,7 +496,7 @@ mod tests {
 
     #[test]
     fn isolation_follows_the_tier() {
-        let state = desired(&directory(), &BTreeMap::new(), &Options::default());
+        let state = desired(&directory(), &BTreeMap::new(), &Options::default(), now());
         let peers = |ns: &str| -> Vec<BTreeMap<String, String>> {
             let spec = find(&state, ns).network_policy.spec.clone().unwrap();
             assert_eq!(
@@ -513,7 +543,7 @@ mod tests {
 
     #[test]
     fn members_are_bound_by_role_and_team_members_only_in_their_team() {
-        let state = desired(&directory(), &BTreeMap::new(), &Options::default());
+        let state = desired(&directory(), &BTreeMap::new(), &Options::default(), now());
         let bindings = |ns: &str| -> BTreeMap<String, (String, Vec<String>)> {
             find(&state, ns)
                 .role_bindings
@@ -558,7 +588,7 @@ mod tests {
     #[test]
     fn self_service_namespaces_are_provisioned_for_their_creator() {
         let observed = BTreeMap::from([("globex-lab".to_string(), "globex".to_string())]);
-        let state = desired(&directory(), &observed, &Options::default());
+        let state = desired(&directory(), &observed, &Options::default(), now());
         let lab = find(&state, "globex-lab");
         assert_eq!(
             lab.namespace.metadata.labels.as_ref().unwrap()[LABEL_TENANT],
@@ -571,7 +601,7 @@ mod tests {
         );
         // A namespace observed for a tenant that no longer exists is not provisioned.
         let gone = BTreeMap::from([("umbrella-x".to_string(), "umbrella".to_string())]);
-        let state = desired(&directory(), &gone, &Options::default());
+        let state = desired(&directory(), &gone, &Options::default(), now());
         assert!(
             state
                 .namespaces
@@ -582,7 +612,7 @@ mod tests {
 
     #[test]
     fn containers_that_ask_for_nothing_get_default_requests() {
-        let state = desired(&directory(), &BTreeMap::new(), &Options::default());
+        let state = desired(&directory(), &BTreeMap::new(), &Options::default(), now());
         let spec = find(&state, "globex-prod")
             .limit_range
             .spec
@@ -593,5 +623,93 @@ mod tests {
         let requests = item.default_request.as_ref().unwrap();
         assert_eq!(requests["cpu"], Quantity("100m".into()));
         assert_eq!(requests["memory"], Quantity("128Mi".into()));
+    }
+
+    /// The example directory with globex deleted (purge at `purge_after`) and a self-service
+    /// namespace of globex observed.
+    fn with_globex_deleted(purge_after: &str) -> (Directory, BTreeMap<String, String>) {
+        let mut file = directory().source().clone();
+        let globex = file.tenants.get_mut("globex").unwrap();
+        globex.status = Status::Deleted;
+        globex.purge_after = Some(purge_after.parse().unwrap());
+        let observed = BTreeMap::from([("globex-lab".to_string(), "globex".to_string())]);
+        (Directory::build(file, 2).unwrap(), observed)
+    }
+
+    #[test]
+    fn suspended_and_deleted_tenants_keep_their_namespaces_but_lose_all_access() {
+        let (dir, observed) = with_globex_deleted("2026-12-30T09:00:00Z");
+        let state = desired(&dir, &observed, &Options::default(), now());
+        for ns in ["globex-prod", "globex-lab", "initech-prod"] {
+            let objects = find(&state, ns);
+            assert!(objects.role_bindings.is_empty(), "{ns}: no access at all");
+            assert_eq!(
+                objects.network_policy.metadata.name.as_deref(),
+                Some(ISOLATION)
+            );
+        }
+        assert!(!find(&state, "acme-prod").role_bindings.is_empty());
+        assert!(state.purge.is_empty(), "the grace period has not passed");
+    }
+
+    #[test]
+    fn workloads_are_scaled_down_when_deleted_or_suspended_on_a_tier_that_says_so() {
+        let (dir, observed) = with_globex_deleted("2026-12-30T09:00:00Z");
+        let state = desired(&dir, &observed, &Options::default(), now());
+        // globex deleted (always), initech suspended on business (scale_down_on_suspend).
+        assert_eq!(
+            state.scaled_down.iter().collect::<Vec<_>>(),
+            ["globex-lab", "globex-prod", "initech-prod"]
+        );
+        // A tenant override keeps initech running while suspended.
+        let mut file = dir.source().clone();
+        file.tenants
+            .get_mut("initech")
+            .unwrap()
+            .scale_down_on_suspend = Some(false);
+        let state = desired(
+            &Directory::build(file, 3).unwrap(),
+            &observed,
+            &Options::default(),
+            now(),
+        );
+        assert!(!state.scaled_down.contains("initech-prod"));
+        // Active tenants never are.
+        assert!(!state.scaled_down.contains("acme-prod"));
+    }
+
+    #[test]
+    fn a_deleted_tenant_past_its_purge_time_has_its_namespaces_deleted_and_nothing_provisioned() {
+        let (dir, observed) = with_globex_deleted("2026-11-30T08:59:59Z");
+        let state = desired(&dir, &observed, &Options::default(), now());
+        assert_eq!(
+            state.purge,
+            BTreeMap::from([
+                ("globex-lab".to_string(), "globex".to_string()),
+                ("globex-prod".to_string(), "globex".to_string()),
+            ])
+        );
+        assert!(
+            state.namespaces.iter().all(|n| !n
+                .namespace
+                .metadata
+                .name
+                .as_deref()
+                .unwrap()
+                .starts_with("globex")),
+            "nothing is applied into namespaces being deleted"
+        );
+        assert!(!state.scaled_down.contains("globex-prod"));
+        // Without a purge time, a deleted tenant is kept indefinitely.
+        let mut file = dir.source().clone();
+        file.tenants.get_mut("globex").unwrap().purge_after = None;
+        let state = desired(
+            &Directory::build(file, 3).unwrap(),
+            &observed,
+            &Options::default(),
+            now(),
+        );
+        assert!(state.purge.is_empty());
+        assert!(state.scaled_down.contains("globex-prod"));
     }
 }

@@ -8,7 +8,10 @@
 //! one field manager, pruning only what Tenantry manages; [`run`] is the process: the directory
 //! followed from Postgres or a file, one active replica through a Lease, a reconcile on every
 //! directory change, on every change to a managed object (drift) and on a resync period.
+//! [`lifecycle`] carries out suspension and deletion: workloads scaled to zero and back, a
+//! deleted tenant's namespaces deleted once its purge time has passed.
 
 pub mod apply;
 pub mod desired;
+pub mod lifecycle;
 pub mod run;

@@ -19,6 +19,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::runtime::WatchStreamExt;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -112,6 +113,11 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+}
+
 /// `tenantry_controller_*`.
 #[derive(Debug)]
 pub struct Metrics {
@@ -119,6 +125,7 @@ pub struct Metrics {
     reconciles: Family<ResultLabels, Counter>,
     applied: Counter,
     pruned: Counter,
+    lifecycle: Family<ActionLabels, Counter>,
     drift: Counter,
     leader: Gauge,
     duration: Histogram,
@@ -130,6 +137,7 @@ impl Metrics {
         let reconciles = Family::<ResultLabels, Counter>::default();
         let applied = Counter::default();
         let pruned = Counter::default();
+        let lifecycle = Family::<ActionLabels, Counter>::default();
         let drift = Counter::default();
         let leader = Gauge::default();
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
@@ -139,6 +147,11 @@ impl Metrics {
             "objects_pruned",
             "Managed objects deleted as no longer wanted",
             pruned.clone(),
+        );
+        registry.register(
+            "lifecycle_actions",
+            "Workloads scaled down or restored, and namespaces purged, by action",
+            lifecycle.clone(),
         );
         registry.register(
             "drift_events",
@@ -160,6 +173,7 @@ impl Metrics {
             reconciles,
             applied,
             pruned,
+            lifecycle,
             drift,
             leader,
             duration,
@@ -175,6 +189,15 @@ impl Metrics {
                     .inc();
                 self.applied.inc_by(report.applied as u64);
                 self.pruned.inc_by(report.pruned as u64);
+                for (action, n) in [
+                    ("scale_down", report.lifecycle.scaled_down),
+                    ("restore", report.lifecycle.restored),
+                    ("purge", report.lifecycle.purged),
+                ] {
+                    self.lifecycle
+                        .get_or_create(&ActionLabels { action })
+                        .inc_by(n as u64);
+                }
             }
             Err(_) => {
                 self.reconciles
@@ -333,6 +356,13 @@ pub async fn run(config: Config) -> Result<()> {
     info!(%identity, lease = %config.lease_name, "waiting for the Lease");
 
     let options = config.options();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "tenantry-controller".into(),
+            instance: Some(identity.clone()),
+        },
+    );
     let mut resync = tokio::time::interval(config.resync);
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     let mut reconciled_version = None;
@@ -368,7 +398,14 @@ pub async fn run(config: Config) -> Result<()> {
             continue;
         }
         let started = Instant::now();
-        let outcome = apply::reconcile(&client, &snapshot, &options).await;
+        let outcome = apply::reconcile(
+            &client,
+            &recorder,
+            &snapshot,
+            &options,
+            jiff::Timestamp::now(),
+        )
+        .await;
         metrics.record(&outcome, started.elapsed());
         match &outcome {
             Ok(report) => {
@@ -379,6 +416,9 @@ pub async fn run(config: Config) -> Result<()> {
                     version = snapshot.version(),
                     applied = report.applied,
                     pruned = report.pruned,
+                    scaled_down = report.lifecycle.scaled_down,
+                    restored = report.lifecycle.restored,
+                    purged = report.lifecycle.purged,
                     "reconciled"
                 );
             }

@@ -3,10 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
+use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
 use tenantry_controller::apply;
 use tenantry_controller::desired::Options;
-use tenantry_tenancy::embedded;
+use tenantry_tenancy::{Directory, embedded};
 use tenantry_tests::api_server::ApiServer;
 
 const ROLEBINDINGS: &str = "/apis/rbac.authorization.k8s.io/v1/rolebindings";
@@ -18,6 +19,20 @@ async fn client(api: &ApiServer) -> kube::Client {
     let addr = api.serve().await.unwrap();
     let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
     kube::Client::try_from(config).unwrap()
+}
+
+fn recorder(client: &kube::Client) -> Recorder {
+    Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "tenantry-controller".into(),
+            instance: Some("test".into()),
+        },
+    )
+}
+
+fn now() -> jiff::Timestamp {
+    "2026-11-30T09:00:00Z".parse().unwrap()
 }
 
 fn names(objects: &[Value]) -> Vec<String> {
@@ -73,9 +88,15 @@ async fn a_directory_becomes_namespaces_isolation_and_rbac_and_only_managed_obje
     let client = client(&api).await;
     let directory = embedded::directory().unwrap();
 
-    let report = apply::reconcile(&client, &directory, &Options::default())
-        .await
-        .unwrap();
+    let report = apply::reconcile(
+        &client,
+        &recorder(&client),
+        &directory,
+        &Options::default(),
+        now(),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.pruned, 1, "{report:?}");
     assert_eq!(
         names(&api.objects(CLASSES)),
@@ -129,7 +150,8 @@ async fn a_directory_becomes_namespaces_isolation_and_rbac_and_only_managed_obje
     for write in writes {
         assert!(
             write.starts_with("DELETE ")
-                || (write.contains("fieldManager=tenantry-controller")
+                || (write.starts_with("PATCH(apply)")
+                    && write.contains("fieldManager=tenantry-controller")
                     && write.contains("force=true")),
             "{write}"
         );
@@ -140,9 +162,15 @@ async fn a_directory_becomes_namespaces_isolation_and_rbac_and_only_managed_obje
         .object(NETWORKPOLICIES, "globex-prod", "tenantry-isolation")
         .unwrap();
     api.event(NETWORKPOLICIES, "DELETED", policy);
-    let again = apply::reconcile(&client, &directory, &Options::default())
-        .await
-        .unwrap();
+    let again = apply::reconcile(
+        &client,
+        &recorder(&client),
+        &directory,
+        &Options::default(),
+        now(),
+    )
+    .await
+    .unwrap();
     assert_eq!(again.pruned, 0);
     assert!(
         api.object(NETWORKPOLICIES, "globex-prod", "tenantry-isolation")
@@ -158,9 +186,15 @@ async fn a_namespace_that_cannot_be_provisioned_does_not_hold_up_the_others() {
     api.refuse("/apis/networking.k8s.io/v1/namespaces/acme-dev");
     let client = client(&api).await;
     let directory = embedded::directory().unwrap();
-    let err = apply::reconcile(&client, &directory, &Options::default())
-        .await
-        .unwrap_err();
+    let err = apply::reconcile(
+        &client,
+        &recorder(&client),
+        &directory,
+        &Options::default(),
+        now(),
+    )
+    .await
+    .unwrap_err();
     let message = err.to_string();
     assert!(
         message.starts_with("1 namespace(s) could not be provisioned"),
@@ -178,4 +212,257 @@ async fn a_namespace_that_cannot_be_provisioned_does_not_hold_up_the_others() {
         api.object(NETWORKPOLICIES, "acme-dev", "tenantry-isolation")
             .is_none()
     );
+}
+
+const DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
+const STATEFULSETS: &str = "/apis/apps/v1/statefulsets";
+const EVENTS: &str = "/apis/events.k8s.io/v1/events";
+
+fn workload(kind: &str, namespace: &str, name: &str, replicas: Option<i64>) -> Value {
+    let mut object = json!({"apiVersion": "apps/v1", "kind": kind,
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+        "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:1"}]}}}});
+    if let Some(r) = replicas {
+        object["spec"]["replicas"] = json!(r);
+    }
+    object
+}
+
+fn replicas(api: &ApiServer, collection: &str, namespace: &str, name: &str) -> Value {
+    api.object(collection, namespace, name).unwrap()["spec"]["replicas"].clone()
+}
+
+/// The example directory with changes to its tenants.
+fn directory_with(change: impl FnOnce(&mut tenantry_tenancy::TenantsFile)) -> Directory {
+    let mut file = embedded::directory().unwrap().source().clone();
+    change(&mut file);
+    Directory::build(file, 2).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspension_scales_workloads_to_zero_and_resuming_gives_their_replicas_back() {
+    let api = ApiServer::new();
+    for (collection, object) in [
+        (
+            DEPLOYMENTS,
+            workload("Deployment", "initech-prod", "web", Some(3)),
+        ),
+        (
+            DEPLOYMENTS,
+            workload("Deployment", "initech-prod", "idle", Some(0)),
+        ),
+        (
+            STATEFULSETS,
+            workload("StatefulSet", "initech-prod", "db", None),
+        ),
+        (
+            DEPLOYMENTS,
+            workload("Deployment", "acme-prod", "api", Some(2)),
+        ),
+    ] {
+        api.event(collection, "ADDED", object);
+    }
+    let client = client(&api).await;
+    let recorder = recorder(&client);
+    // initech is suspended on business, a tier that scales suspended tenants down.
+    let suspended = embedded::directory().unwrap();
+    let report = apply::reconcile(&client, &recorder, &suspended, &Options::default(), now())
+        .await
+        .unwrap();
+    assert_eq!(report.lifecycle.scaled_down, 2, "{report:?}");
+    let web = api.object(DEPLOYMENTS, "initech-prod", "web").unwrap();
+    assert_eq!(web["spec"]["replicas"], 0);
+    assert_eq!(
+        web["metadata"]["labels"]["tenantry.dev/scaled-down"],
+        "true"
+    );
+    assert_eq!(web["metadata"]["labels"]["app"], "web", "other labels kept");
+    assert_eq!(
+        web["metadata"]["annotations"]["tenantry.dev/replicas-before-scale-down"],
+        "3"
+    );
+    let db = api.object(STATEFULSETS, "initech-prod", "db").unwrap();
+    assert_eq!(db["spec"]["replicas"], 0);
+    assert_eq!(
+        db["metadata"]["annotations"]["tenantry.dev/replicas-before-scale-down"], "1",
+        "absent replicas mean 1"
+    );
+    let idle = api.object(DEPLOYMENTS, "initech-prod", "idle").unwrap();
+    assert!(
+        idle["metadata"]["labels"]
+            .get("tenantry.dev/scaled-down")
+            .is_none()
+    );
+    assert_eq!(
+        replicas(&api, DEPLOYMENTS, "acme-prod", "api"),
+        2,
+        "active tenants untouched"
+    );
+    // Scaling is a merge patch (replicas stay owned by whoever set them), never an apply.
+    let scale_writes: Vec<String> = api
+        .writes()
+        .into_iter()
+        .filter(|w| w.contains("/deployments/") || w.contains("/statefulsets/"))
+        .collect();
+    assert!(
+        scale_writes.iter().all(
+            |w| w.starts_with("PATCH(merge)") && w.contains("fieldManager=tenantry-controller")
+        ),
+        "{scale_writes:?}"
+    );
+    // People see why: an Event on each workload.
+    let events = api.objects(EVENTS);
+    let scaled: Vec<_> = events
+        .iter()
+        .filter(|e| e["reason"] == "ScaledDown")
+        .map(|e| e["regarding"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(scaled.len(), 2, "{events:?}");
+    // Suspended members have no access left.
+    assert!(
+        names(&api.objects(ROLEBINDINGS))
+            .iter()
+            .all(|b| !b.starts_with("initech-prod/"))
+    );
+
+    // Someone with cluster rights scales web up during the suspension: back to zero, the
+    // record of its replicas before the suspension kept.
+    let mut web = api.object(DEPLOYMENTS, "initech-prod", "web").unwrap();
+    web["spec"]["replicas"] = json!(5);
+    api.event(DEPLOYMENTS, "MODIFIED", web);
+    let again = apply::reconcile(&client, &recorder, &suspended, &Options::default(), now())
+        .await
+        .unwrap();
+    assert_eq!(again.lifecycle.scaled_down, 1);
+    let web = api.object(DEPLOYMENTS, "initech-prod", "web").unwrap();
+    assert_eq!(web["spec"]["replicas"], 0);
+    assert_eq!(
+        web["metadata"]["annotations"]["tenantry.dev/replicas-before-scale-down"],
+        "3"
+    );
+    let idempotent = apply::reconcile(&client, &recorder, &suspended, &Options::default(), now())
+        .await
+        .unwrap();
+    assert_eq!(idempotent.lifecycle, Default::default());
+
+    // Resumed: replicas back, marks gone, members bound again.
+    let resumed = directory_with(|f| {
+        f.tenants.get_mut("initech").unwrap().status = tenantry_tenancy::Status::Active;
+    });
+    let report = apply::reconcile(&client, &recorder, &resumed, &Options::default(), now())
+        .await
+        .unwrap();
+    assert_eq!(report.lifecycle.restored, 2, "{report:?}");
+    let web = api.object(DEPLOYMENTS, "initech-prod", "web").unwrap();
+    assert_eq!(web["spec"]["replicas"], 3);
+    assert!(
+        web["metadata"]["labels"]
+            .get("tenantry.dev/scaled-down")
+            .is_none()
+    );
+    assert!(
+        web["metadata"]["annotations"]
+            .get("tenantry.dev/replicas-before-scale-down")
+            .is_none()
+    );
+    assert_eq!(replicas(&api, STATEFULSETS, "initech-prod", "db"), 1);
+    assert_eq!(replicas(&api, DEPLOYMENTS, "initech-prod", "idle"), 0);
+    assert!(
+        names(&api.objects(ROLEBINDINGS)).contains(&"initech-prod/tenantry-developer".to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_tenant_is_purged_after_its_grace_period_and_only_its_labelled_namespaces() {
+    let api = ApiServer::new();
+    api.event(
+        DEPLOYMENTS,
+        "ADDED",
+        workload("Deployment", "globex-prod", "shop", Some(2)),
+    );
+    // Listed for globex only once its purge is due, so never provisioned (labelled) for it:
+    // someone else's data.
+    api.event(
+        NAMESPACES,
+        "ADDED",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shared-data"}}),
+    );
+    let client = client(&api).await;
+    let recorder = recorder(&client);
+    let active = embedded::directory().unwrap();
+    apply::reconcile(&client, &recorder, &active, &Options::default(), now())
+        .await
+        .unwrap();
+    api.event(
+        NAMESPACES,
+        "ADDED",
+        json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "globex-lab", "labels": {"tenantry.dev/tenant": "globex"}}}),
+    );
+
+    let deleted = |purge_after: &str| {
+        let purge_after: jiff::Timestamp = purge_after.parse().unwrap();
+        directory_with(move |f| {
+            let globex = f.tenants.get_mut("globex").unwrap();
+            globex.status = tenantry_tenancy::Status::Deleted;
+            globex.purge_after = Some(purge_after);
+            if purge_after <= now() {
+                globex.namespaces.push("shared-data".into());
+            }
+        })
+    };
+    // Within the grace period: data kept, workloads down, no access.
+    let report = apply::reconcile(
+        &client,
+        &recorder,
+        &deleted("2026-12-30T09:00:00Z"),
+        &Options::default(),
+        now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.lifecycle.purged, 0);
+    assert_eq!(report.lifecycle.scaled_down, 1);
+    assert!(api.object(NAMESPACES, "", "globex-prod").is_some());
+    assert!(
+        names(&api.objects(ROLEBINDINGS))
+            .iter()
+            .all(|b| !b.starts_with("globex-"))
+    );
+
+    // Past it: globex's labelled namespaces, self-service included, are deleted; the listed one
+    // that is not labelled for globex is not.
+    let report = apply::reconcile(
+        &client,
+        &recorder,
+        &deleted("2026-11-30T08:00:00Z"),
+        &Options::default(),
+        now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.lifecycle.purged, 2, "{report:?}");
+    let left = names(&api.objects(NAMESPACES));
+    assert!(!left.contains(&"globex-prod".to_string()), "{left:?}");
+    assert!(!left.contains(&"globex-lab".to_string()), "{left:?}");
+    assert!(left.contains(&"shared-data".to_string()), "{left:?}");
+    assert!(left.contains(&"acme-prod".to_string()), "{left:?}");
+    let purging: Vec<_> = api
+        .objects(EVENTS)
+        .into_iter()
+        .filter(|e| e["reason"] == "Purging")
+        .collect();
+    assert_eq!(purging.len(), 2);
+    // Nothing is re-created for a purged tenant.
+    let again = apply::reconcile(
+        &client,
+        &recorder,
+        &deleted("2026-11-30T08:00:00Z"),
+        &Options::default(),
+        now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.lifecycle.purged, 0);
+    assert!(api.object(NAMESPACES, "", "globex-prod").is_none());
 }

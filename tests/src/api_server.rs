@@ -7,7 +7,10 @@
 //! - `GET` a collection (cluster-wide `/api/v1/pods` or namespaced `/api/v1/namespaces/NS/pods`)
 //!   lists it, filtered by `labelSelector` (`key=value`, `key`); with `watch=true` it streams
 //!   `{"type", "object"}` lines for later changes.
-//! - `PATCH` with `application/apply-patch+yaml` (server-side apply) upserts the body.
+//! - `PATCH` with `application/apply-patch+yaml` (server-side apply) upserts the body; with
+//!   `application/merge-patch+json` (RFC 7386) it merges the body into the existing object (404
+//!   when there is none).
+//! - `POST` to a collection creates the object (409 when it exists), as Events are recorded.
 //! - `DELETE` removes the object.
 //! - Collections under a [`ApiServer::missing`] prefix answer 404, like an absent CRD.
 
@@ -222,6 +225,10 @@ impl ApiServer {
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
         let (collection, namespace, name) = route(&path);
+        let merge = req
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/merge-patch+json"));
         if self
             .lock()
             .missing
@@ -282,7 +289,7 @@ impl ApiServer {
                 Some(o) => json_response(200, &o),
                 None => not_found(&path),
             },
-            Method::PATCH | Method::DELETE
+            Method::PATCH | Method::DELETE | Method::POST
                 if self.lock().refused.iter().any(|r| path.starts_with(r)) =>
             {
                 json_response(
@@ -292,14 +299,25 @@ impl ApiServer {
                 )
             }
             Method::PATCH => {
-                self.lock().writes.push(format!("PATCH {path}?{query}"));
+                let kind = if merge { "merge" } else { "apply" };
+                self.lock()
+                    .writes
+                    .push(format!("PATCH({kind}) {path}?{query}"));
                 let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
                     return json_response(400, &json!({"kind": "Status", "code": 400}));
                 };
                 if !namespace.is_empty() {
                     object["metadata"]["namespace"] = json!(namespace);
                 }
-                let kind = if self.object(&collection, &namespace, &name).is_some() {
+                let existing = self.object(&collection, &namespace, &name);
+                if merge {
+                    let Some(mut merged) = existing.clone() else {
+                        return not_found(&path);
+                    };
+                    json_patch::merge(&mut merged, &object);
+                    object = merged;
+                }
+                let kind = if existing.is_some() {
                     "MODIFIED"
                 } else {
                     "ADDED"
@@ -307,6 +325,31 @@ impl ApiServer {
                 self.event(&collection, kind, object);
                 match self.object(&collection, &namespace, &name) {
                     Some(o) => json_response(200, &o),
+                    None => not_found(&path),
+                }
+            }
+            Method::POST if name.is_empty() => {
+                self.lock().writes.push(format!("POST {path}"));
+                let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+                    return json_response(400, &json!({"kind": "Status", "code": 400}));
+                };
+                if !namespace.is_empty() {
+                    object["metadata"]["namespace"] = json!(namespace);
+                }
+                let name = object["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                if self.object(&collection, &namespace, &name).is_some() {
+                    return json_response(
+                        409,
+                        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "reason": "AlreadyExists", "code": 409}),
+                    );
+                }
+                self.event(&collection, "ADDED", object);
+                match self.object(&collection, &namespace, &name) {
+                    Some(o) => json_response(201, &o),
                     None => not_found(&path),
                 }
             }

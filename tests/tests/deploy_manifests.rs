@@ -1706,6 +1706,11 @@ fn the_controller_gets_exactly_what_it_provisions() {
                 role,
             ));
         }
+        for (group, resource, verbs) in LIFECYCLE {
+            for verb in *verbs {
+                want.insert(grant(group, resource, verb, ""));
+            }
+        }
         assert_eq!(have, want, "{origin}: the controller's cluster-wide grants");
         let mut lease = BTreeSet::new();
         for rb in b.all::<RoleBinding>() {
@@ -1764,4 +1769,11 @@ mod tenantry_controller_grants {
         ("scheduling.k8s.io", "priorityclasses"),
     ];
     pub const VERBS: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
+    /// Tenant workloads it scales down and back (never creates or deletes), and the Events it
+    /// records about what it changed.
+    pub const LIFECYCLE: &[(&str, &str, &[&str])] = &[
+        ("apps", "deployments", &["list", "patch"]),
+        ("apps", "statefulsets", &["list", "patch"]),
+        ("events.k8s.io", "events", &["create", "patch"]),
+    ];
 }
