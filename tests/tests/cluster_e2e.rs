@@ -38,13 +38,15 @@ const CONFIGURATION: &str = "tenantry-e2e";
 /// The tenant directory of the run. `acme` is unlimited; `globex` may have one Service. Both
 /// users may edit both namespaces as far as Kubernetes RBAC goes: keeping tenants apart is
 /// Tenantry's job here, not RBAC's.
-fn tenants_yaml(acme_status: &str) -> String {
+/// `globex_lifecycle` is spliced into globex's entry (a status and purge time).
+fn tenants_yaml(acme_status: &str, globex_lifecycle: &str) -> String {
     format!(
         r#"tiers:
   small:
     limits: {{ services: 1 }}
   large:
     limits: {{}}
+    scale_down_on_suspend: true
 tenants:
   e2e-acme:
     tier: large
@@ -55,7 +57,7 @@ tenants:
     tier: small
     namespaces: [{GLOBEX_NS}]
     members: {{ users: [e2e-bob] }}
-"#
+{globex_lifecycle}"#
     )
 }
 
@@ -134,7 +136,7 @@ impl Cluster {
         let dir = std::env::temp_dir().join(format!("tenantry-e2e-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (cert, key) = self_signed_certificate(&dir, &config.host);
-        std::fs::write(dir.join("tenants.yaml"), tenants_yaml("active")).unwrap();
+        std::fs::write(dir.join("tenants.yaml"), tenants_yaml("active", "")).unwrap();
 
         let metrics = free_port().unwrap();
         let webhook = Command::new(&config.binary)
@@ -316,9 +318,13 @@ impl Cluster {
     }
 
     fn set_tenants(&self, acme_status: &str) {
+        self.set_tenants_with(acme_status, "");
+    }
+
+    fn set_tenants_with(&self, acme_status: &str, globex_lifecycle: &str) {
         // Write then rename, so the server never reads half a file.
         let tmp = self.dir.join("tenants.yaml.tmp");
-        std::fs::write(&tmp, tenants_yaml(acme_status)).unwrap();
+        std::fs::write(&tmp, tenants_yaml(acme_status, globex_lifecycle)).unwrap();
         std::fs::rename(&tmp, self.dir.join("tenants.yaml")).unwrap();
     }
 }
@@ -680,6 +686,25 @@ fn tenants_on_a_real_cluster() {
         exists(&["-n", ACME_NS, "get", "networkpolicy", "tenantry-isolation"])
     });
 
+    eprintln!("scenario: suspension scales a tenant's workloads to zero; resuming restores them");
+    let web = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "e2e-web", "namespace": ACME_NS},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "e2e-web"}},
+            "template": {"metadata": {"labels": {"app": "e2e-web"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]}}}});
+    allowed(&cluster.as_user_with("e2e-alice", &create, &web));
+    let replicas = || {
+        cluster.kubectl(&[
+            "-n",
+            ACME_NS,
+            "get",
+            "deployment",
+            "e2e-web",
+            "-o",
+            "jsonpath={.spec.replicas}/{.metadata.annotations.tenantry\\.dev/replicas-before-scale-down}",
+        ])
+    };
+
     eprintln!("scenario: a suspended tenant can no longer create objects");
     cluster.set_tenants("suspended");
     let mut attempt = 0;
@@ -693,6 +718,14 @@ fn tenants_on_a_real_cluster() {
         denied_with(&out, "suspended-tenant");
         true
     });
+    eventually(
+        "the controller scales the suspended tenant's Deployment to zero",
+        || replicas() == "0/2",
+    );
+    eventually(
+        "the suspended tenant's members lose their RoleBindings",
+        || !exists(&["-n", ACME_NS, "get", "rolebinding", "tenantry-developer"]),
+    );
     cluster.set_tenants("active");
     eventually("the tenant is resumed", || {
         attempt += 1;
@@ -702,4 +735,45 @@ fn tenants_on_a_real_cluster() {
             .status
             .success()
     });
+    eventually(
+        "the controller gives the Deployment its replicas back",
+        || replicas() == "2/",
+    );
+
+    eprintln!("scenario: a deleted tenant is refused everything, then purged");
+    cluster.set_tenants_with(
+        "active",
+        "    status: deleted\n    purge_after: 2099-01-01T00:00:00Z\n",
+    );
+    eventually("the deleted tenant's writes are refused", || {
+        attempt += 1;
+        let name = format!("after-deletion-{attempt}");
+        let out = cluster.as_user_with("e2e-bob", &create, &configmap(&name, GLOBEX_NS));
+        !out.status.success() && stderr(&out).contains("deleted")
+    });
+    assert!(
+        exists(&["get", "namespace", GLOBEX_NS]),
+        "kept during the grace period"
+    );
+    cluster.set_tenants_with(
+        "active",
+        "    status: deleted\n    purge_after: 2020-01-01T00:00:00Z\n",
+    );
+    eventually(
+        "the controller deletes the purged tenant's namespace",
+        || {
+            let phase = cluster
+                .command()
+                .args([
+                    "get",
+                    "namespace",
+                    GLOBEX_NS,
+                    "-o",
+                    "jsonpath={.status.phase}",
+                ])
+                .output()
+                .unwrap();
+            !phase.status.success() || phase.stdout == b"Terminating"
+        },
+    );
 }
