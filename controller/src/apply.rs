@@ -19,6 +19,8 @@ use thiserror::Error;
 
 use crate::desired::{self, DesiredState, LABEL_TENANT, MANAGED_BY, MANAGER, Options};
 use crate::lifecycle::{self, LifecycleReport};
+use crate::mirror;
+use tenantry_webhook::usage::UsageView;
 
 /// The field manager of every object Tenantry applies.
 pub const FIELD_MANAGER: &str = "tenantry-controller";
@@ -59,6 +61,8 @@ pub struct Report {
     pub applied: usize,
     pub pruned: usize,
     pub lifecycle: LifecycleReport,
+    /// `Tenant` mirrors applied.
+    pub mirrored: usize,
 }
 
 fn selector() -> ListParams {
@@ -89,7 +93,7 @@ where
 /// Deletes objects of kind `K` that carry Tenantry's label but are not in `wanted`
 /// (`(namespace, name)`; namespace empty for cluster-scoped kinds). `scoped` gives the API to
 /// delete through for an object's namespace.
-async fn prune<K>(
+pub(crate) async fn prune<K>(
     api: Api<K>,
     scoped: impl Fn(&str) -> Api<K>,
     wanted: &BTreeSet<(String, String)>,
@@ -270,21 +274,29 @@ async fn apply_namespace(
     Ok(4 + n.role_bindings.len())
 }
 
+/// What a reconcile works with besides the directory.
+pub struct Context<'a> {
+    pub client: &'a Client,
+    pub recorder: &'a Recorder,
+    pub options: &'a Options,
+    /// Usage as admission counts it, once the usage watches have listed everything; `None`
+    /// before (the `Tenant` mirrors then carry no usage rather than a wrong one).
+    pub usage: Option<&'a dyn UsageView>,
+    pub now: jiff::Timestamp,
+}
+
 /// One reconcile: read the world fresh, compute what it should be, make it so, then carry out
 /// the lifecycle (even when some namespace could not be provisioned: a suspended tenant must be
-/// scaled down whatever else failed).
-pub async fn reconcile(
-    client: &Client,
-    recorder: &Recorder,
-    directory: &Directory,
-    options: &Options,
-    now: jiff::Timestamp,
-) -> Result<Report, ApplyError> {
+/// scaled down whatever else failed) and mirror the tenants.
+pub async fn reconcile(cx: &Context<'_>, directory: &Directory) -> Result<Report, ApplyError> {
+    let client = cx.client;
     let self_service = self_service_namespaces(client, directory).await?;
-    let state = desired::desired(directory, &self_service, options, now);
+    let state = desired::desired(directory, &self_service, cx.options, cx.now);
     let applied = apply_state(client, &state).await;
-    let lifecycle = lifecycle::carry_out(client, recorder, &state).await?;
+    let lifecycle = lifecycle::carry_out(client, cx.recorder, &state).await?;
+    let mirrored = mirror::apply_mirror(client, directory, &state.tenants, cx.usage).await?;
     let mut report = applied?;
     report.lifecycle = lifecycle;
+    report.mirrored = mirrored;
     Ok(report)
 }

@@ -32,6 +32,8 @@ use tenantry_tenancy::Directory;
 use tenantry_tenancy::directory::Tenant;
 use tenantry_tenancy::model::{Members, NetworkIsolation, Role, Status};
 
+use crate::mirror;
+
 /// `app.kubernetes.io/managed-by` on everything Tenantry owns; the controller touches nothing
 /// without it, and the webhook keeps tenants from changing what carries it.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -83,7 +85,7 @@ pub struct NamespaceObjects {
 }
 
 /// Everything Tenantry owns in the cluster, and what the lifecycle asks of tenant workloads.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct DesiredState {
     pub priority_classes: Vec<PriorityClass>,
     pub namespaces: Vec<NamespaceObjects>,
@@ -93,6 +95,8 @@ pub struct DesiredState {
     /// Namespaces to delete, with the tenant they must be labelled for: deleted tenants past
     /// their purge time.
     pub purge: BTreeMap<String, String>,
+    /// The `Tenant` mirror of every tenant.
+    pub tenants: Vec<mirror::Tenant>,
 }
 
 fn managed(
@@ -159,6 +163,8 @@ pub fn desired(
                 namespaces.entry(ns.clone()).or_insert(None);
             }
         }
+        let all: BTreeSet<String> = namespaces.keys().cloned().collect();
+        state.tenants.push(mirror::tenant(directory, tenant, &all));
         if tenant.purge_due(now) {
             for ns in namespaces.into_keys() {
                 state.purge.insert(ns, tenant.id.to_string());

@@ -9,9 +9,11 @@
 //! followed from Postgres or a file, one active replica through a Lease, a reconcile on every
 //! directory change, on every change to a managed object (drift) and on a resync period.
 //! [`lifecycle`] carries out suspension and deletion: workloads scaled to zero and back, a
-//! deleted tenant's namespaces deleted once its purge time has passed.
+//! deleted tenant's namespaces deleted once its purge time has passed. [`mirror`] writes the
+//! `Tenant` custom resources behind `kubectl get tenants`.
 
 pub mod apply;
 pub mod desired;
 pub mod lifecycle;
+pub mod mirror;
 pub mod run;

@@ -2,7 +2,7 @@
 //! reconcile loop and its triggers, and `/healthz`, `/readyz`, `/metrics`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource};
+use kube::{Api, Resource};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -31,6 +31,8 @@ use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use tenantry_tenancy::config::parse_duration;
 use tenantry_tenancy::{DirectoryStore, PostgresSource, TenantSource};
+use tenantry_webhook::Ledger;
+use tenantry_webhook::usage::UsageView;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -236,21 +238,6 @@ struct Ops {
     directory: Arc<DirectoryStore>,
 }
 
-/// A kube client from `--kubeconfig`, or the in-cluster configuration.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read kubeconfig `{}`", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await?
-        }
-        None => kube::Config::incluster()
-            .context("not running in a cluster and no --kubeconfig given")?,
-    };
-    Ok(Client::try_from(config)?)
-}
-
 /// Sends a trigger whenever a managed object of kind `K` changes: drift is repaired by the next
 /// reconcile, which reads the world fresh.
 fn watch_managed<K>(api: Api<K>, triggers: mpsc::Sender<()>, metrics: Arc<Metrics>)
@@ -275,7 +262,16 @@ where
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<()> {
-    let client = client(config.kubeconfig.as_deref()).await?;
+    let client = tenantry_webhook::cluster::client(config.kubeconfig.as_deref()).await?;
+    // Usage for the `Tenant` mirrors, counted by the webhook's own ledger and watches.
+    let ledger = Arc::new(Ledger::new());
+    let usage_ready = Arc::new(AtomicBool::new(false));
+    {
+        let ready = usage_ready.clone();
+        tenantry_webhook::cluster::watch_usage(client.clone(), ledger.clone(), move || {
+            ready.store(true, Ordering::Release);
+        });
+    }
     let directory = Arc::new(DirectoryStore::unloaded());
     match TenantSource::parse(&config.tenants) {
         TenantSource::File(path) => {
@@ -398,14 +394,17 @@ pub async fn run(config: Config) -> Result<()> {
             continue;
         }
         let started = Instant::now();
-        let outcome = apply::reconcile(
-            &client,
-            &recorder,
-            &snapshot,
-            &options,
-            jiff::Timestamp::now(),
-        )
-        .await;
+        let usage = ledger.view(None);
+        let cx = apply::Context {
+            client: &client,
+            recorder: &recorder,
+            options: &options,
+            usage: usage_ready
+                .load(Ordering::Acquire)
+                .then_some(&usage as &dyn UsageView),
+            now: jiff::Timestamp::now(),
+        };
+        let outcome = apply::reconcile(&cx, &snapshot).await;
         metrics.record(&outcome, started.elapsed());
         match &outcome {
             Ok(report) => {

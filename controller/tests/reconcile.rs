@@ -9,6 +9,7 @@ use tenantry_controller::apply;
 use tenantry_controller::desired::Options;
 use tenantry_tenancy::{Directory, embedded};
 use tenantry_tests::api_server::ApiServer;
+use tenantry_webhook::usage::UsageView;
 
 const ROLEBINDINGS: &str = "/apis/rbac.authorization.k8s.io/v1/rolebindings";
 const NETWORKPOLICIES: &str = "/apis/networking.k8s.io/v1/networkpolicies";
@@ -19,6 +20,31 @@ async fn client(api: &ApiServer) -> kube::Client {
     let addr = api.serve().await.unwrap();
     let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
     kube::Client::try_from(config).unwrap()
+}
+
+/// One reconcile as the controller runs it, at `now()`, with no usage known.
+async fn reconcile(
+    client: &kube::Client,
+    directory: &Directory,
+) -> Result<apply::Report, apply::ApplyError> {
+    reconcile_with(client, directory, None).await
+}
+
+async fn reconcile_with(
+    client: &kube::Client,
+    directory: &Directory,
+    usage: Option<&dyn UsageView>,
+) -> Result<apply::Report, apply::ApplyError> {
+    let recorder = recorder(client);
+    let options = Options::default();
+    let cx = apply::Context {
+        client,
+        recorder: &recorder,
+        options: &options,
+        usage,
+        now: now(),
+    };
+    apply::reconcile(&cx, directory).await
 }
 
 fn recorder(client: &kube::Client) -> Recorder {
@@ -88,15 +114,7 @@ async fn a_directory_becomes_namespaces_isolation_and_rbac_and_only_managed_obje
     let client = client(&api).await;
     let directory = embedded::directory().unwrap();
 
-    let report = apply::reconcile(
-        &client,
-        &recorder(&client),
-        &directory,
-        &Options::default(),
-        now(),
-    )
-    .await
-    .unwrap();
+    let report = reconcile(&client, &directory).await.unwrap();
     assert_eq!(report.pruned, 1, "{report:?}");
     assert_eq!(
         names(&api.objects(CLASSES)),
@@ -162,15 +180,7 @@ async fn a_directory_becomes_namespaces_isolation_and_rbac_and_only_managed_obje
         .object(NETWORKPOLICIES, "globex-prod", "tenantry-isolation")
         .unwrap();
     api.event(NETWORKPOLICIES, "DELETED", policy);
-    let again = apply::reconcile(
-        &client,
-        &recorder(&client),
-        &directory,
-        &Options::default(),
-        now(),
-    )
-    .await
-    .unwrap();
+    let again = reconcile(&client, &directory).await.unwrap();
     assert_eq!(again.pruned, 0);
     assert!(
         api.object(NETWORKPOLICIES, "globex-prod", "tenantry-isolation")
@@ -186,15 +196,7 @@ async fn a_namespace_that_cannot_be_provisioned_does_not_hold_up_the_others() {
     api.refuse("/apis/networking.k8s.io/v1/namespaces/acme-dev");
     let client = client(&api).await;
     let directory = embedded::directory().unwrap();
-    let err = apply::reconcile(
-        &client,
-        &recorder(&client),
-        &directory,
-        &Options::default(),
-        now(),
-    )
-    .await
-    .unwrap_err();
+    let err = reconcile(&client, &directory).await.unwrap_err();
     let message = err.to_string();
     assert!(
         message.starts_with("1 namespace(s) could not be provisioned"),
@@ -263,12 +265,9 @@ async fn suspension_scales_workloads_to_zero_and_resuming_gives_their_replicas_b
         api.event(collection, "ADDED", object);
     }
     let client = client(&api).await;
-    let recorder = recorder(&client);
     // initech is suspended on business, a tier that scales suspended tenants down.
     let suspended = embedded::directory().unwrap();
-    let report = apply::reconcile(&client, &recorder, &suspended, &Options::default(), now())
-        .await
-        .unwrap();
+    let report = reconcile(&client, &suspended).await.unwrap();
     assert_eq!(report.lifecycle.scaled_down, 2, "{report:?}");
     let web = api.object(DEPLOYMENTS, "initech-prod", "web").unwrap();
     assert_eq!(web["spec"]["replicas"], 0);
@@ -330,9 +329,7 @@ async fn suspension_scales_workloads_to_zero_and_resuming_gives_their_replicas_b
     let mut web = api.object(DEPLOYMENTS, "initech-prod", "web").unwrap();
     web["spec"]["replicas"] = json!(5);
     api.event(DEPLOYMENTS, "MODIFIED", web);
-    let again = apply::reconcile(&client, &recorder, &suspended, &Options::default(), now())
-        .await
-        .unwrap();
+    let again = reconcile(&client, &suspended).await.unwrap();
     assert_eq!(again.lifecycle.scaled_down, 1);
     let web = api.object(DEPLOYMENTS, "initech-prod", "web").unwrap();
     assert_eq!(web["spec"]["replicas"], 0);
@@ -340,18 +337,14 @@ async fn suspension_scales_workloads_to_zero_and_resuming_gives_their_replicas_b
         web["metadata"]["annotations"]["tenantry.dev/replicas-before-scale-down"],
         "3"
     );
-    let idempotent = apply::reconcile(&client, &recorder, &suspended, &Options::default(), now())
-        .await
-        .unwrap();
+    let idempotent = reconcile(&client, &suspended).await.unwrap();
     assert_eq!(idempotent.lifecycle, Default::default());
 
     // Resumed: replicas back, marks gone, members bound again.
     let resumed = directory_with(|f| {
         f.tenants.get_mut("initech").unwrap().status = tenantry_tenancy::Status::Active;
     });
-    let report = apply::reconcile(&client, &recorder, &resumed, &Options::default(), now())
-        .await
-        .unwrap();
+    let report = reconcile(&client, &resumed).await.unwrap();
     assert_eq!(report.lifecycle.restored, 2, "{report:?}");
     let web = api.object(DEPLOYMENTS, "initech-prod", "web").unwrap();
     assert_eq!(web["spec"]["replicas"], 3);
@@ -388,11 +381,8 @@ async fn a_deleted_tenant_is_purged_after_its_grace_period_and_only_its_labelled
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shared-data"}}),
     );
     let client = client(&api).await;
-    let recorder = recorder(&client);
     let active = embedded::directory().unwrap();
-    apply::reconcile(&client, &recorder, &active, &Options::default(), now())
-        .await
-        .unwrap();
+    reconcile(&client, &active).await.unwrap();
     api.event(
         NAMESPACES,
         "ADDED",
@@ -412,15 +402,9 @@ async fn a_deleted_tenant_is_purged_after_its_grace_period_and_only_its_labelled
         })
     };
     // Within the grace period: data kept, workloads down, no access.
-    let report = apply::reconcile(
-        &client,
-        &recorder,
-        &deleted("2026-12-30T09:00:00Z"),
-        &Options::default(),
-        now(),
-    )
-    .await
-    .unwrap();
+    let report = reconcile(&client, &deleted("2026-12-30T09:00:00Z"))
+        .await
+        .unwrap();
     assert_eq!(report.lifecycle.purged, 0);
     assert_eq!(report.lifecycle.scaled_down, 1);
     assert!(api.object(NAMESPACES, "", "globex-prod").is_some());
@@ -432,15 +416,9 @@ async fn a_deleted_tenant_is_purged_after_its_grace_period_and_only_its_labelled
 
     // Past it: globex's labelled namespaces, self-service included, are deleted; the listed one
     // that is not labelled for globex is not.
-    let report = apply::reconcile(
-        &client,
-        &recorder,
-        &deleted("2026-11-30T08:00:00Z"),
-        &Options::default(),
-        now(),
-    )
-    .await
-    .unwrap();
+    let report = reconcile(&client, &deleted("2026-11-30T08:00:00Z"))
+        .await
+        .unwrap();
     assert_eq!(report.lifecycle.purged, 2, "{report:?}");
     let left = names(&api.objects(NAMESPACES));
     assert!(!left.contains(&"globex-prod".to_string()), "{left:?}");
@@ -454,15 +432,113 @@ async fn a_deleted_tenant_is_purged_after_its_grace_period_and_only_its_labelled
         .collect();
     assert_eq!(purging.len(), 2);
     // Nothing is re-created for a purged tenant.
-    let again = apply::reconcile(
-        &client,
-        &recorder,
-        &deleted("2026-11-30T08:00:00Z"),
-        &Options::default(),
-        now(),
-    )
-    .await
-    .unwrap();
+    let again = reconcile(&client, &deleted("2026-11-30T08:00:00Z"))
+        .await
+        .unwrap();
     assert_eq!(again.lifecycle.purged, 0);
     assert!(api.object(NAMESPACES, "", "globex-prod").is_none());
+}
+
+const TENANTS: &str = "/apis/tenantry.dev/v1alpha1/tenants";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_tenant_crd_provisioning_goes_on() {
+    let api = ApiServer::new();
+    api.missing("/apis/tenantry.dev");
+    let client = client(&api).await;
+    let report = reconcile(&client, &embedded::directory().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(report.mirrored, 0);
+    assert!(
+        api.object(NETWORKPOLICIES, "acme-prod", "tenantry-isolation")
+            .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tenant_is_mirrored_with_its_members_by_role_and_usage_against_limits() {
+    let api = ApiServer::new();
+    // A mirror of a tenant that left the directory.
+    api.event(
+        TENANTS,
+        "ADDED",
+        json!({"apiVersion": "tenantry.dev/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "umbrella", "labels": {"app.kubernetes.io/managed-by": "tenantry"}},
+            "spec": {"tier": "free", "status": "active", "namespaces": [], "members": {}}}),
+    );
+    let client = client(&api).await;
+    let directory = embedded::directory().unwrap();
+    let pod = |name: &str, cpu: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "globex-prod"},
+            "spec": {"containers": [{"name": "app", "image": "shop:1",
+                "resources": {"requests": {"cpu": cpu, "memory": "1Gi"}}}]}})
+    };
+    let objects = [pod("shop-1", "250m"), pod("shop-2", "1250m")];
+    let ledger = tenantry_webhook::Ledger::from_objects(&objects).unwrap();
+    let usage = ledger.view(None);
+
+    let report = reconcile_with(&client, &directory, Some(&usage))
+        .await
+        .unwrap();
+    assert_eq!(report.mirrored, 3, "{report:?}");
+    assert_eq!(names(&api.objects(TENANTS)), ["acme", "globex", "initech"]);
+
+    let acme = api.object(TENANTS, "", "acme").unwrap();
+    assert_eq!(
+        acme["spec"],
+        json!({
+            "tier": "enterprise",
+            "status": "active",
+            "client": "globalcorp",
+            "namespaces": ["acme-dev", "acme-prod"],
+            // alice is listed as a developer and an admin: the stronger role shows.
+            "members": {
+                "admins": ["User:alice"],
+                "developers": ["Group:acme-devs", "ServiceAccount:acme-prod:deployer"],
+                "viewers": ["User:dana"],
+            },
+            "teams": {"backend": {"namespaces": ["acme-dev"], "members": {"developers": ["User:alice"]}}},
+        })
+    );
+    assert_eq!(
+        acme["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "tenantry"
+    );
+    let globex = api.object(TENANTS, "", "globex").unwrap();
+    assert_eq!(
+        globex["status"]["usage"]["pods"],
+        json!({"used": "2", "limit": "10"})
+    );
+    assert_eq!(
+        globex["status"]["usage"]["requests.cpu"],
+        json!({"used": "1500m", "limit": "2"})
+    );
+    assert_eq!(
+        globex["status"]["usage"]["requests.memory"],
+        json!({"used": "2Gi", "limit": "4Gi"})
+    );
+    assert_eq!(
+        api.object(TENANTS, "", "initech").unwrap()["spec"]["status"],
+        "suspended"
+    );
+
+    // Usage unchanged: no status write. Usage not known yet: the status is left as it was.
+    let status_writes = || {
+        api.writes()
+            .iter()
+            .filter(|w| w.contains("/tenants/") && w.contains("/status"))
+            .count()
+    };
+    let before = status_writes();
+    reconcile_with(&client, &directory, Some(&usage))
+        .await
+        .unwrap();
+    reconcile(&client, &directory).await.unwrap();
+    assert_eq!(status_writes(), before);
+    assert_eq!(
+        api.object(TENANTS, "", "globex").unwrap()["status"]["usage"]["pods"]["used"],
+        "2"
+    );
 }

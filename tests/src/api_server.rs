@@ -10,6 +10,8 @@
 //! - `PATCH` with `application/apply-patch+yaml` (server-side apply) upserts the body; with
 //!   `application/merge-patch+json` (RFC 7386) it merges the body into the existing object (404
 //!   when there is none).
+//! - `PATCH` on `…/NAME/status` changes only the object's `status`; an apply to the object keeps
+//!   the status it had.
 //! - `POST` to a collection creates the object (409 when it exists), as Events are recorded.
 //! - `DELETE` removes the object.
 //! - Collections under a [`ApiServer::missing`] prefix answer 404, like an absent CRD.
@@ -310,12 +312,23 @@ impl ApiServer {
                     object["metadata"]["namespace"] = json!(namespace);
                 }
                 let existing = self.object(&collection, &namespace, &name);
-                if merge {
+                // The status subresource changes only the status of an existing object.
+                if path.ends_with("/status") {
+                    let Some(mut current) = existing.clone() else {
+                        return not_found(&path);
+                    };
+                    current["status"] = object["status"].take();
+                    object = current;
+                } else if merge {
                     let Some(mut merged) = existing.clone() else {
                         return not_found(&path);
                     };
                     json_patch::merge(&mut merged, &object);
                     object = merged;
+                } else if let Some(status) = existing.as_ref().and_then(|e| e.get("status")) {
+                    // Writes to the object itself leave its status as it was (the status
+                    // subresource owns it).
+                    object["status"] = status.clone();
                 }
                 let kind = if existing.is_some() {
                     "MODIFIED"

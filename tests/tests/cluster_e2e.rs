@@ -125,6 +125,17 @@ impl Drop for Cluster {
             "--ignore-not-found",
             "--wait=false",
         ]);
+        // The suite's Tenant mirrors (the CRD stays: it may serve an installed Tenantry).
+        let _ = self
+            .command()
+            .args([
+                "delete",
+                "tenants.tenantry.dev",
+                "e2e-acme",
+                "e2e-globex",
+                "--ignore-not-found",
+            ])
+            .output();
         let _ = self.webhook.kill();
         let _ = self.webhook.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -611,6 +622,16 @@ fn tenants_on_a_real_cluster() {
         "{} not found: `cargo build -p tenantry-controller`",
         controller_bin.display()
     );
+    // `kubectl get tenants` needs the CRD; it is left installed afterwards.
+    cluster.kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        repo_root()
+            .join("deploy/base/crd-tenants.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
     let controller = Command::new(&controller_bin)
         .arg(format!(
             "--tenants={}",
@@ -663,6 +684,29 @@ fn tenants_on_a_real_cluster() {
             .windows(b"e2e-bob".len())
             .any(|w| w == b"e2e-bob")
     });
+    eventually(
+        "kubectl get tenants shows the directory's tenants with their usage",
+        || {
+            let out = cluster
+                .command()
+                .args([
+                    "get",
+                    "tenant",
+                    "e2e-globex",
+                    "-o",
+                    "jsonpath={.spec.tier} {.status.usage.services.limit}",
+                ])
+                .output()
+                .unwrap();
+            out.stdout == b"small 1"
+        },
+    );
+    let out = cluster
+        .as_user("e2e-bob", &[])
+        .args(["label", "tenant", "e2e-globex", "tier=gold"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "tenants cannot write their mirror");
     let out = cluster
         .as_user("e2e-alice", &[])
         .args([

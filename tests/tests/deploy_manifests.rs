@@ -27,6 +27,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
@@ -373,6 +374,9 @@ fn check_all_typed(b: &Build) {
             ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
                 parses::<MutatingWebhookConfiguration>(o, &origin)
             }
+            ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
+                parses::<CustomResourceDefinition>(o, &origin)
+            }
             ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration") => {
                 parses::<ValidatingWebhookConfiguration>(o, &origin)
             }
@@ -703,6 +707,7 @@ fn names_and_namespaces() {
                 "Namespace"
                     | "ClusterRole"
                     | "ClusterRoleBinding"
+                    | "CustomResourceDefinition"
                     | "MutatingWebhookConfiguration"
                     | "ValidatingWebhookConfiguration"
             );
@@ -1711,6 +1716,12 @@ fn the_controller_gets_exactly_what_it_provisions() {
                 want.insert(grant(group, resource, verb, ""));
             }
         }
+        // Usage for the Tenant mirrors: the webhook's watches.
+        for (group, _, resource) in contract::WATCHED_RESOURCES {
+            for verb in ["list", "watch"] {
+                want.insert(grant(group, resource, verb, ""));
+            }
+        }
         assert_eq!(have, want, "{origin}: the controller's cluster-wide grants");
         let mut lease = BTreeSet::new();
         for rb in b.all::<RoleBinding>() {
@@ -1775,5 +1786,12 @@ mod tenantry_controller_grants {
         ("apps", "deployments", &["list", "patch"]),
         ("apps", "statefulsets", &["list", "patch"]),
         ("events.k8s.io", "events", &["create", "patch"]),
+        // The Tenant mirrors, its alone.
+        (
+            "tenantry.dev",
+            "tenants",
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        ("tenantry.dev", "tenants/status", &["patch"]),
     ];
 }

@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use crate::contract;
-use crate::server::AppState;
+use crate::ledger::Ledger;
 
 /// A kube client from `--kubeconfig`, or the in-cluster configuration.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
@@ -55,16 +55,23 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-/// Watches every kind in [`contract::WATCHED_RESOURCES`] into the ledger; marks usage ready once
-/// each has listed completely.
-pub fn watch_usage(client: Client, state: Arc<AppState>) {
+/// Watches every kind in [`contract::WATCHED_RESOURCES`] into `ledger`; calls `on_synced` once
+/// each has listed completely (the webhook then admits quota-bound writes, the controller reports
+/// usage).
+pub fn watch_usage(
+    client: Client,
+    ledger: Arc<Ledger>,
+    on_synced: impl Fn() + Send + Sync + 'static,
+) {
+    let on_synced: Arc<dyn Fn() + Send + Sync> = Arc::new(on_synced);
     let synced = Arc::new(AtomicUsize::new(0));
     let total = contract::WATCHED_RESOURCES.len();
     macro_rules! full {
         ($k:ty) => {
             tokio::spawn(follow(
                 Api::<$k>::all(client.clone()),
-                state.clone(),
+                ledger.clone(),
+                on_synced.clone(),
                 synced.clone(),
                 total,
                 |o: &$k| serde_json::to_value(o).unwrap_or(Value::Null),
@@ -75,7 +82,8 @@ pub fn watch_usage(client: Client, state: Arc<AppState>) {
         ($k:ty) => {
             tokio::spawn(follow(
                 Api::<PartialObjectMeta<$k>>::all(client.clone()),
-                state.clone(),
+                ledger.clone(),
+                on_synced.clone(),
                 synced.clone(),
                 total,
                 |o: &PartialObjectMeta<$k>| {
@@ -97,7 +105,8 @@ pub fn watch_usage(client: Client, state: Arc<AppState>) {
         let (api_version, kind) = (resource.api_version.clone(), resource.kind.clone());
         tokio::spawn(follow(
             Api::<DynamicObject>::all_with(client.clone(), &resource),
-            state.clone(),
+            ledger.clone(),
+            on_synced.clone(),
             synced.clone(),
             total,
             move |o: &DynamicObject| {
@@ -128,7 +137,8 @@ fn key_of(object: &Value) -> Option<String> {
 
 async fn follow<K>(
     api: Api<K>,
-    state: Arc<AppState>,
+    ledger: Arc<Ledger>,
+    on_synced: Arc<dyn Fn() + Send + Sync>,
     synced: Arc<AtomicUsize>,
     total: usize,
     to_json: impl Fn(&K) -> Value,
@@ -143,8 +153,8 @@ async fn follow<K>(
         if !*counted_sync {
             *counted_sync = true;
             if synced.fetch_add(1, Ordering::AcqRel) + 1 == total {
-                info!(objects = state.ledger.objects(), "usage watches synced");
-                state.usage_ready.store(true, Ordering::Release);
+                info!(objects = ledger.objects(), "usage watches synced");
+                on_synced();
             }
         }
     };
@@ -173,21 +183,21 @@ async fn follow<K>(
                 if let Some(seen) = listing.as_mut() {
                     seen.insert(crate::ledger::key_hash(&key));
                 }
-                if let Err(e) = state.ledger.observe(&json) {
+                if let Err(e) = ledger.observe(&json) {
                     warn!(error = %e, "object not counted");
                 }
             }
             Event::Delete(o) => {
                 if let Some(key) = key_of(&to_json(&o)) {
-                    state.ledger.forget(&key);
+                    ledger.forget(&key);
                 }
             }
             Event::InitDone => {
                 // Objects that vanished while the watch was down are not in the new listing.
                 if let (Some(seen), Some(resource)) = (listing.take(), resource.as_ref()) {
-                    for hash in state.ledger.hashes_of_resource(resource) {
+                    for hash in ledger.hashes_of_resource(resource) {
                         if !seen.contains(&hash) {
-                            state.ledger.forget_hash(hash);
+                            ledger.forget_hash(hash);
                         }
                     }
                 }

@@ -814,7 +814,10 @@ pub async fn run(config: Config) -> Result<()> {
     match &kube {
         Some(client) => {
             info!("counting usage from cluster watches");
-            crate::cluster::watch_usage(client.clone(), state.clone());
+            let synced = state.clone();
+            crate::cluster::watch_usage(client.clone(), state.ledger.clone(), move || {
+                synced.usage_ready.store(true, Ordering::Release);
+            });
         }
         None => {
             tokio::spawn(load_state(state.clone(), config.state.clone()));

@@ -56,7 +56,10 @@ async fn world(seed: Vec<Value>) -> World {
     state.observes_cluster = true;
     state.usage_ready.store(false, Ordering::Release);
     let state = Arc::new(state);
-    cluster::watch_usage(client, state.clone());
+    let synced = state.clone();
+    cluster::watch_usage(client, state.ledger.clone(), move || {
+        synced.usage_ready.store(true, Ordering::Release);
+    });
     let deadline = Instant::now() + Duration::from_secs(20);
     while !state.usage_ready.load(Ordering::Acquire) {
         assert!(
