@@ -20,7 +20,7 @@ use thiserror::Error;
 use crate::desired::{self, DesiredState, LABEL_TENANT, MANAGED_BY, MANAGER, Options};
 use crate::lifecycle::{self, LifecycleReport};
 use crate::mirror;
-use tenantry_webhook::usage::UsageView;
+use tenantry_cluster::UsageView;
 
 /// The field manager of every object Tenantry applies.
 pub const FIELD_MANAGER: &str = "tenantry-controller";
@@ -134,12 +134,8 @@ where
     Ok(pruned)
 }
 
-/// Self-service namespaces in the cluster: those labelled for a tenant whose prefix they carry
-/// (the webhook stamped them when the tenant created them), not listed for anyone.
-pub async fn self_service_namespaces(
-    client: &Client,
-    directory: &Directory,
-) -> Result<BTreeMap<String, String>, ApplyError> {
+/// Namespaces in the cluster labelled for a tenant: name → the tenant label.
+async fn labelled_namespaces(client: &Client) -> Result<BTreeMap<String, String>, ApplyError> {
     let api: Api<Namespace> = Api::all(client.clone());
     let listed = api
         .list(&ListParams::default().labels(LABEL_TENANT))
@@ -148,23 +144,32 @@ pub async fn self_service_namespaces(
             kind: "Namespace".to_string(),
             source,
         })?;
-    let mut out = BTreeMap::new();
-    for ns in listed.items {
-        let name = ns.name_any();
-        let Some(label) = ns.labels().get(LABEL_TENANT) else {
-            continue;
-        };
-        if directory.listed_owner(&name).is_some() {
-            continue;
-        }
-        if directory
-            .prefix_owner(&name)
-            .is_some_and(|o| *o.tenant.id == **label)
-        {
-            out.insert(name, label.clone());
-        }
-    }
-    Ok(out)
+    Ok(listed
+        .items
+        .into_iter()
+        .filter_map(|ns| {
+            let label = ns.labels().get(LABEL_TENANT)?.clone();
+            Some((ns.name_any(), label))
+        })
+        .collect())
+}
+
+/// Self-service namespaces among `labelled`: those labelled for a tenant whose prefix they carry
+/// (the webhook stamped them when the tenant created them), not listed for anyone.
+pub fn self_service_namespaces(
+    labelled: &BTreeMap<String, String>,
+    directory: &Directory,
+) -> BTreeMap<String, String> {
+    labelled
+        .iter()
+        .filter(|(name, _)| directory.listed_owner(name).is_none())
+        .filter(|(name, label)| {
+            directory
+                .prefix_owner(name)
+                .is_some_and(|o| *o.tenant.id == ***label)
+        })
+        .map(|(name, label)| (name.clone(), label.clone()))
+        .collect()
 }
 
 /// Applies everything `state` wants, then prunes what Tenantry manages and no longer wants.
@@ -274,6 +279,31 @@ async fn apply_namespace(
     Ok(4 + n.role_bindings.len())
 }
 
+/// An Event on each namespace this reconcile provisioned for the first time (created, or adopted
+/// from someone who made it without Tenantry's labels), so `kubectl events` says who set it up.
+async fn announce_new_namespaces(
+    recorder: &Recorder,
+    state: &DesiredState,
+    labelled: &BTreeMap<String, String>,
+) {
+    for n in &state.namespaces {
+        let name = n.namespace.name_any();
+        let tenant = n
+            .namespace
+            .labels()
+            .get(LABEL_TENANT)
+            .cloned()
+            .unwrap_or_default();
+        if labelled.get(&name) == Some(&tenant) {
+            continue;
+        }
+        let note = format!(
+            "Tenantry provisioned this namespace for tenant `{tenant}`: network isolation, default requests, role bindings"
+        );
+        lifecycle::note(recorder, n.namespace.object_ref(&()), "Provisioned", note).await;
+    }
+}
+
 /// What a reconcile works with besides the directory.
 pub struct Context<'a> {
     pub client: &'a Client,
@@ -290,9 +320,11 @@ pub struct Context<'a> {
 /// scaled down whatever else failed) and mirror the tenants.
 pub async fn reconcile(cx: &Context<'_>, directory: &Directory) -> Result<Report, ApplyError> {
     let client = cx.client;
-    let self_service = self_service_namespaces(client, directory).await?;
+    let labelled = labelled_namespaces(client).await?;
+    let self_service = self_service_namespaces(&labelled, directory);
     let state = desired::desired(directory, &self_service, cx.options, cx.now);
     let applied = apply_state(client, &state).await;
+    announce_new_namespaces(cx.recorder, &state, &labelled).await;
     let lifecycle = lifecycle::carry_out(client, cx.recorder, &state).await?;
     let mirrored = mirror::apply_mirror(client, directory, &state.tenants, cx.usage).await?;
     let mut report = applied?;

@@ -38,10 +38,7 @@ use crate::mirror;
 /// without it, and the webhook keeps tenants from changing what carries it.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGER: &str = "tenantry";
-pub const LABEL_TENANT: &str = "tenantry.dev/tenant";
-pub const LABEL_TIER: &str = "tenantry.dev/tier";
-pub const LABEL_TEAM: &str = "tenantry.dev/team";
-pub const LABEL_CLIENT: &str = "tenantry.dev/client";
+pub use tenantry_tenancy::labels::{LABEL_CLIENT, LABEL_TEAM, LABEL_TENANT, LABEL_TIER};
 /// The label the API server sets on every namespace to its name; nobody can forge it.
 const NAMESPACE_NAME: &str = "kubernetes.io/metadata.name";
 /// The NetworkPolicy, LimitRange and ServiceAccount names in every tenant namespace.

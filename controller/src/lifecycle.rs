@@ -56,7 +56,7 @@ fn replicas(object: &DynamicObject) -> i64 {
 
 /// Events are for people reading `kubectl describe`/`kubectl events`; failing to publish one
 /// never fails a reconcile.
-async fn note(
+pub(crate) async fn note(
     recorder: &Recorder,
     reference: k8s_openapi::api::core::v1::ObjectReference,
     reason: &str,

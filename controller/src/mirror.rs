@@ -11,11 +11,11 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, CustomResource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tenantry_cluster::UsageView;
 use tenantry_tenancy::Directory;
 use tenantry_tenancy::directory::Tenant as DirectoryTenant;
 use tenantry_tenancy::model::{Members, Role};
 use tenantry_tenancy::quantity::{self, Unit};
-use tenantry_webhook::usage::UsageView;
 use tracing::warn;
 
 use crate::apply::{ApplyError, FIELD_MANAGER};

@@ -29,10 +29,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
+use tenantry_cluster::Ledger;
+use tenantry_cluster::UsageView;
 use tenantry_tenancy::config::parse_duration;
 use tenantry_tenancy::{DirectoryStore, PostgresSource, TenantSource};
-use tenantry_webhook::Ledger;
-use tenantry_webhook::usage::UsageView;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -262,13 +262,13 @@ where
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<()> {
-    let client = tenantry_webhook::cluster::client(config.kubeconfig.as_deref()).await?;
+    let client = tenantry_cluster::watch::client(config.kubeconfig.as_deref()).await?;
     // Usage for the `Tenant` mirrors, counted by the webhook's own ledger and watches.
     let ledger = Arc::new(Ledger::new());
     let usage_ready = Arc::new(AtomicBool::new(false));
     {
         let ready = usage_ready.clone();
-        tenantry_webhook::cluster::watch_usage(client.clone(), ledger.clone(), move || {
+        tenantry_cluster::watch::watch_usage(client.clone(), ledger.clone(), move || {
             ready.store(true, Ordering::Release);
         });
     }

@@ -5,11 +5,11 @@
 
 use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
+use tenantry_cluster::UsageView;
 use tenantry_controller::apply;
 use tenantry_controller::desired::Options;
 use tenantry_tenancy::{Directory, embedded};
 use tenantry_tests::api_server::ApiServer;
-use tenantry_webhook::usage::UsageView;
 
 const ROLEBINDINGS: &str = "/apis/rbac.authorization.k8s.io/v1/rolebindings";
 const NETWORKPOLICIES: &str = "/apis/networking.k8s.io/v1/networkpolicies";
@@ -162,10 +162,11 @@ async fn a_directory_becomes_namespaces_isolation_and_rbac_and_only_managed_obje
         !bindings.contains(&"globex-prod/tenantry-viewer".to_string()),
         "pruned"
     );
-    // Every write is a server-side apply under Tenantry's field manager (or a prune).
+    // Every write is a server-side apply under Tenantry's field manager (or a prune), besides
+    // the Events it records.
     let writes = api.writes();
     assert!(!writes.is_empty());
-    for write in writes {
+    for write in writes.iter().filter(|w| !w.contains("/events")) {
         assert!(
             write.starts_with("DELETE ")
                 || (write.starts_with("PATCH(apply)")
@@ -174,6 +175,23 @@ async fn a_directory_becomes_namespaces_isolation_and_rbac_and_only_managed_obje
             "{write}"
         );
     }
+
+    // Each namespace provisioned for the first time gets an Event saying so; globex-lab was
+    // already stamped for globex.
+    let provisioned = |api: &ApiServer| -> Vec<String> {
+        let mut out: Vec<String> = api
+            .objects("/apis/events.k8s.io/v1/events")
+            .iter()
+            .filter(|e| e["reason"] == "Provisioned")
+            .map(|e| e["regarding"]["name"].as_str().unwrap().to_string())
+            .collect();
+        out.sort();
+        out
+    };
+    assert_eq!(
+        provisioned(&api),
+        ["acme-dev", "acme-prod", "globex-prod", "initech-prod"]
+    );
 
     // Drift: someone deletes globex's isolation; the next reconcile puts it back.
     let policy = api
@@ -186,6 +204,7 @@ async fn a_directory_becomes_namespaces_isolation_and_rbac_and_only_managed_obje
         api.object(NETWORKPOLICIES, "globex-prod", "tenantry-isolation")
             .is_some()
     );
+    assert_eq!(provisioned(&api).len(), 4, "announced once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,7 +495,7 @@ async fn every_tenant_is_mirrored_with_its_members_by_role_and_usage_against_lim
                 "resources": {"requests": {"cpu": cpu, "memory": "1Gi"}}}]}})
     };
     let objects = [pod("shop-1", "250m"), pod("shop-2", "1250m")];
-    let ledger = tenantry_webhook::Ledger::from_objects(&objects).unwrap();
+    let ledger = tenantry_cluster::Ledger::from_objects(&objects).unwrap();
     let usage = ledger.view(None);
 
     let report = reconcile_with(&client, &directory, Some(&usage))

@@ -3,11 +3,13 @@
 //! It owns three things that every enforcement point shares: the tenant model and its checked,
 //! indexed snapshot ([`Directory`]); the sources that produce snapshots (a YAML file, or PostgreSQL
 //! with LISTEN/NOTIFY) and the [`DirectoryStore`] that serves the current one; and the Cedar
-//! [`PolicyEngine`]. The webhook and the enforcer depend on this crate and never on each other.
+//! [`PolicyEngine`]; and the [`labels`] Tenantry stamps. The webhook, the enforcer and the
+//! controller depend on this crate and never on each other.
 
 pub mod config;
 pub mod directory;
 pub mod embedded;
+pub mod labels;
 pub mod model;
 pub mod policy;
 pub mod postgres;

@@ -25,36 +25,8 @@ pub const VALIDATING_WEBHOOK_NAME: &str = "validate.tenantry.dev";
 /// `kubernetes.io/metadata.name` label (a label tenants cannot set).
 pub const EXCLUDED_NAMESPACES: &[&str] = &["kube-system", "kube-node-lease", NAMESPACE];
 
-/// `(group, version, resource)` the webhook lists and watches to count usage and Ingress hosts.
-pub const WATCHED_RESOURCES: &[(&str, &str, &str)] = &[
-    ("", "v1", "namespaces"),
-    ("", "v1", "pods"),
-    ("", "v1", "services"),
-    ("", "v1", "persistentvolumeclaims"),
-    ("", "v1", "configmaps"),
-    ("", "v1", "secrets"),
-    ("apps", "v1", "deployments"),
-    ("apps", "v1", "statefulsets"),
-    ("apps", "v1", "daemonsets"),
-    ("apps", "v1", "replicasets"),
-    ("batch", "v1", "jobs"),
-    ("batch", "v1", "cronjobs"),
-    ("", "v1", "persistentvolumes"),
-    ("networking.k8s.io", "v1", "ingresses"),
-    ("gateway.networking.k8s.io", "v1", "gateways"),
-    ("gateway.networking.k8s.io", "v1", "httproutes"),
-    ("gateway.networking.k8s.io", "v1", "grpcroutes"),
-    ("gateway.networking.k8s.io", "v1alpha2", "tlsroutes"),
-];
-
-/// `(group, version, kind)` of the Gateway API kinds whose hosts the webhook tracks; optional,
-/// since their CRDs may not be installed.
-pub const GATEWAY_KINDS: &[(&str, &str, &str)] = &[
-    ("gateway.networking.k8s.io", "v1", "Gateway"),
-    ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
-    ("gateway.networking.k8s.io", "v1", "GRPCRoute"),
-    ("gateway.networking.k8s.io", "v1alpha2", "TLSRoute"),
-];
+/// The kinds whose usage is watched (which RBAC must allow), and the optional Gateway API kinds.
+pub use tenantry_cluster::{GATEWAY_KINDS, WATCHED_RESOURCES};
 
 /// Subresources whose requests can cross a tenant boundary or grow usage and must reach the
 /// webhook; [`crate::request::SUBRESOURCES`] says how each is decided.

@@ -24,12 +24,9 @@ use crate::pod::InjectionConfig;
 use crate::podsecurity::PodSecurity;
 use crate::usage::{self, Amounts, UsageView};
 
-pub const LABEL_TENANT: &str = "tenantry.dev/tenant";
-pub const LABEL_TIER: &str = "tenantry.dev/tier";
-pub const LABEL_TEAM: &str = "tenantry.dev/team";
-pub const LABEL_CLIENT: &str = "tenantry.dev/client";
-/// The labels Tenantry stamps; the directory alone decides their values.
-pub const STAMPED_LABELS: [&str; 4] = [LABEL_TENANT, LABEL_TIER, LABEL_TEAM, LABEL_CLIENT];
+pub use tenantry_tenancy::labels::{
+    LABEL_CLIENT, LABEL_TEAM, LABEL_TENANT, LABEL_TIER, STAMPED_LABELS,
+};
 
 /// Everything a decision reads. All in memory: no decision waits on the network.
 #[derive(Clone, Copy)]

@@ -334,7 +334,7 @@ impl Ledger {
             "Namespace" => {
                 let label = object
                     .pointer("/metadata/labels")
-                    .and_then(|l| l.get(crate::translate::LABEL_TENANT))
+                    .and_then(|l| l.get(crate::LABEL_TENANT))
                     .and_then(Value::as_str);
                 s.set_label(namespace, label.map(Arc::from));
             }
@@ -345,7 +345,7 @@ impl Ledger {
                     claim_name: text("/spec/claimRef/name").map(str::to_string),
                     tenant_label: object
                         .pointer("/metadata/labels")
-                        .and_then(|l| l.get(crate::translate::LABEL_TENANT))
+                        .and_then(|l| l.get(crate::LABEL_TENANT))
                         .and_then(Value::as_str)
                         .map(Arc::from),
                 };

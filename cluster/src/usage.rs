@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tenantry_tenancy::quantity::Unit;
 
-use crate::pod::{self, ResourceError};
+use crate::resources::{self, ResourceError};
 
 /// The quota dimensions a single object can add to; `count` is its `count/<resource>` key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -89,9 +89,11 @@ pub fn amounts_of(group: &str, resource: &str, object: &Value) -> Result<Amounts
             a.persistentvolumeclaims = 1;
             if let Some(raw) = object.pointer("/spec/resources/requests/storage") {
                 a.requests_storage =
-                    pod::quantity_value(raw, Unit::Whole).map_err(|source| ResourceError {
-                        field: "spec.resources.requests.storage".into(),
-                        source,
+                    resources::quantity_value(raw, Unit::Whole).map_err(|source| {
+                        ResourceError {
+                            field: "spec.resources.requests.storage".into(),
+                            source,
+                        }
                     })?;
             }
         }
@@ -102,7 +104,7 @@ pub fn amounts_of(group: &str, resource: &str, object: &Value) -> Result<Amounts
             );
             if !terminal {
                 a.pods = 1;
-                let r = pod::pod_resources(object.get("spec").unwrap_or(&Value::Null))?;
+                let r = resources::pod_resources(object.get("spec").unwrap_or(&Value::Null))?;
                 a.requests_cpu = r.requests_cpu;
                 a.requests_memory = r.requests_memory;
                 a.limits_cpu = r.limits_cpu;
