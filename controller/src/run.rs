@@ -129,6 +129,7 @@ pub struct Metrics {
     pruned: Counter,
     lifecycle: Family<ActionLabels, Counter>,
     drift: Counter,
+    queued: Gauge,
     leader: Gauge,
     duration: Histogram,
 }
@@ -141,6 +142,7 @@ impl Metrics {
         let pruned = Counter::default();
         let lifecycle = Family::<ActionLabels, Counter>::default();
         let drift = Counter::default();
+        let queued = Gauge::default();
         let leader = Gauge::default();
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         registry.register("reconciles", "Reconciles by result", reconciles.clone());
@@ -161,6 +163,11 @@ impl Metrics {
             drift.clone(),
         );
         registry.register(
+            "queued_changes",
+            "Changes seen (directory versions, managed objects) that the next reconcile will take in",
+            queued.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica holds the Lease",
             leader.clone(),
@@ -177,6 +184,7 @@ impl Metrics {
             pruned,
             lifecycle,
             drift,
+            queued,
             leader,
             duration,
         }
@@ -251,6 +259,7 @@ where
             match event {
                 Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
                     metrics.drift.inc();
+                    metrics.queued.inc();
                     let _ = triggers.try_send(());
                 }
                 Ok(_) => {}
@@ -362,6 +371,10 @@ pub async fn run(config: Config) -> Result<()> {
     let mut resync = tokio::time::interval(config.resync);
     let mut poll = tokio::time::interval(Duration::from_millis(500));
     let mut reconciled_version = None;
+    // After a failure, retry with exponential backoff (1 s, 2 s, … up to the resync period):
+    // neither a hot loop against a failing API server nor a minute's wait for a transient error.
+    let mut backoff = RETRY_MIN;
+    let mut retry_at: Option<Instant> = None;
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
@@ -393,6 +406,10 @@ pub async fn run(config: Config) -> Result<()> {
         if !due && reconciled_version == Some(snapshot.version()) {
             continue;
         }
+        if retry_at.is_some_and(|at| Instant::now() < at) {
+            continue;
+        }
+        metrics.queued.set(0);
         let started = Instant::now();
         let usage = ledger.view(None);
         let cx = apply::Context {
@@ -409,6 +426,8 @@ pub async fn run(config: Config) -> Result<()> {
         match &outcome {
             Ok(report) => {
                 reconciled_version = Some(snapshot.version());
+                retry_at = None;
+                backoff = RETRY_MIN;
                 health.last_failed.store(false, Ordering::Release);
                 health.last_ok.store(unix_now(), Ordering::Release);
                 info!(
@@ -423,13 +442,20 @@ pub async fn run(config: Config) -> Result<()> {
             }
             Err(e) => {
                 health.last_failed.store(true, Ordering::Release);
-                warn!(error = %e, "reconcile failed; retrying on the next trigger or resync");
+                warn!(error = %e, retry_in = ?backoff, "reconcile failed");
+                retry_at = Some(Instant::now() + backoff);
+                // Retried once the backoff has passed, whatever triggers come meanwhile.
+                reconciled_version = None;
+                backoff = (backoff * 2).min(config.resync.max(RETRY_MIN));
             }
         }
     }
     info!("stopped");
     Ok(())
 }
+
+/// The first retry after a failed reconcile.
+const RETRY_MIN: Duration = Duration::from_secs(1);
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now()

@@ -8,8 +8,8 @@
 //!   lists it, filtered by `labelSelector` (`key=value`, `key`); with `watch=true` it streams
 //!   `{"type", "object"}` lines for later changes.
 //! - `PATCH` with `application/apply-patch+yaml` (server-side apply) upserts the body; with
-//!   `application/merge-patch+json` (RFC 7386) it merges the body into the existing object (404
-//!   when there is none).
+//!   `application/merge-patch+json` (RFC 7386) or a strategic merge patch it merges the body into
+//!   the existing object (404 when there is none).
 //! - `PATCH` on `…/NAME/status` changes only the object's `status`; an apply to the object keeps
 //!   the status it had.
 //! - `POST` to a collection creates the object (409 when it exists), as Events are recorded.
@@ -227,10 +227,13 @@ impl ApiServer {
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
         let (collection, namespace, name) = route(&path);
-        let merge = req
-            .headers()
-            .get("content-type")
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/merge-patch+json"));
+        // JSON merge and strategic merge patches both merge into the existing object here
+        // (strategic merge's list semantics are not implemented).
+        let merge = req.headers().get("content-type").is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/merge-patch+json")
+                || v.as_bytes()
+                    .starts_with(b"application/strategic-merge-patch+json")
+        });
         if self
             .lock()
             .missing
@@ -311,6 +314,7 @@ impl ApiServer {
                 if !namespace.is_empty() {
                     object["metadata"]["namespace"] = json!(namespace);
                 }
+                object["metadata"]["name"] = json!(name);
                 let existing = self.object(&collection, &namespace, &name);
                 // The status subresource changes only the status of an existing object.
                 if path.ends_with("/status") {
