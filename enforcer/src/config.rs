@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tenantry_tenancy::TenantSource;
+use tenantry_tenancy::cidr::Cidr;
 use thiserror::Error;
 
 #[derive(Debug, Parser)]
@@ -82,7 +83,9 @@ pub struct RunArgs {
     /// The owner's tier as the webhook saw it; informational (the directory is authoritative).
     #[arg(long, global = true, env = "TENANTRY_TIER")]
     pub tier: Option<String>,
-    /// Tenant data: a `postgres://` URL or a YAML file. Default: the embedded example directory.
+    /// Tenant data: a `postgres://` URL or a YAML file; `example` for the embedded example
+    /// directory (demos and tests). Required: an enforcer that does not know the real tenants
+    /// would refuse their traffic as unknown.
     #[arg(long, global = true, env = "TENANTRY_TENANTS")]
     pub tenants: Option<String>,
     /// Cedar policy directory (`tenantry.cedarschema` + `*.cedar`). Default: the shipped policies.
@@ -167,6 +170,40 @@ pub struct RunArgs {
     /// Largest request body, in bytes (streamed, never buffered).
     #[arg(long, global = true, env = "TENANTRY_MAX_BODY_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_body_bytes: u64,
+    /// Time a new connection has to send its first request (or HTTP/2 preface), and every
+    /// request its headers, in milliseconds.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_HEADER_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub header_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed, in milliseconds.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_IDLE_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    pub idle_timeout_ms: u64,
+    /// Client connections served at once; past it, new ones get a 503 and are closed.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_MAX_CONNECTIONS",
+        default_value_t = 4096
+    )]
+    pub max_connections: usize,
+    /// Peers (CIDR blocks, comma separated) whose `X-Forwarded-*` and `Forwarded` headers are
+    /// kept, such as an ingress in front of the pod; from anyone else they are replaced.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<Cidr>,
     /// Time allowed for the application to send response headers, in milliseconds.
     #[arg(
         long,
@@ -231,6 +268,36 @@ pub enum JwtKeySource {
     JwksFile(PathBuf),
 }
 
+/// How long and how many client connections are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub max_header_bytes: usize,
+    /// For the first request (or h2 preface) and each request's headers.
+    pub header_timeout: Duration,
+    /// Closed after this long without a request in flight.
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_header_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// Where tenant data comes from.
+#[derive(Debug, Clone)]
+pub enum Tenants {
+    /// The embedded example directory (`--tenants example`).
+    Example,
+    Source(TenantSource),
+}
+
 /// Everything the proxy needs, checked.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -238,7 +305,7 @@ pub struct Config {
     pub upstream: SocketAddr,
     pub tenant: String,
     pub tier: Option<String>,
-    pub tenants: Option<TenantSource>,
+    pub tenants: Tenants,
     pub policies: Option<PathBuf>,
     pub service: String,
     pub namespace: String,
@@ -249,8 +316,9 @@ pub struct Config {
     pub rate_limit: bool,
     pub admin_listen: SocketAddr,
     pub jwt: Option<JwtConfig>,
-    pub max_header_bytes: usize,
     pub max_body_bytes: u64,
+    pub connections: ConnectionLimits,
+    pub trusted_proxies: Vec<Cidr>,
     pub upstream_timeout: Duration,
     pub drain_timeout: Duration,
     pub log_format: Option<LogFormat>,
@@ -262,6 +330,10 @@ pub struct Config {
 pub enum ConfigError {
     #[error("`--tenant` (TENANTRY_TENANT) is required: the tenant that owns this pod")]
     NoTenant,
+    #[error(
+        "`--tenants` (TENANTRY_TENANTS) is required: a postgres:// URL or a tenants file (`example` for the embedded example directory); without the real tenants every caller would be refused as unknown"
+    )]
+    NoTenants,
     #[error("`--jwt-algorithm {0}` needs `--jwt-secret-file`")]
     HmacWithoutSecret(&'static str),
     #[error("`--jwt-algorithm {0}` needs `--jwt-jwks-file`")]
@@ -314,12 +386,26 @@ impl RunArgs {
         if self.upstream_timeout_ms == 0 {
             return Err(ConfigError::Zero("upstream-timeout-ms"));
         }
+        for (flag, value) in [
+            ("header-timeout-ms", self.header_timeout_ms),
+            ("idle-timeout-ms", self.idle_timeout_ms),
+            ("max-connections", self.max_connections as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(flag));
+            }
+        }
+        let tenants = match self.tenants.as_deref().filter(|t| !t.is_empty()) {
+            None => return Err(ConfigError::NoTenants),
+            Some("example") => Tenants::Example,
+            Some(source) => Tenants::Source(TenantSource::parse(source)),
+        };
         Ok(Config {
             listen: self.listen,
             upstream: self.upstream,
             tenant,
             tier: self.tier,
-            tenants: self.tenants.as_deref().map(TenantSource::parse),
+            tenants,
             policies: self.policies,
             service: self.service,
             namespace: self.namespace,
@@ -330,8 +416,14 @@ impl RunArgs {
             rate_limit: !self.no_rate_limit,
             admin_listen: self.admin_listen,
             jwt,
-            max_header_bytes: self.max_header_bytes,
             max_body_bytes: self.max_body_bytes,
+            connections: ConnectionLimits {
+                max_header_bytes: self.max_header_bytes,
+                header_timeout: Duration::from_millis(self.header_timeout_ms),
+                idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+                max_connections: self.max_connections,
+            },
+            trusted_proxies: self.trusted_proxies,
             upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
             log_format: self.log_format,
@@ -361,7 +453,7 @@ impl Config {
             upstream,
             tenant: tenant.to_string(),
             tier: None,
-            tenants: None,
+            tenants: Tenants::Example,
             policies: None,
             service: "app".to_string(),
             namespace: String::new(),
@@ -372,8 +464,9 @@ impl Config {
             rate_limit: true,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             jwt: None,
-            max_header_bytes: 64 * 1024,
             max_body_bytes: 256 * 1024 * 1024,
+            connections: ConnectionLimits::default(),
+            trusted_proxies: Vec::new(),
             upstream_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(20),
             log_format: None,
@@ -395,7 +488,15 @@ mod tests {
 
     #[test]
     fn run_subcommand_is_the_same_as_none() {
-        let cli = Cli::try_parse_from(["tenantry-enforcer", "run", "--tenant", "acme"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "tenantry-enforcer",
+            "run",
+            "--tenant",
+            "acme",
+            "--tenants",
+            "example",
+        ])
+        .unwrap();
         assert!(matches!(cli.command, Some(Command::Run)));
         assert_eq!(cli.run.into_config().unwrap().tenant, "acme");
     }
@@ -406,10 +507,33 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_source_is_required_and_the_example_is_asked_for_by_name() {
+        let err = parse(&["--tenant", "acme"]).unwrap_err();
+        assert!(
+            err.contains("`--tenants` (TENANTRY_TENANTS) is required"),
+            "{err}"
+        );
+        assert!(matches!(
+            parse(&["--tenant", "acme", "--tenants", "example"])
+                .unwrap()
+                .tenants,
+            Tenants::Example
+        ));
+        assert!(matches!(
+            parse(&["--tenant", "acme", "--tenants", "postgres://db/t"])
+                .unwrap()
+                .tenants,
+            Tenants::Source(TenantSource::Postgres(_))
+        ));
+    }
+
+    #[test]
     fn jwt_algorithm_must_match_the_key_kind() {
         let err = parse(&[
             "--tenant",
             "a",
+            "--tenants",
+            "example",
             "--jwt-secret-file",
             "s",
             "--jwt-algorithm",
@@ -420,6 +544,8 @@ mod tests {
         let ok = parse(&[
             "--tenant",
             "a",
+            "--tenants",
+            "example",
             "--jwt-jwks-file",
             "k",
             "--jwt-algorithm",

@@ -52,17 +52,32 @@ async fn echo(req: Request<Incoming>) -> Response<Full<Bytes>> {
     }
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
     let version = format!("{:?}", req.version());
     let mut body = req.into_body();
     let mut bytes: u64 = 0;
+    let mut trailers = serde_json::Map::new();
     while let Some(frame) = body.frame().await {
         match frame {
-            Ok(f) => bytes += f.data_ref().map_or(0, |d| d.len() as u64),
+            Ok(f) => match f.into_trailers() {
+                Ok(t) => {
+                    for (name, value) in &t {
+                        trailers.insert(
+                            name.as_str().to_string(),
+                            serde_json::Value::String(
+                                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                            ),
+                        );
+                    }
+                }
+                Err(f) => bytes += f.data_ref().map_or(0, |d| d.len() as u64),
+            },
             Err(_) => break,
         }
     }
     let out = serde_json::json!({
-        "method": method, "path": path, "version": version, "headers": headers, "body_bytes": bytes,
+        "method": method, "path": path, "query": query, "version": version, "headers": headers,
+        "trailers": trailers, "body_bytes": bytes,
     });
     Response::new(Full::new(Bytes::from(out.to_string())))
 }

@@ -15,6 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::canonical::{self, IdentityHeader};
 use crate::config::{JwtAlgorithm, JwtConfig, JwtKeySource};
 
 pub const TENANT_HEADER: &str = "x-tenant-id";
@@ -41,17 +42,6 @@ pub enum IdentityError {
     BadToken(String),
 }
 
-/// Is `name` (already lowercase, as `http` stores it) a spelling of the tenant header other than
-/// the canonical one? Servers such as nginx or CGI-style frameworks map `_` and `-` alike.
-fn is_alias(name: &str) -> bool {
-    name.len() == TENANT_HEADER.len()
-        && name != TENANT_HEADER
-        && name
-            .bytes()
-            .zip(TENANT_HEADER.bytes())
-            .all(|(a, b)| a == b || (b == b'-' && a == b'_'))
-}
-
 /// The one tenant id in `headers`, syntactically valid (not yet looked up).
 pub fn tenant_header(headers: &HeaderMap) -> Result<&str, IdentityError> {
     let mut values = headers.get_all(TENANT_HEADER).iter();
@@ -61,7 +51,9 @@ pub fn tenant_header(headers: &HeaderMap) -> Result<&str, IdentityError> {
     }
     // Aliases are rare; only scan when the map could hold one (any name of the right length).
     for name in headers.keys() {
-        if is_alias(name.as_str()) {
+        if name.as_str() != TENANT_HEADER
+            && canonical::identity_spelling(name.as_str()) == Some(IdentityHeader::Tenant)
+        {
             return Err(IdentityError::Alias(name.as_str().to_string()));
         }
     }
@@ -80,20 +72,6 @@ pub fn tenant_header(headers: &HeaderMap) -> Result<&str, IdentityError> {
         return Err(IdentityError::Malformed);
     }
     Ok(value)
-}
-
-/// Removes every spelling of the identity headers before the validated ones are set.
-pub fn strip_identity_headers(headers: &mut HeaderMap) {
-    headers.remove(TENANT_HEADER);
-    headers.remove(TIER_HEADER);
-    let aliases: Vec<http::HeaderName> = headers
-        .keys()
-        .filter(|n| is_alias(n.as_str()) || n.as_str() == "x_tenant_tier")
-        .cloned()
-        .collect();
-    for name in aliases {
-        headers.remove(name);
-    }
 }
 
 #[derive(Debug, Error)]
@@ -332,9 +310,11 @@ mod tests {
             ("X_Tenant_ID", "x"),
             ("X-Tenant-Tier", "gold"),
             ("x_tenant_tier", "gold"),
+            ("X-Tenant_Tier", "gold"),
+            ("X_Tenant-Tier", "gold"),
             ("other", "1"),
         ]);
-        strip_identity_headers(&mut h);
+        canonical::strip_identity(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("other"));
     }

@@ -10,6 +10,7 @@
 //! `main.rs` only parses configuration and calls [`run`].
 
 pub mod admin;
+pub mod canonical;
 pub mod config;
 pub mod demo;
 pub mod identity;
@@ -31,7 +32,7 @@ use tracing::{info, warn};
 
 pub use config::Config;
 
-use crate::config::RedisFailure;
+use crate::config::{RedisFailure, Tenants};
 use crate::metrics::Metrics;
 use crate::policy::ServiceSpec;
 use crate::ratelimit::{Limiter, MemoryStore, MonotonicClock, RedisStore, Store};
@@ -41,16 +42,16 @@ const RESYNC: Duration = Duration::from_secs(30);
 
 /// Loads tenant data per `--tenants`. A Postgres source is watched in the background: the store
 /// starts unloaded (`/readyz` false) and is filled by the first load.
-pub async fn directory_store(source: Option<&TenantSource>) -> anyhow::Result<Arc<DirectoryStore>> {
+pub async fn directory_store(source: &Tenants) -> anyhow::Result<Arc<DirectoryStore>> {
     match source {
-        None => Ok(Arc::new(DirectoryStore::loaded(
+        Tenants::Example => Ok(Arc::new(DirectoryStore::loaded(
             tenantry_tenancy::embedded::directory().context("loading the embedded tenants")?,
         ))),
-        Some(TenantSource::File(path)) => Ok(Arc::new(DirectoryStore::loaded(
+        Tenants::Source(TenantSource::File(path)) => Ok(Arc::new(DirectoryStore::loaded(
             tenantry_tenancy::source::load_file(path)
                 .with_context(|| format!("loading tenants from {}", path.display()))?,
         ))),
-        Some(TenantSource::Postgres(url)) => {
+        Tenants::Source(TenantSource::Postgres(url)) => {
             let store = Arc::new(DirectoryStore::unloaded());
             let url = url.clone();
             let watched = store.clone();
@@ -93,6 +94,13 @@ pub async fn start_with(
     store: Option<Store>,
 ) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
+    if let Ok((soft, _)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        metrics
+            .open_files_limit
+            .set(i64::try_from(soft).unwrap_or(i64::MAX));
+    }
     let policies: Arc<PolicyEngine> = Arc::new(match &config.policies {
         Some(dir) => PolicyEngine::load_dir(dir)
             .with_context(|| format!("loading policies from {}", dir.display()))?,
@@ -160,20 +168,20 @@ pub async fn start_with(
         namespace: config.namespace.clone(),
         shared: config.shared,
     };
-    let state = Arc::new(
-        proxy::State::new(
-            directory.clone(),
-            policies,
-            service,
-            jwt,
-            limiters,
-            metrics.clone(),
-            config.upstream,
-            config.upstream_timeout,
-            config.max_body_bytes,
-        )
-        .context("the upstream address")?,
-    );
+    let mut state = proxy::State::new(
+        directory.clone(),
+        policies,
+        service,
+        jwt,
+        limiters,
+        metrics.clone(),
+        config.upstream,
+        config.upstream_timeout,
+        config.max_body_bytes,
+    )
+    .context("the upstream address")?;
+    state.trusted_proxies = config.trusted_proxies.clone();
+    let state = Arc::new(state);
     let listeners = bind(config.listen, config.workers)
         .with_context(|| format!("binding {}", config.listen))?;
     let admin_listener = TcpListener::bind(config.admin_listen)
@@ -190,14 +198,15 @@ pub async fn start_with(
         metrics: metrics.clone(),
     };
     tokio::spawn(admin::serve(admin, admin_listener, wait(stopped.clone())));
-    let (max_header_bytes, drain) = (config.max_header_bytes, config.drain_timeout);
+    let drain = config.drain_timeout;
+    let connections = proxy::Connections::new(config.connections);
     let task = if config.workers == 0 {
         let listener = listeners.into_iter().next().context("no listener")?;
         let listener = TcpListener::from_std(listener)?;
         tokio::spawn(proxy::serve(
             state,
             listener,
-            max_header_bytes,
+            connections,
             wait(stopped),
             drain,
         ))
@@ -210,6 +219,7 @@ pub async fn start_with(
         for (i, listener) in listeners.into_iter().enumerate() {
             let state = state.clone();
             let stopped = stopped.clone();
+            let connections = connections.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("enforcer-worker-{i}"))
                 .spawn(move || {
@@ -227,7 +237,7 @@ pub async fn start_with(
                         match TcpListener::from_std(listener) {
                             Ok(l) => {
                                 let state = Arc::new(state.for_worker());
-                                proxy::serve(state, l, max_header_bytes, wait(stopped), drain).await
+                                proxy::serve(state, l, connections, wait(stopped), drain).await
                             }
                             Err(e) => warn!(error = %e, "cannot register a worker listener"),
                         }
@@ -283,12 +293,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.redis_failure == RedisFailure::Closed && config.redis.is_none() {
         warn!("--redis-failure closed has no effect without --redis");
     }
-    let directory = directory_store(config.tenants.as_ref()).await?;
+    raise_open_files_limit();
+    let directory = directory_store(&config.tenants).await?;
     let running = start(config, directory).await?;
     shutdown_signal().await;
     info!("shutting down");
     running.shutdown().await;
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one: every client connection is a descriptor,
+/// and the usual soft limit (1024) would turn a few hundred idle sockets into refused requests.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => warn!(error = %e, soft, hard, "cannot raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot read the open-file limit"),
+    }
 }
 
 async fn shutdown_signal() {

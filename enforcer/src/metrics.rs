@@ -18,8 +18,17 @@ pub struct ModeLabel {
     pub mode: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `silent` (nothing said within the header timeout), `idle`, `over_limit`, `shutdown`.
+    pub reason: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
+    pub connections_open: Gauge,
+    pub connections_closed: Family<ReasonLabel, Counter>,
+    pub open_files_limit: Gauge,
     pub registry: Registry,
     pub requests: Family<OutcomeLabel, Counter>,
     pub duration: Histogram,
@@ -73,6 +82,24 @@ impl Metrics {
             "1 while the Redis circuit breaker is open",
             circuit_open.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections being served",
+            connections_open.clone(),
+        );
+        let connections_closed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_closed_by_enforcer",
+            "Client connections the enforcer closed or refused, by reason",
+            connections_closed.clone(),
+        );
+        let open_files_limit = Gauge::default();
+        registry.register(
+            "open_files_limit",
+            "The process's open-file limit after raising it to the hard limit",
+            open_files_limit.clone(),
+        );
         let directory_version = Gauge::default();
         registry.register(
             "directory_version",
@@ -80,6 +107,9 @@ impl Metrics {
             directory_version.clone(),
         );
         Metrics {
+            connections_open,
+            connections_closed,
+            open_files_limit,
             registry,
             requests,
             duration,

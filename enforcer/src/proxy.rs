@@ -6,29 +6,36 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::combinators::MapFrame;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tenantry_tenancy::cidr::Cidr;
 use tenantry_tenancy::{DirectoryStore, PolicyEngine};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::canonical::{self, PathError};
+use crate::config::ConnectionLimits;
 use crate::identity::{self, IdentityError, JwtVerifier};
-use crate::metrics::{Metrics, OutcomeLabel};
+use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel};
 use crate::policy::{self, Decision, ServiceSpec};
 use crate::ratelimit::{Limit, Limiter, Outcome};
 
 pub type Body = Either<Incoming, Full<Bytes>>;
-type UpstreamBody = Limited<Incoming>;
+/// What goes upstream: the client's body, size-limited, trailers without identity headers.
+type UpstreamBody = MapFrame<Limited<Incoming>, fn(Frame<Bytes>) -> Frame<Bytes>>;
 
 /// Why a request was not forwarded (or the forward failed).
 #[derive(Debug)]
@@ -44,6 +51,7 @@ pub enum Rejection {
         retry_after: u64,
     },
     TooLarge(u64),
+    BadPath(PathError),
     BadGateway,
     GatewayTimeout,
 }
@@ -60,6 +68,7 @@ impl Rejection {
             Rejection::RateLimited { .. } => "rate_limited",
             Rejection::LimiterUnavailable { .. } => "rate_limiter_unavailable",
             Rejection::TooLarge(_) => "payload_too_large",
+            Rejection::BadPath(_) => "invalid_path",
             Rejection::BadGateway => "upstream_unavailable",
             Rejection::GatewayTimeout => "upstream_timeout",
         }
@@ -81,6 +90,7 @@ impl Rejection {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the request body is larger than {max} bytes"),
             ),
+            Rejection::BadPath(e) => (StatusCode::BAD_REQUEST, e.to_string()),
             // No internals: the application's address and the error stay in the logs.
             Rejection::BadGateway => (
                 StatusCode::BAD_GATEWAY,
@@ -151,6 +161,8 @@ pub struct State {
     pub upstream: http::uri::Authority,
     pub upstream_timeout: Duration,
     pub max_body_bytes: u64,
+    /// Peers whose forwarding headers are kept (a trusted ingress in front of the pod).
+    pub trusted_proxies: Vec<Cidr>,
     client_h1: Client<HttpConnector, UpstreamBody>,
     client_h2: Client<HttpConnector, UpstreamBody>,
 }
@@ -192,6 +204,7 @@ impl State {
             upstream: upstream.to_string().parse()?,
             upstream_timeout,
             max_body_bytes,
+            trusted_proxies: Vec::new(),
             client_h1,
             client_h2,
         })
@@ -216,6 +229,7 @@ impl State {
             upstream: self.upstream.clone(),
             upstream_timeout: self.upstream_timeout,
             max_body_bytes: self.max_body_bytes,
+            trusted_proxies: self.trusted_proxies.clone(),
             client_h1,
             client_h2,
         }
@@ -277,13 +291,14 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// Handles one request; never fails (every failure is a response).
+/// Handles one request from `peer`; never fails (every failure is a response).
 pub async fn handle(
     state: Arc<State>,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
-    let response = match check_and_forward(&state, req).await {
+    let response = match check_and_forward(&state, peer, req).await {
         Ok(r) => {
             state
                 .metrics
@@ -319,6 +334,7 @@ pub async fn handle(
 
 async fn check_and_forward(
     state: &State,
+    peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
     let directory = state.directory.current();
@@ -331,16 +347,28 @@ async fn check_and_forward(
         jwt.verify(req.headers(), &caller.id)
             .map_err(Rejection::Identity)?;
     }
+    // Policy decides on the canonical path, and that path is what is forwarded.
+    let path = canonical::normalize_path(req.uri().path()).map_err(Rejection::BadPath)?;
     match state.decisions.decide(
         &state.policies,
         &directory,
         &caller,
         &state.service,
         req.method().as_str(),
-        req.uri().path(),
+        &path,
     ) {
         Decision::Allow => {}
         Decision::Deny(reason) => return Err(Rejection::Forbidden(reason)),
+    }
+    // A request refused for its size spends none of the tenant's rate limit.
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > state.max_body_bytes
+    {
+        return Err(Rejection::TooLarge(state.max_body_bytes));
     }
     let mut ratelimit = None;
     if let (Some(limiter), Some(rl)) = (&state.limiter, caller.tier.rate_limit) {
@@ -370,22 +398,24 @@ async fn check_and_forward(
         }
     }
 
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > state.max_body_bytes
-    {
-        return Err(Rejection::TooLarge(state.max_body_bytes));
-    }
-
     let h2 = req.version() == Version::HTTP_2;
-    let path = req
+    let path = match req.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let path = http::uri::PathAndQuery::try_from(path)
+        .map_err(|_| Rejection::BadPath(PathError::BadEncoding))?;
+    // The host the client asked for, before the URI is pointed at the application.
+    let host = req
         .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        });
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(http::uri::Scheme::HTTP);
     parts.authority = Some(state.upstream.clone());
@@ -400,15 +430,19 @@ async fn check_and_forward(
     let tier_value = HeaderValue::from_str(&caller.tier.name).map_err(|_| Rejection::BadGateway)?;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    identity::strip_identity_headers(headers);
+    canonical::strip_identity(headers);
     headers.insert(identity::TENANT_HEADER, tenant_value);
     headers.insert(identity::TIER_HEADER, tier_value);
+    let trusted = state.trusted_proxies.iter().any(|c| c.contains(peer.ip()));
+    canonical::set_forwarding(headers, peer.ip(), trusted, host.as_deref());
 
+    let strip: fn(Frame<Bytes>) -> Frame<Bytes> = canonical::strip_trailer_identity;
     let req = req.map(|b| {
         Limited::new(
             b,
             usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX),
         )
+        .map_frame(strip)
     });
     let client = if h2 {
         &state.client_h2
@@ -431,46 +465,146 @@ async fn check_and_forward(
     Ok(response.map(Either::Left))
 }
 
+/// What is shared by every connection of one enforcer (all workers): the cap on connections.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    pub limits: ConnectionLimits,
+    slots: Arc<Semaphore>,
+}
+
+impl Connections {
+    pub fn new(limits: ConnectionLimits) -> Connections {
+        Connections {
+            limits,
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+        }
+    }
+}
+
+/// The first bytes of an HTTP/2 connection.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits until the client has said enough to tell HTTP/1.1 from HTTP/2: any byte that is not the
+/// start of the h2 preface, or the whole preface. `false` on timeout or EOF: a connection that
+/// says nothing, or stalls inside the preface, is closed instead of held.
+async fn speaks_within(stream: &TcpStream, timeout: Duration) -> bool {
+    let mut buf = [0u8; 24];
+    let detect = async {
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n >= H2_PREFACE.len() || !H2_PREFACE.starts_with(&buf[..n]) => {
+                    return true;
+                }
+                // Part of the preface: the socket stays readable while those bytes wait, so
+                // wait a little before looking again.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    };
+    tokio::time::timeout(timeout, detect).await.unwrap_or(false)
+}
+
+/// When a connection last started or finished a request, and how many it has in flight.
+#[derive(Debug)]
+struct Activity {
+    opened: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        Some(self.opened.elapsed().saturating_sub(last))
+    }
+}
+
+/// The answer past `--max-connections`, then the connection is closed.
+static TOO_MANY: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let body =
+        r#"{"error":"too_many_connections","message":"the enforcer serves no more connections"}"#;
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\nretry-after: 1\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+});
+
 /// Serves `listener` until `shutdown` resolves, then drains in-flight requests for up to `drain`.
+///
+/// Every connection is bounded: it must speak within the header timeout (HTTP/1.1 request or
+/// HTTP/2 preface) and send each request's headers within it, is closed after the idle timeout
+/// with nothing in flight (HTTP/2 included, with keep-alive pings to find dead peers), and
+/// counts against `--max-connections`; past that, new connections get a 503 and are closed.
 pub async fn serve(
     state: Arc<State>,
     listener: TcpListener,
-    max_header_bytes: usize,
+    connections: Connections,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
+    let limits = connections.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .keep_alive(true)
-        .max_buf_size(max_header_bytes.max(8192))
+        .max_buf_size(limits.max_header_bytes.max(8192))
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(limits.header_timeout);
     builder
         .http2()
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(limits.idle_timeout.min(Duration::from_secs(30))))
+        .keep_alive_timeout(limits.header_timeout)
         .timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    // Each connection task holds a clone; draining waits for the count to fall back to one.
+    let live = Arc::new(());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
                         warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let Ok(permit) = connections.slots.clone().try_acquire_owned() else {
+                    state.metrics.connections_closed.get_or_create(&ReasonLabel { reason: "over_limit" }).inc();
+                    tokio::spawn(async move {
+                        let mut stream = stream;
+                        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&TOO_MANY)).await;
+                        let _ = stream.shutdown().await;
+                    });
+                    continue;
+                };
                 let state = state.clone();
-                let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
+                let builder = builder.clone();
+                let mut closed = closed.clone();
+                let live = live.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        debug!(error = %e, "connection ended with an error");
+                    let _live = live;
+                    let _permit = permit;
+                    let metrics = state.metrics.clone();
+                    metrics.connections_open.inc();
+                    let reason = serve_connection(state, builder, stream, peer, limits, &mut closed).await;
+                    metrics.connections_open.dec();
+                    if let Some(reason) = reason {
+                        metrics.connections_closed.get_or_create(&ReasonLabel { reason }).inc();
                     }
                 });
             }
@@ -479,10 +613,78 @@ pub async fn serve(
     }
     drop(listener);
     info!("draining in-flight requests");
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = closing.send(true);
+    let drained = tokio::time::timeout(drain, async {
+        while Arc::strong_count(&live) > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
         warn!("drain timeout; closing the remaining connections");
+    }
+}
+
+/// Serves one connection to the end; returns why Tenantry closed it, if it did.
+async fn serve_connection(
+    state: Arc<State>,
+    builder: auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    limits: ConnectionLimits,
+    closing: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<&'static str> {
+    if !speaks_within(&stream, limits.header_timeout).await {
+        return Some("silent");
+    }
+    let activity = Arc::new(Activity {
+        opened: Instant::now(),
+        last_ms: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+    });
+    let tracked = activity.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let (state, activity) = (state.clone(), tracked.clone());
+        async move {
+            activity.in_flight.fetch_add(1, Ordering::Relaxed);
+            activity.touch();
+            let response = handle(state, peer, req).await;
+            activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+            activity.touch();
+            response
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let mut check = tokio::time::interval((limits.idle_timeout / 4).max(Duration::from_millis(50)));
+    let mut reason = None;
+    // An idle connection asked to close has nothing in flight; one that does not finish closing
+    // in time (an h2 peer that never acknowledges the GOAWAY's PING) is dropped.
+    let give_up = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(give_up);
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    debug!(error = %e, "connection ended with an error");
+                }
+                return reason;
+            }
+            () = &mut give_up => return reason,
+            _ = closing.wait_for(|c| *c), if reason.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                reason = Some("shutdown");
+            }
+            _ = check.tick(), if reason.is_none() => {
+                if activity.idle_for().is_some_and(|idle| idle >= limits.idle_timeout) {
+                    // Lets a response still streaming finish; no new request is read.
+                    conn.as_mut().graceful_shutdown();
+                    reason = Some("idle");
+                    give_up
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + limits.header_timeout);
+                }
+            }
+        }
     }
 }

@@ -146,6 +146,8 @@ fn init_redirect_sends_app_port_traffic_through_the_enforcer() {
             "run",
             "--tenant",
             "acme",
+            "--tenants",
+            "example",
             "--listen",
             "0.0.0.0:15001",
             "--upstream",

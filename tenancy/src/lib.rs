@@ -6,6 +6,7 @@
 //! [`PolicyEngine`]; and the [`labels`] Tenantry stamps. The webhook, the enforcer and the
 //! controller depend on this crate and never on each other.
 
+pub mod cidr;
 pub mod config;
 pub mod directory;
 pub mod embedded;

@@ -35,6 +35,10 @@ impl Enforcer {
     ) -> Enforcer {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+        // The embedded example directory, unless the test names a source.
+        if !args.contains(&"--tenants") {
+            cmd.args(["--tenants", "example"]);
+        }
         let child = cmd
             .args(["run", "--tenant", tenant])
             .arg("--listen")
