@@ -295,6 +295,9 @@ impl Default for ConnectionLimits {
 pub enum Tenants {
     /// The embedded example directory (`--tenants example`).
     Example,
+    /// The webhook's traffic view (`--tenants http://…/v1/traffic-view`): what injected
+    /// enforcers use, with no credential in the pod.
+    View(http::Uri),
     Source(TenantSource),
 }
 
@@ -334,6 +337,12 @@ pub enum ConfigError {
         "`--tenants` (TENANTRY_TENANTS) is required: a postgres:// URL or a tenants file (`example` for the embedded example directory); without the real tenants every caller would be refused as unknown"
     )]
     NoTenants,
+    #[error("`--tenants {0}` is not a valid URL")]
+    ViewUrl(String),
+    #[error(
+        "`--tenants https://…`: the traffic view is served over plain HTTP inside the cluster; use its http:// URL"
+    )]
+    ViewTls,
     #[error("`--jwt-algorithm {0}` needs `--jwt-secret-file`")]
     HmacWithoutSecret(&'static str),
     #[error("`--jwt-algorithm {0}` needs `--jwt-jwks-file`")]
@@ -398,6 +407,11 @@ impl RunArgs {
         let tenants = match self.tenants.as_deref().filter(|t| !t.is_empty()) {
             None => return Err(ConfigError::NoTenants),
             Some("example") => Tenants::Example,
+            Some(url) if url.starts_with("https://") => return Err(ConfigError::ViewTls),
+            Some(url) if url.starts_with("http://") => Tenants::View(
+                url.parse()
+                    .map_err(|_| ConfigError::ViewUrl(url.to_string()))?,
+            ),
             Some(source) => Tenants::Source(TenantSource::parse(source)),
         };
         Ok(Config {

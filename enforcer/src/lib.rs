@@ -19,6 +19,7 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod redirect;
+pub mod view;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +48,11 @@ pub async fn directory_store(source: &Tenants) -> anyhow::Result<Arc<DirectorySt
         Tenants::Example => Ok(Arc::new(DirectoryStore::loaded(
             tenantry_tenancy::embedded::directory().context("loading the embedded tenants")?,
         ))),
+        Tenants::View(url) => {
+            let store = Arc::new(DirectoryStore::unloaded());
+            tokio::spawn(view::follow(url.clone(), store.clone()));
+            Ok(store)
+        }
         Tenants::Source(TenantSource::File(path)) => Ok(Arc::new(DirectoryStore::loaded(
             tenantry_tenancy::source::load_file(path)
                 .with_context(|| format!("loading tenants from {}", path.display()))?,
@@ -55,7 +61,8 @@ pub async fn directory_store(source: &Tenants) -> anyhow::Result<Arc<DirectorySt
             let store = Arc::new(DirectoryStore::unloaded());
             let url = url.clone();
             let watched = store.clone();
-            // One connection per enforcer: the watcher LISTENs and reads snapshots on it, and
+            // One connection per enforcer (fine for a few; a fleet follows the webhook's
+            // traffic view instead): the watcher LISTENs and reads snapshots on it, and
             // reconnects with backoff by itself.
             let source = PostgresSource::lazy(&url)?;
             tokio::spawn(source.watch(watched, RESYNC));

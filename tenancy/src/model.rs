@@ -21,6 +21,51 @@ pub struct TenantsFile {
     pub tenants: BTreeMap<String, TenantSpec>,
 }
 
+impl TenantsFile {
+    /// What enforcers need to decide traffic, and nothing more: tiers with their rate limits
+    /// and Pod Security level, clients, and each tenant's tier, status and client. No
+    /// namespaces, members, teams, quotas or scheduling: this view is served to every tenant
+    /// pod without a credential, so it must not tell a tenant more than that.
+    pub fn traffic_view(&self) -> TenantsFile {
+        TenantsFile {
+            tiers: self
+                .tiers
+                .iter()
+                .map(|(name, tier)| {
+                    let view = TierSpec {
+                        rate_limit: tier.rate_limit,
+                        pod_security: tier.pod_security,
+                        ..TierSpec::default()
+                    };
+                    (name.clone(), view)
+                })
+                .collect(),
+            clients: self
+                .clients
+                .keys()
+                .map(|id| (id.clone(), ClientSpec::default()))
+                .collect(),
+            tenants: self
+                .tenants
+                .iter()
+                .map(|(id, tenant)| {
+                    let view = TenantSpec {
+                        tier: tenant.tier.clone(),
+                        status: tenant.status,
+                        client: tenant.client.clone(),
+                        namespaces: Vec::new(),
+                        members: Members::default(),
+                        teams: BTreeMap::new(),
+                        scale_down_on_suspend: None,
+                        purge_after: None,
+                    };
+                    (id.clone(), view)
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A service tier: quota limits, a rate limit for the enforcer, and pod scheduling.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -27,6 +27,8 @@ pub struct Freshness {
 pub struct DirectoryStore {
     current: ArcSwap<Directory>,
     freshness: Mutex<Freshness>,
+    /// Counts publishes, for those who wait for the next snapshot (the traffic view's long polls).
+    published: tokio::sync::watch::Sender<u64>,
 }
 
 impl DirectoryStore {
@@ -39,6 +41,7 @@ impl DirectoryStore {
                 last_error: None,
                 loads: 0,
             }),
+            published: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -61,6 +64,13 @@ impl DirectoryStore {
         f.confirmed_at = Some(Instant::now());
         f.last_error = None;
         f.loads += 1;
+        drop(f);
+        self.published.send_modify(|n| *n += 1);
+    }
+
+    /// Notified on every publish.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// The source confirmed the current snapshot is still current.

@@ -942,6 +942,78 @@ fn webhook_service_reaches_the_https_listener() {
 }
 
 #[test]
+fn injected_enforcers_follow_the_traffic_view_through_the_service_and_hold_no_credential() {
+    use clap::Parser;
+    for b in builds() {
+        let origin = b.root.display().to_string();
+        let d = b.webhook_deployment();
+        let c = webhook_container(&d);
+        let mut argv = vec!["tenantry-webhook".to_string()];
+        argv.extend(c.args.clone().unwrap_or_default());
+        argv.push("--tenants=unused".into());
+        let config = tenantry_webhook::server::Config::try_parse_from(&argv)
+            .unwrap_or_else(|e| panic!("{origin}: {e}"));
+        let injected = config
+            .injected_tenants()
+            .unwrap_or_else(|| panic!("{origin}: injected enforcers get no tenant source"));
+        assert!(
+            !injected.contains("postgres") && !injected.contains('@'),
+            "{origin}: a credential in every tenant pod's spec: {injected}"
+        );
+        // http://SERVICE.NAMESPACE.svc:PORT/v1/traffic-view, served by this Deployment.
+        let rest = injected
+            .strip_prefix(&format!(
+                "http://{}.{}.svc:",
+                contract::SERVICE_NAME,
+                contract::NAMESPACE
+            ))
+            .unwrap_or_else(|| panic!("{origin}: {injected}"));
+        let (port, path) = rest.split_once('/').unwrap();
+        assert_eq!(format!("/{path}"), tenantry_webhook::view::PATH);
+        let port: i32 = port.parse().unwrap();
+        let listen = config.traffic_view_listen.unwrap();
+        let service = b.one::<Service>(contract::SERVICE_NAME);
+        let by_port = service
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .into_iter()
+            .find(|p| p.port == port)
+            .unwrap_or_else(|| panic!("{origin}: the Service has no port {port}"));
+        let target = by_port.target_port.unwrap();
+        assert_eq!(
+            resolve_port(&c, &target),
+            Some(i32::from(listen.port())),
+            "{origin}: the Service's port {port} reaches --traffic-view-listen"
+        );
+        // Every pod may reach that port, and only that one of the webhook's.
+        let policy = b.one::<NetworkPolicy>("tenantry-webhook");
+        let open_to_all_pods = policy
+            .spec
+            .unwrap()
+            .ingress
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|rule| {
+                rule.from.iter().flatten().any(|peer| {
+                    peer.namespace_selector
+                        .as_ref()
+                        .is_some_and(|s| s.match_labels.is_none() && s.match_expressions.is_none())
+                })
+            })
+            .flat_map(|rule| rule.ports.unwrap_or_default())
+            .map(|p| resolve_port(&c, &p.port.unwrap()))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            open_to_all_pods,
+            [Some(i32::from(listen.port()))],
+            "{origin}: pods reach the traffic view and nothing else of the webhook"
+        );
+    }
+}
+
+#[test]
 fn probes_hit_the_contract_paths_on_the_metrics_port() {
     for b in builds() {
         let c = webhook_container(&b.webhook_deployment());

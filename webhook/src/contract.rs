@@ -10,6 +10,8 @@ pub const METRICS_PATH: &str = "/metrics";
 
 /// HTTPS for the API server (`--listen`).
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+/// Plain HTTP for the enforcers' traffic view (`--traffic-view-listen`).
+pub const DEFAULT_TRAFFIC_VIEW_PORT: u16 = 8081;
 /// Plain HTTP for probes and Prometheus (`--metrics-listen`).
 pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9090";
 

@@ -23,6 +23,7 @@ pub mod reservations;
 pub mod review;
 pub mod server;
 pub mod translate;
+pub mod view;
 
 pub use admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 pub use boundary::Boundary;

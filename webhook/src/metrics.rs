@@ -38,6 +38,7 @@ pub struct Metrics {
     pub policies_loaded: Gauge,
     pub tenants_reloads: Family<ResultLabels, Counter>,
     pub certificate_reloads: Family<ResultLabels, Counter>,
+    pub traffic_view_requests: Family<ResultLabels, Counter>,
     pub reservations: Gauge,
     pub tracked_objects: Gauge,
 }
@@ -116,6 +117,12 @@ impl Metrics {
             "Serving certificate reloads by result (ok, error)",
             certificate_reloads.clone(),
         );
+        let traffic_view_requests = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "traffic_view_requests",
+            "Traffic view requests from enforcers by result (changed, not_modified, unavailable)",
+            traffic_view_requests.clone(),
+        );
         let reservations = Gauge::default();
         registry.register(
             "quota_reservations",
@@ -140,6 +147,7 @@ impl Metrics {
             policies_loaded,
             tenants_reloads,
             certificate_reloads,
+            traffic_view_requests,
             reservations,
             tracked_objects,
         }

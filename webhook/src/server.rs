@@ -115,9 +115,22 @@ pub struct Config {
     /// `native` (init container with restartPolicy Always) or `container`.
     #[arg(long, env = "TENANTRY_SIDECAR_MODE", default_value = "native")]
     pub sidecar_mode: SidecarMode,
-    /// TENANTRY_TENANTS given to injected enforcers.
+    /// TENANTRY_TENANTS given to injected enforcers. Default: this webhook's traffic view
+    /// (`http://tenantry-webhook.tenantry-system.svc:PORT/v1/traffic-view`) when
+    /// --traffic-view-listen is set. Never a database URL: pod specs are readable by tenants.
     #[arg(long, env = "TENANTRY_SIDECAR_TENANTS")]
     pub sidecar_tenants: Option<String>,
+    /// Plain HTTP address serving the traffic view to injected enforcers (tier, status and
+    /// rate limit per tenant; nothing else), e.g. `0.0.0.0:8081`.
+    #[arg(long, env = "TENANTRY_TRAFFIC_VIEW_LISTEN")]
+    pub traffic_view_listen: Option<SocketAddr>,
+    /// Most enforcer connections to the traffic view at once (each long-polls one).
+    #[arg(
+        long,
+        env = "TENANTRY_TRAFFIC_VIEW_MAX_CONNECTIONS",
+        default_value_t = 16384
+    )]
+    pub traffic_view_max_connections: usize,
     /// TENANTRY_REDIS given to injected enforcers.
     #[arg(long, env = "TENANTRY_SIDECAR_REDIS")]
     pub sidecar_redis: Option<String>,
@@ -159,6 +172,22 @@ pub struct Config {
 }
 
 impl Config {
+    /// `TENANTRY_TENANTS` of injected enforcers: `--sidecar-tenants`, or else this webhook's
+    /// traffic view through its Service when `--traffic-view-listen` is set.
+    pub fn injected_tenants(&self) -> Option<String> {
+        self.sidecar_tenants.clone().or_else(|| {
+            self.traffic_view_listen.map(|addr| {
+                format!(
+                    "http://{}.{}.svc:{}{}",
+                    contract::SERVICE_NAME,
+                    contract::NAMESPACE,
+                    addr.port(),
+                    crate::view::PATH
+                )
+            })
+        })
+    }
+
     /// The boundary settings these flags describe.
     pub fn boundary(&self) -> crate::boundary::Boundary {
         crate::boundary::Boundary {
@@ -794,7 +823,7 @@ pub async fn run(config: Config) -> Result<()> {
         injection: InjectionConfig {
             image: config.sidecar_image.clone(),
             mode: config.sidecar_mode,
-            tenants: config.sidecar_tenants.clone(),
+            tenants: config.injected_tenants(),
             redis: config.sidecar_redis.clone(),
             redirect: config.sidecar_redirect,
             ..InjectionConfig::default()
@@ -875,6 +904,24 @@ pub async fn run(config: Config) -> Result<()> {
             shutdown.clone(),
             config.shutdown_grace,
             64,
+        )));
+    }
+    if let Some(addr) = config.traffic_view_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        info!(addr = %listener.local_addr()?, "serving the traffic view to enforcers over HTTP");
+        let view = Arc::new(crate::view::TrafficView::new(
+            directory.clone(),
+            metrics.clone(),
+        ));
+        servers.push(tokio::spawn(serve(
+            listener,
+            None,
+            crate::view::router(view),
+            shutdown.clone(),
+            config.shutdown_grace,
+            config.traffic_view_max_connections,
         )));
     }
     wait_for_signal().await;
