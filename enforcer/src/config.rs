@@ -145,8 +145,22 @@ pub struct RunArgs {
     )]
     pub jwt_secret_file: Option<PathBuf>,
     /// JWKS file with RS256/ES256 public keys; enables JWT verification.
-    #[arg(long, global = true, env = "TENANTRY_JWT_JWKS_FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_JWT_JWKS_FILE",
+        conflicts_with = "jwt_jwks"
+    )]
     pub jwt_jwks_file: Option<PathBuf>,
+    /// The JWKS document itself (public keys only), as the webhook injects it; enables JWT
+    /// verification.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_JWT_JWKS",
+        conflicts_with = "jwt_secret_file"
+    )]
+    pub jwt_jwks: Option<String>,
     /// The one algorithm tokens must use (default: HS256 with a secret, RS256 with a JWKS).
     #[arg(long, global = true, env = "TENANTRY_JWT_ALGORITHM", value_enum)]
     pub jwt_algorithm: Option<JwtAlgorithm>,
@@ -266,6 +280,8 @@ pub struct JwtConfig {
 pub enum JwtKeySource {
     SecretFile(PathBuf),
     JwksFile(PathBuf),
+    /// An inline JWKS document (`--jwt-jwks`).
+    Jwks(String),
 }
 
 /// How long and how many client connections are served.
@@ -359,10 +375,11 @@ impl RunArgs {
             .tenant
             .filter(|t| !t.is_empty())
             .ok_or(ConfigError::NoTenant)?;
-        let key = match (self.jwt_secret_file, self.jwt_jwks_file) {
-            (Some(f), _) => Some(JwtKeySource::SecretFile(f)),
-            (None, Some(f)) => Some(JwtKeySource::JwksFile(f)),
-            (None, None) => None,
+        let key = match (self.jwt_secret_file, self.jwt_jwks_file, self.jwt_jwks) {
+            (Some(f), _, _) => Some(JwtKeySource::SecretFile(f)),
+            (None, Some(f), _) => Some(JwtKeySource::JwksFile(f)),
+            (None, None, Some(doc)) if !doc.is_empty() => Some(JwtKeySource::Jwks(doc)),
+            (None, None, _) => None,
         };
         let jwt = match (key, self.jwt_algorithm) {
             (None, Some(_)) => return Err(ConfigError::AlgorithmWithoutKey),
@@ -370,15 +387,20 @@ impl RunArgs {
             (Some(key), alg) => {
                 let algorithm = match (&key, alg) {
                     (JwtKeySource::SecretFile(_), None) => JwtAlgorithm::Hs256,
-                    (JwtKeySource::JwksFile(_), None) => JwtAlgorithm::Rs256,
+                    (JwtKeySource::JwksFile(_) | JwtKeySource::Jwks(_), None) => {
+                        JwtAlgorithm::Rs256
+                    }
                     (JwtKeySource::SecretFile(_), Some(JwtAlgorithm::Hs256)) => JwtAlgorithm::Hs256,
                     (JwtKeySource::SecretFile(_), Some(a)) => {
                         return Err(ConfigError::AsymmetricWithoutJwks(a.name()));
                     }
-                    (JwtKeySource::JwksFile(_), Some(JwtAlgorithm::Hs256)) => {
+                    (
+                        JwtKeySource::JwksFile(_) | JwtKeySource::Jwks(_),
+                        Some(JwtAlgorithm::Hs256),
+                    ) => {
                         return Err(ConfigError::HmacWithoutSecret("HS256"));
                     }
-                    (JwtKeySource::JwksFile(_), Some(a)) => a,
+                    (JwtKeySource::JwksFile(_) | JwtKeySource::Jwks(_), Some(a)) => a,
                 };
                 Some(JwtConfig {
                     key,

@@ -117,6 +117,44 @@ impl std::fmt::Debug for JwtVerifier {
     }
 }
 
+/// The keys of a JWKS document (`path` names it in errors) usable with `algorithm`, by key id
+/// (and under "" when there is only one).
+fn jwks_keys(
+    path: std::path::PathBuf,
+    document: &[u8],
+    algorithm: JwtAlgorithm,
+) -> Result<HashMap<String, DecodingKey>, JwtSetupError> {
+    use jsonwebtoken::jwk::AlgorithmParameters;
+    let set: JwkSet = serde_json::from_slice(document).map_err(|source| JwtSetupError::Jwks {
+        path: path.clone(),
+        source,
+    })?;
+    let usable: Vec<_> = set
+        .keys
+        .iter()
+        .filter(|k| match algorithm {
+            JwtAlgorithm::Es256 => matches!(k.algorithm, AlgorithmParameters::EllipticCurve(_)),
+            _ => matches!(k.algorithm, AlgorithmParameters::RSA(_)),
+        })
+        .collect();
+    let mut keys = HashMap::new();
+    for jwk in &usable {
+        let kid = jwk.common.key_id.clone().unwrap_or_default();
+        let key = DecodingKey::from_jwk(jwk).map_err(|source| JwtSetupError::Key {
+            kid: kid.clone(),
+            source,
+        })?;
+        if usable.len() == 1 {
+            keys.insert(String::new(), key.clone());
+        }
+        keys.insert(kid, key);
+    }
+    if keys.is_empty() {
+        return Err(JwtSetupError::NoKeys(path, algorithm.name()));
+    }
+    Ok(keys)
+}
+
 impl JwtVerifier {
     pub fn load(config: &JwtConfig) -> Result<JwtVerifier, JwtSetupError> {
         let algorithm = match config.algorithm {
@@ -144,36 +182,10 @@ impl JwtVerifier {
                 keys.insert(String::new(), DecodingKey::from_secret(&secret));
             }
             JwtKeySource::JwksFile(path) => {
-                let set: JwkSet =
-                    serde_json::from_slice(&read(path)?).map_err(|source| JwtSetupError::Jwks {
-                        path: path.clone(),
-                        source,
-                    })?;
-                use jsonwebtoken::jwk::AlgorithmParameters;
-                let usable: Vec<_> = set
-                    .keys
-                    .iter()
-                    .filter(|k| match config.algorithm {
-                        JwtAlgorithm::Es256 => {
-                            matches!(k.algorithm, AlgorithmParameters::EllipticCurve(_))
-                        }
-                        _ => matches!(k.algorithm, AlgorithmParameters::RSA(_)),
-                    })
-                    .collect();
-                for jwk in &usable {
-                    let kid = jwk.common.key_id.clone().unwrap_or_default();
-                    let key = DecodingKey::from_jwk(jwk).map_err(|source| JwtSetupError::Key {
-                        kid: kid.clone(),
-                        source,
-                    })?;
-                    if usable.len() == 1 {
-                        keys.insert(String::new(), key.clone());
-                    }
-                    keys.insert(kid, key);
-                }
-                if keys.is_empty() {
-                    return Err(JwtSetupError::NoKeys(path.clone(), config.algorithm.name()));
-                }
+                keys = jwks_keys(path.clone(), &read(path)?, config.algorithm)?;
+            }
+            JwtKeySource::Jwks(document) => {
+                keys = jwks_keys("--jwt-jwks".into(), document.as_bytes(), config.algorithm)?;
             }
         }
         let mut validation = Validation::new(algorithm);

@@ -261,3 +261,39 @@ fn es256_tokens_are_verified_from_a_jwks_file() {
     let auth = format!("Authorization: Bearer {forged}");
     assert_eq!(get(e.addr, "/", &["X-Tenant-ID: acme", &auth]).0, 401);
 }
+
+#[test]
+fn as_injected_the_jwks_comes_inline_and_the_header_alone_no_longer_identifies() {
+    // What the webhook injects with --sidecar-jwt-jwks-file: the public JWKS itself, in env.
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let jwks = std::fs::read_to_string(fixtures.join("es256.jwks.json")).unwrap();
+    let app = echo_upstream();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.env("TENANTRY_JWT_JWKS", &jwks)
+        .env("TENANTRY_JWT_ALGORITHM", "ES256")
+        .env("TENANTRY_JWT_TENANT_CLAIM", "tenant");
+    let e = Enforcer::start_with("acme", app, &[], cmd);
+    assert_eq!(
+        get(e.addr, "/", &["X-Tenant-ID: acme"]).0,
+        401,
+        "the header alone"
+    );
+    let key = EncodingKey::from_ec_pem(&std::fs::read(fixtures.join("es256-private.pem")).unwrap())
+        .unwrap();
+    let mut header = Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("test-es256".into());
+    let sign = |tenant: &str| {
+        encode(
+            &header,
+            &serde_json::json!({"tenant": tenant, "exp": now() + 600}),
+            &key,
+        )
+        .unwrap()
+    };
+    let acme = format!("Authorization: Bearer {}", sign("acme"));
+    assert_eq!(get(e.addr, "/", &["X-Tenant-ID: acme", &acme]).0, 200);
+    // A token for globex cannot claim acme's header, nor acme's token globex's.
+    let globex = format!("Authorization: Bearer {}", sign("globex"));
+    assert_eq!(get(e.addr, "/", &["X-Tenant-ID: acme", &globex]).0, 401);
+    assert_eq!(get(e.addr, "/", &["X-Tenant-ID: globex", &acme]).0, 401);
+}

@@ -62,12 +62,71 @@ pub struct InjectionConfig {
     pub tenants: Option<String>,
     /// `TENANTRY_REDIS` for the sidecar.
     pub redis: Option<String>,
+    /// JWT verification for every injected enforcer, when the operator configures it.
+    pub jwt: Option<SidecarJwt>,
     /// Transparent mode: an init container (`init-redirect`, NET_ADMIN) redirects inbound TCP for
     /// the application's port to the enforcer, so the Service can keep targeting the app's port
     /// and nothing reaches the app around the enforcer.
     pub redirect: bool,
     /// Injections already built for this configuration.
     pub built: Arc<InjectionCache>,
+}
+
+/// The JWT settings injected enforcers verify tokens with. Public keys only: everything here is
+/// written into pod specs that tenants can read, so a shared secret (HS256) or a private key
+/// would let any tenant mint tokens for every tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarJwt {
+    /// The JWKS document (public keys).
+    pub jwks: String,
+    /// `RS256` or `ES256`.
+    pub algorithm: String,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub tenant_claim: String,
+}
+
+impl SidecarJwt {
+    /// Checks that `jwks` is a JWKS document holding public keys only.
+    pub fn new(
+        jwks: String,
+        algorithm: String,
+        issuer: Option<String>,
+        audience: Option<String>,
+        tenant_claim: String,
+    ) -> Result<SidecarJwt, String> {
+        if !matches!(algorithm.as_str(), "RS256" | "ES256") {
+            return Err(format!(
+                "`{algorithm}`: injected enforcers verify RS256 or ES256 tokens (a shared HS256 secret in every pod spec would let any tenant sign tokens)"
+            ));
+        }
+        let doc: Value = serde_json::from_str(&jwks)
+            .map_err(|e| format!("the sidecar JWKS is not JSON: {e}"))?;
+        let keys = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .filter(|k| !k.is_empty())
+            .ok_or("the sidecar JWKS has no `keys`")?;
+        for key in keys {
+            // `d` (and the CRT parameters) are private-key material; `k` a symmetric key.
+            if ["d", "p", "q", "dp", "dq", "qi", "k"]
+                .iter()
+                .any(|member| key.get(member).is_some())
+            {
+                let kid = key.get("kid").and_then(Value::as_str).unwrap_or("?");
+                return Err(format!(
+                    "the sidecar JWKS holds private or symmetric key material (key `{kid}`): it is written into every tenant pod spec; give public keys only"
+                ));
+            }
+        }
+        Ok(SidecarJwt {
+            jwks: doc.to_string(),
+            algorithm,
+            issuer,
+            audience,
+            tenant_claim,
+        })
+    }
 }
 
 /// Injections already built, by (tenant, tier, app port). Every pod is compared with exactly
@@ -127,6 +186,7 @@ impl Default for InjectionConfig {
             default_app_port: 8080,
             tenants: None,
             redis: None,
+            jwt: None,
             redirect: false,
             built: Arc::default(),
         }
@@ -239,6 +299,17 @@ pub fn sidecar(config: &InjectionConfig, tenant: &str, tier: &str, app_port: u16
     }
     if let Some(redis) = &config.redis {
         env.push(json!({"name": "TENANTRY_REDIS", "value": redis}));
+    }
+    if let Some(jwt) = &config.jwt {
+        env.push(json!({"name": "TENANTRY_JWT_JWKS", "value": jwt.jwks}));
+        env.push(json!({"name": "TENANTRY_JWT_ALGORITHM", "value": jwt.algorithm}));
+        env.push(json!({"name": "TENANTRY_JWT_TENANT_CLAIM", "value": jwt.tenant_claim}));
+        if let Some(issuer) = &jwt.issuer {
+            env.push(json!({"name": "TENANTRY_JWT_ISSUER", "value": issuer}));
+        }
+        if let Some(audience) = &jwt.audience {
+            env.push(json!({"name": "TENANTRY_JWT_AUDIENCE", "value": audience}));
+        }
     }
     let mut container = json!({
         "name": ENFORCER,
@@ -620,6 +691,53 @@ pub fn apply_scheduling(spec: &mut Map<String, Value>, tier: &Tier) -> Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PUBLIC_JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+
+    #[test]
+    fn injected_enforcers_get_the_operators_jwt_settings_with_public_keys_only() {
+        let jwt = SidecarJwt::new(
+            PUBLIC_JWKS.into(),
+            "ES256".into(),
+            Some("https://issuer.example".into()),
+            None,
+            "tenant".into(),
+        )
+        .unwrap();
+        let config = InjectionConfig {
+            jwt: Some(jwt),
+            ..InjectionConfig::default()
+        };
+        let env = sidecar(&config, "acme", "gold", 8080)["env"].clone();
+        let value = |name: &str| {
+            env.as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .map(|e| e["value"].as_str().unwrap().to_string())
+        };
+        assert!(
+            value("TENANTRY_JWT_JWKS")
+                .unwrap()
+                .contains("\"kid\":\"k1\"")
+        );
+        assert_eq!(value("TENANTRY_JWT_ALGORITHM").as_deref(), Some("ES256"));
+        assert_eq!(
+            value("TENANTRY_JWT_ISSUER").as_deref(),
+            Some("https://issuer.example")
+        );
+        assert_eq!(value("TENANTRY_JWT_AUDIENCE"), None);
+
+        // Everything injected is readable by tenants: no shared secret, no private key.
+        let hs = SidecarJwt::new(PUBLIC_JWKS.into(), "HS256".into(), None, None, "t".into());
+        assert!(hs.unwrap_err().contains("HS256"));
+        let private = PUBLIC_JWKS.replace("\"kid\"", "\"d\":\"secret\",\"kid\"");
+        let err = SidecarJwt::new(private, "ES256".into(), None, None, "t".into()).unwrap_err();
+        assert!(err.contains("private or symmetric"), "{err}");
+        let symmetric = r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"s"}]}"#;
+        assert!(SidecarJwt::new(symmetric.into(), "RS256".into(), None, None, "t".into()).is_err());
+        assert!(SidecarJwt::new("{}".into(), "RS256".into(), None, None, "t".into()).is_err());
+    }
 
     #[test]
     fn effective_pod_resources_follow_resourcequota_rules() {

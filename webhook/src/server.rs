@@ -131,6 +131,26 @@ pub struct Config {
         default_value_t = 16384
     )]
     pub traffic_view_max_connections: usize,
+    /// JWKS file (public keys only) injected enforcers verify `Authorization: Bearer` tokens
+    /// with; the header alone then no longer identifies a tenant.
+    #[arg(long, env = "TENANTRY_SIDECAR_JWT_JWKS_FILE")]
+    pub sidecar_jwt_jwks_file: Option<PathBuf>,
+    /// The tokens' algorithm: RS256 or ES256.
+    #[arg(long, env = "TENANTRY_SIDECAR_JWT_ALGORITHM", default_value = "RS256")]
+    pub sidecar_jwt_algorithm: String,
+    /// Required `iss` of the tokens.
+    #[arg(long, env = "TENANTRY_SIDECAR_JWT_ISSUER")]
+    pub sidecar_jwt_issuer: Option<String>,
+    /// Required `aud` of the tokens.
+    #[arg(long, env = "TENANTRY_SIDECAR_JWT_AUDIENCE")]
+    pub sidecar_jwt_audience: Option<String>,
+    /// The claim naming the tenant; it must equal `X-Tenant-ID`.
+    #[arg(
+        long,
+        env = "TENANTRY_SIDECAR_JWT_TENANT_CLAIM",
+        default_value = "tenant"
+    )]
+    pub sidecar_jwt_tenant_claim: String,
     /// TENANTRY_REDIS given to injected enforcers.
     #[arg(long, env = "TENANTRY_SIDECAR_REDIS")]
     pub sidecar_redis: Option<String>,
@@ -172,6 +192,24 @@ pub struct Config {
 }
 
 impl Config {
+    /// The JWT settings of injected enforcers, from `--sidecar-jwt-*`.
+    pub fn sidecar_jwt(&self) -> Result<Option<crate::pod::SidecarJwt>> {
+        let Some(path) = &self.sidecar_jwt_jwks_file else {
+            return Ok(None);
+        };
+        let jwks = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --sidecar-jwt-jwks-file `{}`", path.display()))?;
+        crate::pod::SidecarJwt::new(
+            jwks,
+            self.sidecar_jwt_algorithm.clone(),
+            self.sidecar_jwt_issuer.clone(),
+            self.sidecar_jwt_audience.clone(),
+            self.sidecar_jwt_tenant_claim.clone(),
+        )
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("--sidecar-jwt-jwks-file `{}`: {e}", path.display()))
+    }
+
     /// `TENANTRY_TENANTS` of injected enforcers: `--sidecar-tenants`, or else this webhook's
     /// traffic view through its Service when `--traffic-view-listen` is set.
     pub fn injected_tenants(&self) -> Option<String> {
@@ -824,6 +862,7 @@ pub async fn run(config: Config) -> Result<()> {
             image: config.sidecar_image.clone(),
             mode: config.sidecar_mode,
             tenants: config.injected_tenants(),
+            jwt: config.sidecar_jwt()?,
             redis: config.sidecar_redis.clone(),
             redirect: config.sidecar_redirect,
             ..InjectionConfig::default()
