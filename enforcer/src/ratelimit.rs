@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use tenantry_tenancy::redis_store::{RedisTarget, SharedConnection};
 use thiserror::Error;
 use tracing::{info, warn};
 
@@ -265,10 +266,11 @@ impl MemoryStore {
     }
 }
 
-/// The Redis bucket: one connection (multiplexed), re-established after failures.
+/// The Redis bucket: one connection (multiplexed), re-established after failures; a Redis
+/// Cluster works alike (`redis+cluster://…`), the bucket's keys sharing the tenant's slot.
 pub struct RedisStore {
-    client: redis::Client,
-    connection: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    target: RedisTarget,
+    connection: tokio::sync::Mutex<Option<SharedConnection>>,
     script: redis::Script,
     timeout: Duration,
     instance: String,
@@ -289,9 +291,8 @@ impl RedisStore {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url)?;
         Ok(RedisStore {
-            client,
+            target: RedisTarget::parse(url)?,
             connection: tokio::sync::Mutex::new(None),
             script: redis::Script::new(LEASE_SCRIPT),
             timeout,
@@ -300,12 +301,12 @@ impl RedisStore {
         })
     }
 
-    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
+    async fn connection(&self) -> Result<SharedConnection, StoreError> {
         let mut slot = self.connection.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let connect = self.client.get_multiplexed_async_connection();
+        let connect = self.target.multiplexed();
         let c = tokio::time::timeout(self.timeout, connect)
             .await
             .map_err(|_| StoreError::Timeout(self.timeout))??;

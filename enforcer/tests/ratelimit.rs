@@ -284,3 +284,31 @@ fn redis_down_closed_mode_refuses_and_recovers() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn enforcers_share_one_limit_through_a_redis_cluster() {
+    let cluster = tenantry_tests::RedisCluster::start().unwrap();
+    let app = echo_upstream();
+    // globex: free tier, 10 requests per second, burst 20, across both enforcers.
+    let a = Enforcer::start("globex", app, &["--redis", &cluster.url()]);
+    let b = Enforcer::start("globex", app, &["--redis", &cluster.url()]);
+    let mut allowed = 0;
+    for i in 0..60 {
+        let e = if i % 2 == 0 { &a } else { &b };
+        match get(e.addr, "/", &["X-Tenant-ID: globex"]).0 {
+            200 => allowed += 1,
+            429 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        (20..=30).contains(&allowed),
+        "{allowed} allowed: the two enforcers must share globex's burst of 20"
+    );
+    assert_eq!(
+        a.metric("tenantry_enforcer_ratelimit_store_errors_total")
+            + b.metric("tenantry_enforcer_ratelimit_store_errors_total"),
+        0.0,
+        "every lease went through the cluster"
+    );
+}

@@ -15,6 +15,7 @@ pub mod model;
 pub mod policy;
 pub mod postgres;
 pub mod quantity;
+pub mod redis_store;
 pub mod source;
 pub mod store;
 

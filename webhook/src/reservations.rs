@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
+use tenantry_tenancy::redis_store::{RedisTarget, SharedConnection};
 use thiserror::Error;
 
 use crate::ledger::Charges;
@@ -41,7 +41,7 @@ return 1
 /// A handle to the shared reservation store.
 #[derive(Clone)]
 pub struct SharedReservations {
-    conn: ConnectionManager,
+    conn: SharedConnection,
     timeout: Duration,
     reserve: redis::Script,
     release: redis::Script,
@@ -82,8 +82,8 @@ impl SharedReservations {
         url: &str,
         timeout: Duration,
     ) -> Result<SharedReservations, ReservationError> {
-        let client = redis::Client::open(url)?;
-        let conn = tokio::time::timeout(timeout * 10, ConnectionManager::new(client))
+        let target = RedisTarget::parse(url)?;
+        let conn = tokio::time::timeout(timeout * 10, target.managed())
             .await
             .map_err(|_| ReservationError::Timeout(timeout * 10))??;
         Ok(SharedReservations {

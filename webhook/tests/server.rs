@@ -645,6 +645,38 @@ async fn replicas_sharing_redis_never_overshoot_together() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_a_redis_cluster_never_overshoot_together() {
+    let cluster = tenantry_tests::RedisCluster::start().unwrap();
+    let url = cluster.url();
+    let a = Arc::new(start("cluster-a", TENANTS, &["--redis", &url]).await);
+    let b = Arc::new(start("cluster-b", TENANTS, &["--redis", &url]).await);
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let hook = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let admitted = admitted.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = hook
+                .admit(&pod_review("alice", "acme-dev", &format!("c-{i}"), false))
+                .await;
+            if r["allowed"] == true {
+                admitted.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(admitted.load(Ordering::SeqCst), 5);
+    // Another tenant's reservations live in another slot and are unaffected.
+    assert_eq!(
+        a.admit(&pod_review("bob", "globex-prod", "g-1", false))
+            .await["allowed"],
+        true
+    );
+}
+
 // --- the boundary, over HTTPS, with reviews shaped as the API server sends them -------------------
 
 /// Existing objects for the boundary tests: the example state plus pods with addresses.
