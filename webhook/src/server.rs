@@ -192,6 +192,26 @@ pub struct Config {
 }
 
 impl Config {
+    /// `TENANTRY_REDIS` of injected enforcers. Refused with credentials in it: pod specs are
+    /// readable by tenants, and a password there would let any tenant drain or reset every
+    /// tenant's rate limit.
+    pub fn sidecar_redis(&self) -> Result<Option<String>> {
+        let Some(url) = &self.sidecar_redis else {
+            return Ok(None);
+        };
+        let authority = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        let userinfo = authority
+            .split(['/', '?'])
+            .next()
+            .unwrap_or("")
+            .contains('@');
+        anyhow::ensure!(
+            !userinfo,
+            "--sidecar-redis carries credentials, which would be written into every tenant pod spec; give injected enforcers a Redis they may reach without a password, or leave it unset (rate limits are then per pod)"
+        );
+        Ok(Some(url.clone()))
+    }
+
     /// The JWT settings of injected enforcers, from `--sidecar-jwt-*`.
     pub fn sidecar_jwt(&self) -> Result<Option<crate::pod::SidecarJwt>> {
         let Some(path) = &self.sidecar_jwt_jwks_file else {
@@ -861,9 +881,14 @@ pub async fn run(config: Config) -> Result<()> {
         injection: InjectionConfig {
             image: config.sidecar_image.clone(),
             mode: config.sidecar_mode,
-            tenants: config.injected_tenants(),
+            tenants: config.injected_tenants().or_else(|| {
+                warn!(
+                    "neither --traffic-view-listen nor --sidecar-tenants is set: injected enforcers have no tenant source and will refuse to start"
+                );
+                None
+            }),
             jwt: config.sidecar_jwt()?,
-            redis: config.sidecar_redis.clone(),
+            redis: config.sidecar_redis()?,
             redirect: config.sidecar_redirect,
             ..InjectionConfig::default()
         },
@@ -1194,6 +1219,52 @@ async fn load_state(state: Arc<AppState>, path: Option<PathBuf>) {
 mod tests {
     use super::*;
     use crate::review::{self, Identity, Write};
+
+    fn config(extra: &[&str]) -> Config {
+        use clap::Parser;
+        let mut args = vec![
+            "tenantry-webhook",
+            "--tls-cert=c",
+            "--tls-key=k",
+            "--tenants=t",
+            "--policies=p",
+        ];
+        args.extend_from_slice(extra);
+        Config::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn nothing_secret_is_written_into_tenant_pod_specs() {
+        for refused in [
+            "redis://:hunter2@redis.tenantry-system.svc:6379",
+            "redis://enforcer:hunter2@redis:6379/0",
+            "rediss://user@redis:6380",
+        ] {
+            let err = config(&["--sidecar-redis", refused])
+                .sidecar_redis()
+                .unwrap_err();
+            assert!(err.to_string().contains("credentials"), "{refused}: {err}");
+        }
+        assert_eq!(
+            config(&[
+                "--sidecar-redis",
+                "redis://ratelimit.tenantry-system.svc:6379"
+            ])
+            .sidecar_redis()
+            .unwrap()
+            .as_deref(),
+            Some("redis://ratelimit.tenantry-system.svc:6379")
+        );
+        assert_eq!(config(&[]).sidecar_redis().unwrap(), None);
+        // The default tenant source of sidecars is the traffic view, never a database URL.
+        assert_eq!(
+            config(&["--traffic-view-listen", "0.0.0.0:8081"])
+                .injected_tenants()
+                .as_deref(),
+            Some("http://tenantry-webhook.tenantry-system.svc:8081/v1/traffic-view")
+        );
+        assert_eq!(config(&[]).injected_tenants(), None);
+    }
 
     fn pod_create(user: &str, namespace: &str, dry_run: bool) -> AdmissionRequest {
         let write = Write {
