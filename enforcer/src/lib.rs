@@ -137,17 +137,18 @@ pub async fn start_with(
             }
             (None, Some(url)) => {
                 // Fail fast on a malformed URL.
-                RedisStore::new(url, config.redis_timeout, metrics.clone())
+                RedisStore::new(url, &config.tenant, config.redis_timeout, metrics.clone())
                     .context("configuring Redis")?;
-                let (url, timeout, failure, metrics) = (
+                let (url, owner, timeout, failure, metrics) = (
                     url.clone(),
+                    config.tenant.clone(),
                     config.redis_timeout,
                     config.redis_failure,
                     metrics.clone(),
                 );
                 let split = u32::try_from(config.workers.max(1)).unwrap_or(u32::MAX);
                 Arc::new(move || {
-                    let store = RedisStore::new(&url, timeout, metrics.clone()).ok()?;
+                    let store = RedisStore::new(&url, &owner, timeout, metrics.clone()).ok()?;
                     let limiter = Limiter::new(
                         Store::Redis(Box::new(store)),
                         clock.clone(),

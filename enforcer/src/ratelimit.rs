@@ -267,9 +267,16 @@ impl MemoryStore {
 }
 
 /// The Redis bucket: one connection (multiplexed), re-established after failures; a Redis
-/// Cluster works alike (`redis+cluster://…`), the bucket's keys sharing the tenant's slot.
+/// Cluster works alike (`redis+cluster://…`).
+///
+/// Buckets live in the keyspace of the tenant that owns this pod: a caller's budget for this
+/// tenant's services is `tenantry:ratelimit:{OWNER}:CALLER`. So the credential of a tenant's
+/// pods (a Redis ACL user limited to `tenantry:ratelimit:{OWNER}*`) can spend or reset only the
+/// budgets of traffic into that tenant, never another tenant's; and every key of one bucket
+/// shares the owner's hash slot.
 pub struct RedisStore {
     target: RedisTarget,
+    owner: String,
     connection: tokio::sync::Mutex<Option<SharedConnection>>,
     script: redis::Script,
     timeout: Duration,
@@ -288,11 +295,13 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     pub fn new(
         url: &str,
+        owner: &str,
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<RedisStore, StoreError> {
         Ok(RedisStore {
             target: RedisTarget::parse(url)?,
+            owner: owner.to_string(),
             connection: tokio::sync::Mutex::new(None),
             script: redis::Script::new(LEASE_SCRIPT),
             timeout,
@@ -324,8 +333,8 @@ impl RedisStore {
         let mut con = self.connection().await?;
         let mut invocation = self.script.prepare_invoke();
         invocation
-            .key(format!("tenantry:ratelimit:{{{tenant}}}"))
-            .key(format!("tenantry:ratelimit:{{{tenant}}}:peers"))
+            .key(bucket_key(&self.owner, tenant))
+            .key(format!("{}:peers", bucket_key(&self.owner, tenant)))
             .arg(limit.rate)
             .arg(limit.burst)
             .arg(want)
@@ -358,6 +367,11 @@ impl RedisStore {
             }
         }
     }
+}
+
+/// The bucket of `caller`'s traffic into `owner`'s services.
+pub fn bucket_key(owner: &str, caller: &str) -> String {
+    format!("tenantry:ratelimit:{{{owner}}}:{caller}")
 }
 
 /// This process's name among a tenant's peers: one per pod, however many workers it runs.

@@ -50,10 +50,11 @@ fn script_calls(port: u16) -> u64 {
         .sum()
 }
 
+/// `tenant`'s own traffic into its own pods: the bucket in its keyspace.
 fn assert_keys_expire(port: u16, tenant: &str) {
     for key in [
-        format!("tenantry:ratelimit:{{{tenant}}}"),
-        format!("tenantry:ratelimit:{{{tenant}}}:peers"),
+        format!("tenantry:ratelimit:{{{tenant}}}:{tenant}"),
+        format!("tenantry:ratelimit:{{{tenant}}}:{tenant}:peers"),
     ] {
         let ttl: i64 = redis_cmd(port, &format!("PTTL {key}"))
             .trim_start_matches(':')
@@ -159,7 +160,7 @@ fn four_enforcers_share_one_limit_within_five_percent() {
     );
     // The enforcers learnt from the script that they are four.
     assert_eq!(
-        redis_cmd(redis.port, "ZCARD tenantry:ratelimit:{metro}:peers"),
+        redis_cmd(redis.port, "ZCARD tenantry:ratelimit:{metro}:metro:peers"),
         ":4"
     );
     assert_keys_expire(redis.port, "metro");
