@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
@@ -20,6 +20,7 @@ use thiserror::Error;
 use crate::desired::{self, DesiredState, LABEL_TENANT, MANAGED_BY, MANAGER, Options};
 use crate::lifecycle::{self, LifecycleReport};
 use crate::mirror;
+use crate::ratelimit::{self, RateLimitError};
 use tenantry_cluster::UsageView;
 
 /// The field manager of every object Tenantry applies.
@@ -47,6 +48,8 @@ pub enum ApplyError {
         #[source]
         source: kube::Error,
     },
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitError),
     #[error("{failed} namespace(s) could not be provisioned (the others were); the first: {first}")]
     Incomplete {
         failed: usize,
@@ -197,6 +200,12 @@ pub async fn apply_state(client: &Client, state: &DesiredState) -> Result<Report
                 .or_default()
                 .insert((ns.clone(), binding.name_any()));
         }
+        if let Some(secret) = &n.ratelimit_secret {
+            wanted
+                .entry("Secret")
+                .or_default()
+                .insert((ns.clone(), secret.name_any()));
+        }
         for (kind, name) in [
             ("NetworkPolicy", desired::ISOLATION),
             ("LimitRange", desired::DEFAULTS),
@@ -233,6 +242,12 @@ pub async fn apply_state(client: &Client, state: &DesiredState) -> Result<Report
         Api::<ServiceAccount>::all(c.clone()),
         |ns| Api::namespaced(c.clone(), ns),
         want("ServiceAccount"),
+    )
+    .await?;
+    report.pruned += prune(
+        Api::<Secret>::all(c.clone()),
+        |ns| Api::namespaced(c.clone(), ns),
+        want("Secret"),
     )
     .await?;
     let classes_wanted: BTreeSet<(String, String)> = state
@@ -276,7 +291,10 @@ async fn apply_namespace(
     for binding in &n.role_bindings {
         apply(&bindings, binding).await?;
     }
-    Ok(4 + n.role_bindings.len())
+    if let Some(secret) = &n.ratelimit_secret {
+        apply(&Api::<Secret>::namespaced(client.clone(), &ns), secret).await?;
+    }
+    Ok(4 + n.role_bindings.len() + usize::from(n.ratelimit_secret.is_some()))
 }
 
 /// An Event on each namespace this reconcile provisioned for the first time (created, or adopted
@@ -325,6 +343,10 @@ pub async fn reconcile(cx: &Context<'_>, directory: &Directory) -> Result<Report
     let state = desired::desired(directory, &self_service, cx.options, cx.now);
     let applied = apply_state(client, &state).await;
     announce_new_namespaces(cx.recorder, &state, &labelled).await;
+    if let Some(access) = &cx.options.ratelimit {
+        let tenants = directory.tenants().map(|t| t.id.to_string()).collect();
+        ratelimit::provision(access, &tenants).await?;
+    }
     let lifecycle = lifecycle::carry_out(client, cx.recorder, &state).await?;
     let mirrored = mirror::apply_mirror(client, directory, &state.tenants, cx.usage).await?;
     let mut report = applied?;

@@ -16,8 +16,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
-    LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ServiceAccount,
+    LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, Secret, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -33,6 +34,7 @@ use tenantry_tenancy::directory::Tenant;
 use tenantry_tenancy::model::{Members, NetworkIsolation, Role, Status};
 
 use crate::mirror;
+use crate::ratelimit::{self, RateLimitAccess};
 
 /// `app.kubernetes.io/managed-by` on everything Tenantry owns; the controller touches nothing
 /// without it, and the webhook keeps tenants from changing what carries it.
@@ -57,6 +59,8 @@ pub struct Options {
     pub default_cpu_request: String,
     pub default_memory_request: String,
     pub default_memory_limit: String,
+    /// Per-tenant Redis credentials for the enforcers' shared rate limits, when configured.
+    pub ratelimit: Option<RateLimitAccess>,
 }
 
 impl Default for Options {
@@ -67,6 +71,7 @@ impl Default for Options {
             default_cpu_request: "100m".into(),
             default_memory_request: "128Mi".into(),
             default_memory_limit: "512Mi".into(),
+            ratelimit: None,
         }
     }
 }
@@ -79,6 +84,8 @@ pub struct NamespaceObjects {
     pub limit_range: LimitRange,
     pub role_bindings: Vec<RoleBinding>,
     pub service_account: ServiceAccount,
+    /// The tenant's rate-limit Redis URL (`tenantry-ratelimit`), for its injected enforcers.
+    pub ratelimit_secret: Option<Secret>,
 }
 
 /// Everything Tenantry owns in the cluster, and what the lifecycle asks of tenant workloads.
@@ -225,6 +232,15 @@ fn namespace_objects(
             metadata: managed(AUTOMATION, Some(ns), tenant_labels(tenant, team)),
             ..ServiceAccount::default()
         },
+        ratelimit_secret: options.ratelimit.as_ref().map(|access| Secret {
+            metadata: managed(ratelimit::SECRET, Some(ns), tenant_labels(tenant, team)),
+            data: Some(BTreeMap::from([(
+                ratelimit::SECRET_KEY.to_string(),
+                ByteString(access.tenant_url(&tenant.id).into_bytes()),
+            )])),
+            type_: Some("Opaque".into()),
+            ..Secret::default()
+        }),
     }
 }
 
@@ -714,5 +730,32 @@ mod tests {
         );
         assert!(state.purge.is_empty());
         assert!(state.scaled_down.contains("globex-prod"));
+    }
+
+    #[test]
+    fn with_rate_limit_credentials_each_namespace_gets_its_tenants_url_only() {
+        let options = Options {
+            ratelimit: Some(RateLimitAccess {
+                address: "redis:6379".into(),
+                admin_password: "admin".into(),
+            }),
+            ..Options::default()
+        };
+        let state = desired(&directory(), &BTreeMap::new(), &options, now());
+        let url = |ns: &str| {
+            let secret = find(&state, ns).ratelimit_secret.clone().unwrap();
+            assert_eq!(secret.metadata.name.as_deref(), Some(ratelimit::SECRET));
+            String::from_utf8(secret.data.unwrap()[ratelimit::SECRET_KEY].0.clone()).unwrap()
+        };
+        assert!(url("acme-prod").starts_with("redis://tenantry-tenant-acme:"));
+        assert_eq!(
+            url("acme-prod"),
+            url("acme-dev"),
+            "one credential per tenant"
+        );
+        assert!(url("globex-prod").starts_with("redis://tenantry-tenant-globex:"));
+        assert_ne!(url("globex-prod"), url("acme-prod"));
+        let without = desired(&directory(), &BTreeMap::new(), &Options::default(), now());
+        assert!(find(&without, "acme-prod").ratelimit_secret.is_none());
     }
 }

@@ -16,4 +16,5 @@ pub mod apply;
 pub mod desired;
 pub mod lifecycle;
 pub mod mirror;
+pub mod ratelimit;
 pub mod run;

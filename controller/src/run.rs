@@ -14,7 +14,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
@@ -93,6 +93,20 @@ pub struct Config {
     /// Default memory request of containers that state none (LimitRange).
     #[arg(long, env = "TENANTRY_DEFAULT_MEMORY_REQUEST", default_value = "128Mi")]
     pub default_memory_request: String,
+    /// `host:port` of the Redis injected enforcers share rate limits through. With it, every
+    /// tenant gets a Redis user limited to its own keyspace and its URL in the Secret
+    /// `tenantry-ratelimit` of each of its namespaces (inject it with the webhook's
+    /// `--sidecar-redis-secret tenantry-ratelimit`).
+    #[arg(long, env = "TENANTRY_RATELIMIT_REDIS")]
+    pub ratelimit_redis: Option<String>,
+    /// Secret (in --lease-namespace) whose `password` is that Redis's admin password; created
+    /// with a random one if absent (Redis and the webhook read it from there).
+    #[arg(
+        long,
+        env = "TENANTRY_RATELIMIT_REDIS_SECRET",
+        default_value = "tenantry-redis"
+    )]
+    pub ratelimit_redis_secret: String,
     /// Default memory limit of containers that state none (LimitRange).
     #[arg(long, env = "TENANTRY_DEFAULT_MEMORY_LIMIT", default_value = "512Mi")]
     pub default_memory_limit: String,
@@ -106,6 +120,7 @@ impl Config {
             default_cpu_request: self.default_cpu_request.clone(),
             default_memory_request: self.default_memory_request.clone(),
             default_memory_limit: self.default_memory_limit.clone(),
+            ratelimit: None,
         }
     }
 }
@@ -341,6 +356,11 @@ pub async fn run(config: Config) -> Result<()> {
         metrics.clone(),
     );
     watch_managed(
+        Api::<Secret>::all(client.clone()),
+        triggers.clone(),
+        metrics.clone(),
+    );
+    watch_managed(
         Api::<PriorityClass>::all(client.clone()),
         triggers,
         metrics.clone(),
@@ -360,7 +380,20 @@ pub async fn run(config: Config) -> Result<()> {
     let (mut leader, _lease) = manager.watch().await;
     info!(%identity, lease = %config.lease_name, "waiting for the Lease");
 
-    let options = config.options();
+    let mut options = config.options();
+    if let Some(address) = &config.ratelimit_redis {
+        let admin_password = crate::ratelimit::admin_password(
+            &client,
+            &config.lease_namespace,
+            &config.ratelimit_redis_secret,
+        )
+        .await?;
+        info!(%address, "provisioning per-tenant rate-limit credentials");
+        options.ratelimit = Some(crate::ratelimit::RateLimitAccess {
+            address: address.clone(),
+            admin_password,
+        });
+    }
     let recorder = Recorder::new(
         client.clone(),
         Reporter {

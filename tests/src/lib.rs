@@ -228,12 +228,22 @@ fn path(p: &Path) -> &str {
 pub struct Redis {
     child: Option<Child>,
     pub port: u16,
+    extra: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Result<Redis> {
+        Redis::start_with(&[])
+    }
+
+    /// With extra `redis-server` arguments (`--requirepass`, …).
+    pub fn start_with(extra: &[&str]) -> Result<Redis> {
         let port = free_port()?;
-        let mut redis = Redis { child: None, port };
+        let mut redis = Redis {
+            child: None,
+            port,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
+        };
         redis.spawn()?;
         Ok(redis)
     }
@@ -250,6 +260,7 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
