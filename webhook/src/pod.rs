@@ -62,6 +62,10 @@ pub struct InjectionConfig {
     pub tenants: Option<String>,
     /// `TENANTRY_REDIS` for the sidecar.
     pub redis: Option<String>,
+    /// A Secret in the pod's namespace whose `url` is the sidecar's `TENANTRY_REDIS` (the
+    /// controller's per-tenant `tenantry-ratelimit`): a credential for the tenant's own
+    /// rate-limit budgets, never written into the pod spec.
+    pub redis_secret: Option<String>,
     /// JWT verification for every injected enforcer, when the operator configures it.
     pub jwt: Option<SidecarJwt>,
     /// Transparent mode: an init container (`init-redirect`, NET_ADMIN) redirects inbound TCP for
@@ -186,6 +190,7 @@ impl Default for InjectionConfig {
             default_app_port: 8080,
             tenants: None,
             redis: None,
+            redis_secret: None,
             jwt: None,
             redirect: false,
             built: Arc::default(),
@@ -299,6 +304,12 @@ pub fn sidecar(config: &InjectionConfig, tenant: &str, tier: &str, app_port: u16
     }
     if let Some(redis) = &config.redis {
         env.push(json!({"name": "TENANTRY_REDIS", "value": redis}));
+    } else if let Some(secret) = &config.redis_secret {
+        // Optional: until the controller has written it, the enforcer limits per pod.
+        env.push(
+            json!({"name": "TENANTRY_REDIS", "valueFrom": {"secretKeyRef": {
+            "name": secret, "key": "url", "optional": true}}}),
+        );
     }
     if let Some(jwt) = &config.jwt {
         env.push(json!({"name": "TENANTRY_JWT_JWKS", "value": jwt.jwks}));
@@ -693,6 +704,29 @@ mod tests {
     use super::*;
 
     const PUBLIC_JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+
+    #[test]
+    fn the_rate_limit_credential_comes_from_the_tenants_secret_not_the_pod_spec() {
+        let config = InjectionConfig {
+            redis_secret: Some("tenantry-ratelimit".into()),
+            ..InjectionConfig::default()
+        };
+        let sidecar = sidecar(&config, "acme", "gold", 8080);
+        let redis = sidecar["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "TENANTRY_REDIS")
+            .unwrap()
+            .clone();
+        assert!(redis.get("value").is_none(), "{redis}");
+        assert_eq!(
+            redis["valueFrom"]["secretKeyRef"],
+            json!({"name": "tenantry-ratelimit", "key": "url", "optional": true})
+        );
+        // The injected form is what validation expects, so such pods conform.
+        assert!(sidecar_conforms(&sidecar, &sidecar));
+    }
 
     #[test]
     fn injected_enforcers_get_the_operators_jwt_settings_with_public_keys_only() {

@@ -151,9 +151,17 @@ pub struct Config {
         default_value = "tenant"
     )]
     pub sidecar_jwt_tenant_claim: String,
-    /// TENANTRY_REDIS given to injected enforcers.
-    #[arg(long, env = "TENANTRY_SIDECAR_REDIS")]
+    /// TENANTRY_REDIS given to injected enforcers (no credentials: pod specs are readable).
+    #[arg(
+        long,
+        env = "TENANTRY_SIDECAR_REDIS",
+        conflicts_with = "sidecar_redis_secret"
+    )]
     pub sidecar_redis: Option<String>,
+    /// Secret in each pod's namespace whose `url` key injected enforcers take TENANTRY_REDIS
+    /// from: `tenantry-ratelimit`, written by the controller with `--ratelimit-redis`.
+    #[arg(long, env = "TENANTRY_SIDECAR_REDIS_SECRET")]
+    pub sidecar_redis_secret: Option<String>,
     /// Transparent mode: also inject `tenantry-enforcer init-redirect` (NET_ADMIN), which
     /// redirects inbound traffic for the app's port to the enforcer; the enforcer runs as uid 1337.
     #[arg(long, env = "TENANTRY_SIDECAR_REDIRECT")]
@@ -889,6 +897,7 @@ pub async fn run(config: Config) -> Result<()> {
             }),
             jwt: config.sidecar_jwt()?,
             redis: config.sidecar_redis()?,
+            redis_secret: config.sidecar_redis_secret.clone(),
             redirect: config.sidecar_redirect,
             ..InjectionConfig::default()
         },
