@@ -16,8 +16,31 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// A free TCP port on 127.0.0.1 (the OS picks it; a tiny race with other processes remains).
+/// A free TCP port on 127.0.0.1 for a server a test starts later.
+///
+/// Chosen at random below Linux's ephemeral range (32768–60999) and checked bindable: ports the
+/// kernel hands out for `bind(0)` and outgoing connections come from that range, so a port given
+/// here is not handed to another test process between this check and the server's bind (as
+/// `bind(0)`-then-release would be, under the suite's parallel load).
 pub fn free_port() -> Result<u16> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 32)
+        ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    let mut x = seed | 1;
+    for _ in 0..200 {
+        // xorshift64: cheap, and different in every process and call.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 10_000 + (x % 22_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
     Ok(listener.local_addr()?.port())
 }

@@ -1824,9 +1824,11 @@ fn the_controller_gets_exactly_what_it_provisions() {
             }
         }
         assert!(
-            lease.iter().all(|g| (g.1 == "leases" && g.0 == "coordination.k8s.io")
-                || (g.1 == "secrets"
-                    && (g.2 == "create" || (g.2 == "get" && g.3 == "tenantry-redis")))),
+            lease
+                .iter()
+                .all(|g| (g.1 == "leases" && g.0 == "coordination.k8s.io")
+                    || (g.1 == "secrets"
+                        && (g.2 == "create" || (g.2 == "get" && g.3 == "tenantry-redis")))),
             "{origin}: in tenantry-system the controller touches only its Lease and the Redis password: {lease:?}"
         );
         // Its tenant source is the webhook's.
