@@ -528,6 +528,42 @@ impl Activity {
     }
 }
 
+/// Counts a request in flight on its connection until dropped.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// A response body that keeps its request counted in flight until it is sent or dropped.
+struct BusyBody {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for BusyBody {
+    type Data = Bytes;
+    type Error = <Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The answer past `--max-connections`, then the connection is closed.
 static TOO_MANY: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
     let body =
@@ -648,10 +684,11 @@ async fn serve_connection(
         async move {
             activity.in_flight.fetch_add(1, Ordering::Relaxed);
             activity.touch();
+            // Busy until the response body is sent (or dropped): a long download or a gRPC
+            // stream is not an idle connection.
+            let busy = Busy(activity);
             let response = handle(state, peer, req).await;
-            activity.in_flight.fetch_sub(1, Ordering::Relaxed);
-            activity.touch();
-            response
+            response.map(|r| r.map(|inner| BusyBody { inner, _busy: busy }))
         }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);

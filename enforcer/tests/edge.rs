@@ -356,3 +356,33 @@ fn past_the_connection_cap_new_connections_are_refused_clearly() {
             >= 1.0
     );
 }
+
+#[test]
+fn a_response_streaming_longer_than_the_idle_timeout_is_not_cut() {
+    // An application that streams 15 chunks over 3 s.
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_addr = app.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in app.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+                for i in 0..15 {
+                    let chunk = format!("chunk-{i:02}\n");
+                    let _ = s.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes());
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                let _ = s.write_all(b"0\r\n\r\n");
+            });
+        }
+    });
+    let e = Enforcer::start(
+        "acme",
+        app_addr,
+        &["--idle-timeout-ms", "500", "--header-timeout-ms", "300"],
+    );
+    let (status, _, body) = get(e.addr, "/download", &["X-Tenant-ID: acme"]);
+    assert_eq!(status, 200);
+    assert!(body.contains("chunk-14"), "the stream was cut: {body}");
+}
