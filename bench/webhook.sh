@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Webhook load harness: our webhook beside a bare axum+rustls echo server, in one run, on this
-# machine. HTTPS keep-alive, the realistic Pod CREATE review (already mutated, as /validate
+# Webhook load harness: our webhook beside two yardsticks on the same axum+rustls stack, in one
+# run, on this machine: a bare echo (the transport alone) and a parse-and-echo (the transport plus
+# parsing the review into a serde_json Value and echoing its uid: the floor for any decision). HTTPS keep-alive, the realistic Pod CREATE review (already mutated, as /validate
 # receives it). Also resident memory idle and per tracked object (100,000 synthetic objects).
 #
 #   bench/webhook.sh [SECONDS]        (default 10 s per measurement)
@@ -50,17 +51,32 @@ $bin/examples/echo_server 127.0.0.1:$echo_port "$work/tls.crt" "$work/tls.key" &
 ECHO_PID=$!
 wait_port $echo_port
 echo_idle_rss=$(rss_kb $ECHO_PID)
+parse_port=$(free_port)
+$bin/examples/echo_server 127.0.0.1:$parse_port "$work/tls.crt" "$work/tls.key" --parse &
+PARSE_PID=$!
+wait_port $parse_port
 
 echo "machine: $(nproc) cores, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD)"
 echo "idle RSS: webhook ${idle_rss} kB, echo ${echo_idle_rss} kB"
-for conns in 1 32; do
+for conns in 1 16 32; do
   e=$($bin/examples/load 127.0.0.1:$echo_port /validate "$work/validate.json" "$work/ca.crt" $conns $secs)
+  p=$($bin/examples/load 127.0.0.1:$parse_port /validate "$work/validate.json" "$work/ca.crt" $conns $secs)
   w=$($bin/examples/load 127.0.0.1:$WEBHOOK_PORT /validate "$work/validate.json" "$work/ca.crt" $conns $secs)
-  echo "connections=$conns echo    $e"
-  echo "connections=$conns webhook $w"
+  echo "connections=$conns echo         $e"
+  echo "connections=$conns parse-echo   $p"
+  echo "connections=$conns webhook      $w"
+  # Ratios of throughput: webhook / echo and webhook / parse-echo (the issue's ≥ 0.5× target).
+  python3 - "$e" "$p" "$w" <<'PY'
+import json, re, sys
+def rps(line):
+    m = re.search(r'"(?:rps|requests_per_second)"\s*:\s*([0-9.]+)', line) or re.search(r'([0-9.]+)\s*req/s', line)
+    return float(m.group(1)) if m else float("nan")
+e, p, w = (rps(x) for x in sys.argv[1:])
+print(f"  ratios: webhook/echo {w/e:.2f}x, webhook/parse-echo {w/p:.2f}x")
+PY
 done
 echo "webhook RSS after load: $(rss_kb $WEBHOOK_PID) kB"
-kill $WEBHOOK_PID $ECHO_PID; wait $WEBHOOK_PID $ECHO_PID 2>/dev/null || true
+kill $WEBHOOK_PID $ECHO_PID $PARSE_PID; wait $WEBHOOK_PID $ECHO_PID $PARSE_PID 2>/dev/null || true
 
 # Memory per tracked object: 100,000 synthetic pods and configmaps in tenant namespaces.
 python3 - "$work/big.yaml" <<'PY'
