@@ -162,6 +162,13 @@ impl Cluster {
             ))
             .arg(format!("--kubeconfig={}", config.kubeconfig.display()))
             .arg(format!("--sidecar-mode={}", config.sidecar_mode))
+            // Injected enforcers are told to follow this traffic view (in a real install the
+            // webhook's Service serves it); the suite checks what is injected, not that it runs.
+            .arg(format!(
+                "--traffic-view-listen=127.0.0.1:{}",
+                free_port().unwrap()
+            ))
+            .arg("--sidecar-redis-secret=tenantry-ratelimit")
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .spawn()
@@ -547,6 +554,30 @@ fn tenants_on_a_real_cluster() {
     assert_eq!(
         created["metadata"]["labels"]["tenantry.dev/tenant"],
         "e2e-acme"
+    );
+    // Nothing secret in the pod spec a tenant can read: the tenant source is the traffic view,
+    // the Redis credential a reference to the tenant's own Secret.
+    let sidecar = created["spec"][list]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == tenantry_webhook::pod::ENFORCER)
+        .unwrap();
+    let env = sidecar["env"].as_array().cloned().unwrap_or_default();
+    let value = |name: &str| env.iter().find(|e| e["name"] == name).cloned();
+    assert!(
+        value("TENANTRY_TENANTS").unwrap()["value"]
+            .as_str()
+            .unwrap()
+            .ends_with("/v1/traffic-view")
+    );
+    assert_eq!(
+        value("TENANTRY_REDIS").unwrap()["valueFrom"]["secretKeyRef"]["name"],
+        "tenantry-ratelimit"
+    );
+    assert!(
+        !sidecar.to_string().contains("postgres://"),
+        "a database URL in a tenant pod: {sidecar}"
     );
 
     eprintln!("scenario: tenants mint tokens for their own service accounts (TokenRequest)");
