@@ -9,6 +9,42 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// The names of an enum's variants as they are written (YAML, Postgres, flags, Cedar): `as_str`,
+/// `FromStr` with an error listing the accepted names, and `Display`.
+macro_rules! names {
+    ($ty:ident, $what:literal, $($variant:ident => $name:literal),+ $(,)?) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    _ => Err(format!(
+                        concat!("`{}` is not a ", $what, " (", names!(@list $($name),+), ")"),
+                        s
+                    )),
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+    (@list $first:literal $(, $rest:literal)*) => {
+        concat!($first $(, ", ", $rest)*)
+    };
+}
+
 /// The whole tenants file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,31 +139,11 @@ pub enum NetworkIsolation {
     Dedicated,
 }
 
-impl NetworkIsolation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NetworkIsolation::Shared => "shared",
-            NetworkIsolation::Namespace => "namespace",
-            NetworkIsolation::Dedicated => "dedicated",
-        }
-    }
+names!(NetworkIsolation, "network isolation", Shared => "shared", Namespace => "namespace", Dedicated => "dedicated");
 
+impl NetworkIsolation {
     pub fn is_default(&self) -> bool {
         *self == NetworkIsolation::Shared
-    }
-}
-
-impl std::str::FromStr for NetworkIsolation {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "shared" => Ok(NetworkIsolation::Shared),
-            "namespace" => Ok(NetworkIsolation::Namespace),
-            "dedicated" => Ok(NetworkIsolation::Dedicated),
-            _ => Err(format!(
-                "`{s}` is not a network isolation (shared, namespace, dedicated)"
-            )),
-        }
     }
 }
 
@@ -141,29 +157,11 @@ pub enum PodSecurityLevel {
     Restricted,
 }
 
-impl PodSecurityLevel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PodSecurityLevel::Baseline => "baseline",
-            PodSecurityLevel::Restricted => "restricted",
-        }
-    }
+names!(PodSecurityLevel, "pod security level", Baseline => "baseline", Restricted => "restricted");
 
+impl PodSecurityLevel {
     pub fn is_default(&self) -> bool {
         *self == PodSecurityLevel::Baseline
-    }
-}
-
-impl std::str::FromStr for PodSecurityLevel {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "baseline" => Ok(PodSecurityLevel::Baseline),
-            "restricted" => Ok(PodSecurityLevel::Restricted),
-            _ => Err(format!(
-                "`{s}` is not a pod security level (baseline, restricted)"
-            )),
-        }
     }
 }
 
@@ -273,35 +271,7 @@ pub enum Status {
     Deleted,
 }
 
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Active => "active",
-            Status::Suspended => "suspended",
-            Status::Deleted => "deleted",
-        }
-    }
-}
-
-impl std::str::FromStr for Status {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "active" => Ok(Status::Active),
-            "suspended" => Ok(Status::Suspended),
-            "deleted" => Ok(Status::Deleted),
-            other => Err(format!(
-                "`{other}` is not a tenant status (active, suspended, deleted)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+names!(Status, "tenant status", Active => "active", Suspended => "suspended", Deleted => "deleted");
 
 /// Kubernetes identities that belong to a tenant. Those listed directly are developers; those
 /// under `admins` and `viewers` are members with that role instead.
@@ -357,16 +327,10 @@ pub enum Role {
     Admin,
 }
 
+names!(Role, "member role", Admin => "admin", Developer => "developer", Viewer => "viewer");
+
 impl Role {
     pub const ALL: [Role; 3] = [Role::Admin, Role::Developer, Role::Viewer];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Developer => "developer",
-            Role::Viewer => "viewer",
-        }
-    }
 
     /// The Kubernetes ClusterRole a role is bound to in the tenant's namespaces.
     pub fn cluster_role(self) -> &'static str {
@@ -375,26 +339,6 @@ impl Role {
             Role::Developer => "edit",
             Role::Viewer => "view",
         }
-    }
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "admin" => Ok(Role::Admin),
-            "developer" => Ok(Role::Developer),
-            "viewer" => Ok(Role::Viewer),
-            other => Err(format!(
-                "`{other}` is not a member role (admin, developer, viewer)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -457,5 +401,35 @@ impl TeamSpec {
             admins: self.admins.clone(),
             viewers: self.viewers.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_ones_list_the_accepted() {
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+            assert_eq!(role.to_string(), role.as_str());
+        }
+        assert_eq!("deleted".parse::<Status>(), Ok(Status::Deleted));
+        assert_eq!(
+            "gone".parse::<Status>(),
+            Err("`gone` is not a tenant status (active, suspended, deleted)".to_string())
+        );
+        assert_eq!(
+            "owner".parse::<Role>(),
+            Err("`owner` is not a member role (admin, developer, viewer)".to_string())
+        );
+        assert_eq!(
+            "strict".parse::<NetworkIsolation>(),
+            Err("`strict` is not a network isolation (shared, namespace, dedicated)".to_string())
+        );
+        assert_eq!(
+            "privileged".parse::<PodSecurityLevel>(),
+            Err("`privileged` is not a pod security level (baseline, restricted)".to_string())
+        );
     }
 }
