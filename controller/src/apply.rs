@@ -157,6 +157,26 @@ async fn labelled_namespaces(client: &Client) -> Result<BTreeMap<String, String>
         .collect())
 }
 
+/// [`prune`] for a namespaced kind.
+async fn prune_namespaced<K>(
+    client: &Client,
+    wanted: &BTreeSet<(String, String)>,
+) -> Result<usize, ApplyError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug,
+{
+    prune(
+        Api::<K>::all(client.clone()),
+        |ns| Api::namespaced(client.clone(), ns),
+        wanted,
+    )
+    .await
+}
+
 /// Self-service namespaces among `labelled`: those labelled for a tenant whose prefix they carry
 /// (the webhook stamped them when the tenant created them), not listed for anyone.
 pub fn self_service_namespaces(
@@ -219,37 +239,15 @@ pub async fn apply_state(client: &Client, state: &DesiredState) -> Result<Report
     }
     let empty = BTreeSet::new();
     let want = |kind: &str| wanted.get(kind).unwrap_or(&empty);
-    let c = client.clone();
-    report.pruned += prune(
-        Api::<RoleBinding>::all(c.clone()),
-        |ns| Api::namespaced(c.clone(), ns),
-        want("RoleBinding"),
-    )
-    .await?;
-    report.pruned += prune(
-        Api::<NetworkPolicy>::all(c.clone()),
-        |ns| Api::namespaced(c.clone(), ns),
-        want("NetworkPolicy"),
-    )
-    .await?;
-    report.pruned += prune(
-        Api::<LimitRange>::all(c.clone()),
-        |ns| Api::namespaced(c.clone(), ns),
-        want("LimitRange"),
-    )
-    .await?;
-    report.pruned += prune(
-        Api::<ServiceAccount>::all(c.clone()),
-        |ns| Api::namespaced(c.clone(), ns),
-        want("ServiceAccount"),
-    )
-    .await?;
-    report.pruned += prune(
-        Api::<Secret>::all(c.clone()),
-        |ns| Api::namespaced(c.clone(), ns),
-        want("Secret"),
-    )
-    .await?;
+    for pruned in [
+        prune_namespaced::<RoleBinding>(client, want("RoleBinding")).await?,
+        prune_namespaced::<NetworkPolicy>(client, want("NetworkPolicy")).await?,
+        prune_namespaced::<LimitRange>(client, want("LimitRange")).await?,
+        prune_namespaced::<ServiceAccount>(client, want("ServiceAccount")).await?,
+        prune_namespaced::<Secret>(client, want("Secret")).await?,
+    ] {
+        report.pruned += pruned;
+    }
     let classes_wanted: BTreeSet<(String, String)> = state
         .priority_classes
         .iter()

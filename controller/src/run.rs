@@ -21,7 +21,7 @@ use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
-use kube::{Api, Resource};
+use kube::{Api, Client, Resource};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -263,10 +263,15 @@ struct Ops {
 
 /// Sends a trigger whenever a managed object of kind `K` changes: drift is repaired by the next
 /// reconcile, which reads the world fresh.
-fn watch_managed<K>(api: Api<K>, triggers: mpsc::Sender<()>, metrics: Arc<Metrics>)
+fn watch_managed<K>(client: &Client, triggers: &mpsc::Sender<()>, metrics: &Arc<Metrics>)
 where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
+    let (api, triggers, metrics) = (
+        Api::<K>::all(client.clone()),
+        triggers.clone(),
+        metrics.clone(),
+    );
     let config = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGER}"));
     tokio::spawn(async move {
         let mut events = watcher::watcher(api, config).default_backoff().boxed();
@@ -330,41 +335,14 @@ pub async fn run(config: Config) -> Result<()> {
     });
 
     let (triggers, mut triggered) = mpsc::channel::<()>(1);
-    watch_managed(
-        Api::<Namespace>::all(client.clone()),
-        triggers.clone(),
-        metrics.clone(),
-    );
-    watch_managed(
-        Api::<NetworkPolicy>::all(client.clone()),
-        triggers.clone(),
-        metrics.clone(),
-    );
-    watch_managed(
-        Api::<LimitRange>::all(client.clone()),
-        triggers.clone(),
-        metrics.clone(),
-    );
-    watch_managed(
-        Api::<ServiceAccount>::all(client.clone()),
-        triggers.clone(),
-        metrics.clone(),
-    );
-    watch_managed(
-        Api::<RoleBinding>::all(client.clone()),
-        triggers.clone(),
-        metrics.clone(),
-    );
-    watch_managed(
-        Api::<Secret>::all(client.clone()),
-        triggers.clone(),
-        metrics.clone(),
-    );
-    watch_managed(
-        Api::<PriorityClass>::all(client.clone()),
-        triggers,
-        metrics.clone(),
-    );
+    watch_managed::<Namespace>(&client, &triggers, &metrics);
+    watch_managed::<NetworkPolicy>(&client, &triggers, &metrics);
+    watch_managed::<LimitRange>(&client, &triggers, &metrics);
+    watch_managed::<ServiceAccount>(&client, &triggers, &metrics);
+    watch_managed::<RoleBinding>(&client, &triggers, &metrics);
+    watch_managed::<Secret>(&client, &triggers, &metrics);
+    watch_managed::<PriorityClass>(&client, &triggers, &metrics);
+    drop(triggers);
 
     let identity = config
         .identity

@@ -4,34 +4,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tenantry_tests::api_server::ApiServer;
-use tenantry_tests::{free_port, repo_root};
+use tenantry_tests::{KillOnDrop, free_port, repo_root};
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// `(status, body)` of a GET to the controller's metrics port, `None` while it does not listen.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, text))
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (status, _, body) =
+        tenantry_tests::raw_http::try_raw(addr, &format!("GET {path} HTTP/1.1"), &[]).ok()?;
+    Some((status, body))
 }
 
 fn eventually(what: &str, mut done: impl FnMut() -> bool) {

@@ -15,21 +15,12 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use tenantry_tenancy::{PostgresSource, Status};
-use tenantry_tests::{Postgres, free_port, repo_root, wait_for_port};
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use tenantry_tests::{KillOnDrop, Postgres, free_port, repo_root, wait_for_port};
 
 /// `tenantry-enforcer` and `tenantry-webhook`: this build's, or those in
 /// `TENANTRY_FLEET_BIN_DIR` (`bench/fleet.sh` measures the release build that way).

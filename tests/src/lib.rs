@@ -8,6 +8,7 @@
 pub use tenantry_certs::client as https;
 
 pub mod api_server;
+pub mod raw_http;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -411,6 +412,16 @@ impl Drop for RedisCluster {
             let _ = node.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A child process (a server under test) killed when the test ends, however it ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

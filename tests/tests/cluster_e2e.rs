@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use tenantry_tests::{free_port, repo_root};
+use tenantry_tests::{KillOnDrop, free_port, repo_root};
 
 const ACME_NS: &str = "tenantry-e2e-acme";
 const GLOBEX_NS: &str = "tenantry-e2e-globex";
@@ -414,16 +414,6 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_secs(1));
     }
     panic!("timed out after 60s waiting until {what}");
-}
-
-/// A child process killed when the scenario ends, however it ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The `@message` of the policy with `@id(id)` in policies/, which the webhook quotes on deny.

@@ -1088,38 +1088,6 @@ async fn oversized_and_slow_bodies_and_idle_connections_cannot_hold_the_webhook(
     assert_eq!(reply.status, 200);
 }
 
-/// A raw HTTP/1.1 GET: status, headers (lowercase names) and body.
-fn http_get(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[&str],
-) -> (u16, Vec<(String, String)>, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
-    for h in headers {
-        req.push_str(&format!("{h}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, body.to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_traffic_view_serves_enforcers_only_what_traffic_needs_and_long_polls_for_changes() {
     let view_port = free_port().unwrap();
@@ -1130,10 +1098,11 @@ async fn the_traffic_view_serves_enforcers_only_what_traffic_needs_and_long_poll
     )
     .await;
     let view: SocketAddr = ([127, 0, 0, 1], view_port).into();
-    let (status, headers, body) =
-        tokio::task::spawn_blocking(move || http_get(view, "/v1/traffic-view", &[]))
-            .await
-            .unwrap();
+    let (status, headers, body) = tokio::task::spawn_blocking(move || {
+        tenantry_tests::raw_http::get(view, "/v1/traffic-view", &[])
+    })
+    .await
+    .unwrap();
     assert_eq!(status, 200, "{body}");
     let etag = headers
         .iter()
@@ -1162,7 +1131,7 @@ async fn the_traffic_view_serves_enforcers_only_what_traffic_needs_and_long_poll
     let tag = etag.clone();
     let started = Instant::now();
     let (status, _, _) = tokio::task::spawn_blocking(move || {
-        http_get(
+        tenantry_tests::raw_http::get(
             view,
             "/v1/traffic-view?wait=1",
             &[&format!("If-None-Match: {tag}")],
@@ -1177,7 +1146,7 @@ async fn the_traffic_view_serves_enforcers_only_what_traffic_needs_and_long_poll
     let tag = etag.clone();
     let poll = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        let reply = http_get(
+        let reply = tenantry_tests::raw_http::get(
             view,
             "/v1/traffic-view?wait=20",
             &[&format!("If-None-Match: {tag}")],

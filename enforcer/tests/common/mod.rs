@@ -121,55 +121,9 @@ pub fn echo_upstream() -> SocketAddr {
     addr
 }
 
-/// Sends raw request `head` lines (without the request line's trailing CRLF pair) and returns
-/// status, headers (lowercased names) and body. Adds `Connection: close`.
-pub fn raw(
-    addr: SocketAddr,
-    request_line: &str,
-    headers: &[&str],
-) -> (u16, Vec<(String, String)>, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!("{request_line}\r\nHost: test\r\nConnection: close\r\n");
-    for h in headers {
-        req.push_str(h);
-        req.push_str("\r\n");
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    parse_response(&buf)
-}
-
-pub fn get(addr: SocketAddr, path: &str, headers: &[&str]) -> (u16, Vec<(String, String)>, String) {
-    raw(addr, &format!("GET {path} HTTP/1.1"), headers)
-}
-
-pub fn parse_response(buf: &[u8]) -> (u16, Vec<(String, String)>, String) {
-    let text = String::from_utf8_lossy(buf).into_owned();
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return (0, vec![], text);
-    };
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, body.to_string())
-}
-
-pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use tenantry_tests::raw_http::{get, header, parse_response, raw};
 
 /// What the echo application saw, as JSON.
 pub fn seen(body: &str) -> serde_json::Value {
