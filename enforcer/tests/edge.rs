@@ -313,9 +313,15 @@ fn connections_that_say_nothing_or_stall_are_closed_and_do_not_keep_others_out()
         .unwrap();
     let took = closed_within(&mut h2, Duration::from_secs(5));
     assert!(took.is_some(), "an idle h2 connection stayed open");
-    // And an idle HTTP/1.1 keep-alive connection after a request.
-    let mut ka = KeepAlive::connect(e.addr);
-    assert_eq!(ka.get("acme"), 200);
+    // And an idle HTTP/1.1 keep-alive connection after a request: answered, then closed.
+    let mut ka = TcpStream::connect(e.addr).unwrap();
+    ka.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nX-Tenant-ID: acme\r\n\r\n")
+        .unwrap();
+    let took = closed_within(&mut ka, Duration::from_secs(5));
+    assert!(
+        took.is_some(),
+        "an idle HTTP/1.1 keep-alive connection stayed open"
+    );
     assert!(
         e.metric("tenantry_enforcer_connections_closed_by_enforcer_total{reason=\"silent\"}")
             >= 60.0
