@@ -298,19 +298,33 @@ async fn apply_namespace(
 /// An Event on each namespace this reconcile provisioned for the first time (created, or adopted
 /// from someone who made it without Tenantry's labels), so `kubectl events` says who set it up.
 async fn announce_new_namespaces(
+    client: &Client,
     recorder: &Recorder,
     state: &DesiredState,
-    labelled: &BTreeMap<String, String>,
+    before: &BTreeMap<String, String>,
 ) {
-    for n in &state.namespaces {
-        let name = n.namespace.name_any();
-        let tenant = n
-            .namespace
+    let tenant_of = |n: &desired::NamespaceObjects| {
+        n.namespace
             .labels()
             .get(LABEL_TENANT)
             .cloned()
-            .unwrap_or_default();
-        if labelled.get(&name) == Some(&tenant) {
+            .unwrap_or_default()
+    };
+    let candidates: Vec<_> = state
+        .namespaces
+        .iter()
+        .filter(|n| before.get(&n.namespace.name_any()) != Some(&tenant_of(n)))
+        .collect();
+    if candidates.is_empty() {
+        return;
+    }
+    // Only those this reconcile did provision: a namespace whose apply failed is not announced.
+    let Ok(after) = labelled_namespaces(client).await else {
+        return;
+    };
+    for n in candidates {
+        let tenant = tenant_of(n);
+        if after.get(&n.namespace.name_any()) != Some(&tenant) {
             continue;
         }
         let note = format!(
@@ -340,7 +354,7 @@ pub async fn reconcile(cx: &Context<'_>, directory: &Directory) -> Result<Report
     let self_service = self_service_namespaces(&labelled, directory);
     let state = desired::desired(directory, &self_service, cx.options, cx.now);
     let applied = apply_state(client, &state).await;
-    announce_new_namespaces(cx.recorder, &state, &labelled).await;
+    announce_new_namespaces(client, cx.recorder, &state, &labelled).await;
     if let Some(access) = &cx.options.ratelimit {
         let tenants = directory.tenants().map(|t| t.id.to_string()).collect();
         ratelimit::provision(access, &tenants).await?;

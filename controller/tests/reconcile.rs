@@ -233,6 +233,21 @@ async fn a_namespace_that_cannot_be_provisioned_does_not_hold_up_the_others() {
         api.object(NETWORKPOLICIES, "acme-dev", "tenantry-isolation")
             .is_none()
     );
+    // Only what was provisioned is announced.
+    let provisioned: Vec<String> = api
+        .objects("/apis/events.k8s.io/v1/events")
+        .iter()
+        .filter(|e| e["reason"] == "Provisioned")
+        .map(|e| e["regarding"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        provisioned.contains(&"acme-prod".to_string()),
+        "{provisioned:?}"
+    );
+    assert!(
+        !provisioned.contains(&"acme-dev".to_string()),
+        "{provisioned:?}"
+    );
 }
 
 const DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
