@@ -48,7 +48,7 @@ fn tenant_entity(tenant: &Tenant) -> Result<Vec<Entity>, String> {
         )]);
         out.push(Entity::new(c, attrs, HashSet::new()).map_err(|e| e.to_string())?);
     }
-    out.push(tenantry_tenancy::policy::tenant_entity(tenant)?);
+    out.push(tenant.entity()?.clone());
     Ok(out)
 }
 

@@ -157,9 +157,20 @@ pub struct Tenant {
     pub scale_down_on_suspend: bool,
     /// When a deleted tenant's namespaces are deleted for good.
     pub purge_after: Option<jiff::Timestamp>,
+    /// Its Cedar entity, built on first use and kept for the life of this snapshot: decisions
+    /// clone it rather than rebuild it on every request.
+    entity: std::sync::OnceLock<Result<cedar_policy::Entity, String>>,
 }
 
 impl Tenant {
+    /// `Tenant::"<id>"` with the attributes policies read, the client as parent.
+    pub fn entity(&self) -> Result<&cedar_policy::Entity, String> {
+        self.entity
+            .get_or_init(|| crate::policy::tenant_entity(self))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
     pub fn is_suspended(&self) -> bool {
         self.status == Status::Suspended
     }
@@ -373,6 +384,7 @@ impl Directory {
                 teams,
                 scale_down_on_suspend,
                 purge_after: spec.purge_after,
+                entity: std::sync::OnceLock::new(),
             };
             tenants.insert(tenant_id, Arc::new(tenant));
         }

@@ -315,7 +315,8 @@ fn tenant_entity(directory: &Directory, id: &str) -> Result<Option<Entity>, Tran
     let Some(t) = directory.tenant(id) else {
         return Ok(None);
     };
-    tenantry_tenancy::policy::tenant_entity(t)
+    t.entity()
+        .cloned()
         .map(Some)
         .map_err(TranslateError::Internal)
 }
@@ -432,16 +433,9 @@ pub fn translate(
         .as_deref()
         .filter(|n| !n.is_empty())
         .or_else(|| object.pointer("/metadata/name").and_then(Value::as_str));
-    let resource_uid = uid(
-        &TYPES.object,
-        &format!(
-            "{}/{}/{}/{}",
-            req.resource.resource,
-            facts.namespace,
-            name.unwrap_or(""),
-            req.uid
-        ),
-    );
+    // The object's id is only its handle in this request's entity store (its attributes say
+    // what it is), and short: Cedar hashes it on every attribute access.
+    let resource_uid = uid(&TYPES.object, "request");
     let p = &facts.pod;
     let pod_record = RestrictedExpression::new_record(
         [
