@@ -119,6 +119,19 @@ impl ReloadingCert {
         Ok(true)
     }
 
+    /// When the certificate now serving expires, in seconds since the Unix epoch (for the
+    /// `certificate_expiry_timestamp_seconds` gauge and its alert); `None` if it cannot be read.
+    pub fn not_after(&self) -> Option<i64> {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let der = current.cert.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
     /// Polls the files every `interval` for as long as the task runs.
     pub async fn watch(
         self: Arc<Self>,

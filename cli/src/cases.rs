@@ -95,6 +95,9 @@ pub struct Expect {
     pub message: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// An audit-mode policy expected to report the request (which it never denies).
+    #[serde(default)]
+    pub audited: Option<String>,
 }
 
 /// A loaded case file with the directory and usage its cases run against.
@@ -191,6 +194,14 @@ pub fn check(case: &Case, outcome: &Outcome) -> Vec<String> {
         failures.push(format!(
             "expected message containing {message:?}, got {:?}",
             outcome.message
+        ));
+    }
+    if let Some(policy) = &e.audited
+        && !outcome.audited.contains(policy)
+    {
+        failures.push(format!(
+            "expected audit policy `{policy}` to report, reporting: {:?}",
+            outcome.audited
         ));
     }
     for (key, want) in &e.labels {

@@ -38,10 +38,11 @@ async fn play() -> Result<ExitCode> {
     let tenants = state.directory.current().tenant_count();
     let hook = server::start_local(Arc::new(state)).await?;
     let client = Client::https(&hook.ca_pem, "127.0.0.1")?;
-    println!(
+    out!(
         "Tenantry demo: the webhook is serving on https://{} with the embedded directory ({} tenants)\n\
          and {policies} Cedar policies. Each write goes to /mutate, then /validate, as the API server sends it.\n",
-        hook.addr, tenants,
+        hook.addr,
+        tenants,
     );
 
     let mut surprises = 0;
@@ -51,19 +52,19 @@ async fn play() -> Result<ExitCode> {
         let outcome = admit(&client, hook.addr, request).await?;
         let elapsed = started.elapsed();
         let failures = cases::check(case, &outcome);
-        println!("{:>2}. {}", i + 1, case.name);
+        out!("{:>2}. {}", i + 1, case.name);
         let kind = outcome
             .object
             .get("kind")
             .and_then(Value::as_str)
             .unwrap_or("object");
         if outcome.allowed {
-            println!(
+            out!(
                 "    ALLOWED {kind}  ({} µs round trip)",
                 elapsed.as_micros()
             );
         } else {
-            println!("    DENIED  {}", outcome.message);
+            out!("    DENIED  {}", outcome.message);
         }
         let mut changed: Vec<String> = outcome
             .patch
@@ -75,33 +76,33 @@ async fn play() -> Result<ExitCode> {
             .collect();
         changed.dedup();
         if outcome.allowed && !changed.is_empty() {
-            println!("    mutated: {}", changed.join(", "));
+            out!("    mutated: {}", changed.join(", "));
         }
         for w in &outcome.warnings {
-            println!("    warning: {w}");
+            out!("    warning: {w}");
         }
         if !failures.is_empty() {
             surprises += 1;
-            println!("    UNEXPECTED: {}", failures.join("; "));
+            out!("    UNEXPECTED: {}", failures.join("; "));
         }
-        println!();
+        out!();
     }
     hook.stop().await;
 
-    println!("Traffic: an enforcer sidecar in front of a small application, as injected above.\n");
+    out!("Traffic: an enforcer sidecar in front of a small application, as injected above.\n");
     let mut transcript = Vec::new();
     tenantry_enforcer::demo::run(&mut transcript).await?;
-    print!("{}", String::from_utf8_lossy(&transcript));
-    println!();
+    out_raw!("{}", String::from_utf8_lossy(&transcript));
+    out!();
 
     if surprises == 0 {
-        println!(
+        out!(
             "All {} writes were decided as the scenario expects.",
             suite.cases.len()
         );
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{surprises} writes were not decided as the scenario expects.");
+        out!("{surprises} writes were not decided as the scenario expects.");
         Ok(ExitCode::from(1))
     }
 }
@@ -163,6 +164,7 @@ fn outcome(
         allowed,
         message,
         reasons,
+        audited: Vec::new(),
         warnings,
         patch,
         object,

@@ -24,12 +24,33 @@ pub fn directory(source: Option<&str>) -> Result<Directory> {
     }
 }
 
-/// The policies from `--policies DIR`, or the shipped ones.
+/// The directory every policy command reads when none is given: `policy check`, `fmt` and
+/// `test` take it as their default argument, and `review` uses it when it exists.
+pub const DEFAULT_POLICY_DIR: &str = "policies";
+
+/// The policies from `--policies DIR`; else `./policies` when it holds a schema (the same
+/// default as `policy check` and `test`); else the set built into this binary. Which one was used
+/// is said on standard error, so a review is never read against the wrong set.
 pub fn policies(dir: Option<&Path>) -> Result<PolicyEngine> {
+    let default = Path::new(DEFAULT_POLICY_DIR);
+    let dir = dir.or_else(|| {
+        default
+            .join(tenantry_tenancy::policy::SCHEMA_FILE)
+            .is_file()
+            .then_some(default)
+    });
+    let engine = match dir {
+        None => embedded::policies()?,
+        Some(dir) => PolicyEngine::load_dir(dir)?,
+    };
     match dir {
-        None => Ok(embedded::policies()?),
-        Some(dir) => Ok(PolicyEngine::load_dir(dir)?),
+        Some(dir) => eprintln!("policies: {} ({} policies)", dir.display(), engine.len()),
+        None => eprintln!(
+            "policies: built into this binary ({} policies; no ./{DEFAULT_POLICY_DIR} here, --policies DIR to choose)",
+            engine.len()
+        ),
     }
+    Ok(engine)
 }
 
 /// Usage from `--state FILE` (existing objects), or nothing.

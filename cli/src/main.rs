@@ -3,6 +3,24 @@
 //!
 //! Exit codes: 0 success/allowed, 1 denied or failed check, 2 bad input or error.
 
+/// `println!` that ends the program quietly when the reader has gone (`tenantry review -o json |
+/// head`): a closed pipe is the reader's choice, not an error, and must not panic.
+macro_rules! out {
+    () => {
+        $crate::emit(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::emit(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` with the same care.
+macro_rules! out_raw {
+    ($($arg:tt)*) => {
+        $crate::emit(format_args!($($arg)*))
+    };
+}
+
 mod cases;
 mod demo;
 mod inputs;
@@ -118,10 +136,38 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", render_error(&e));
             ExitCode::from(2)
         }
     }
+}
+
+fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: cannot write to standard output: {e}");
+            std::process::exit(2);
+        }
+        std::process::exit(0);
+    }
+}
+
+/// The error and its causes, each said once: many errors already name their cause in their own
+/// message (`cannot read policies from `x`: No such file…`), and repeating it helps nobody.
+fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn certs_generate(
@@ -132,6 +178,12 @@ fn certs_generate(
     out: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
+    // A Rust crate (the repository's own `certs/`) is no place for private keys.
+    anyhow::ensure!(
+        !out.join("Cargo.toml").exists(),
+        "`{}` is a Rust crate directory (it has a Cargo.toml); write the keys elsewhere with --out",
+        out.display()
+    );
     let mut names = tenantry_certs::service_names(service, namespace);
     names.extend(extra.iter().cloned());
     std::fs::create_dir_all(out).with_context(|| format!("cannot create `{}`", out.display()))?;
@@ -139,7 +191,7 @@ fn certs_generate(
     let generated = if ca_cert.is_file() && ca_key.is_file() {
         let cert = std::fs::read_to_string(&ca_cert)?;
         let key = std::fs::read_to_string(&ca_key)?;
-        println!(
+        out!(
             "renewing the serving certificate with the existing CA in {}",
             out.display()
         );
@@ -156,12 +208,12 @@ fn certs_generate(
     write("ca.key", &generated.ca_key)?;
     write("tls.key", &generated.key)?;
     write("tls.crt", &generated.cert)?;
-    println!(
+    out!(
         "wrote ca.crt, ca.key, tls.crt, tls.key to {} for {}",
         out.display(),
         names.join(", ")
     );
-    println!(
+    out!(
         "caBundle for the webhook configurations: base64 -w0 {}",
         ca_cert.display()
     );

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use tenantry_tenancy::policy::{format_policies, read_dir};
+use tenantry_tenancy::policy::{format_file, read_dir};
 use tenantry_tenancy::{PolicyEngine, PolicyError};
 
 use crate::cases;
@@ -13,7 +13,7 @@ use crate::cases;
 pub fn check(dir: &Path) -> Result<ExitCode> {
     match PolicyEngine::load_dir(dir) {
         Ok(engine) => {
-            println!(
+            out!(
                 "ok: {} policies in `{}` are valid against the schema",
                 engine.len(),
                 dir.display()
@@ -39,18 +39,16 @@ pub fn fmt(dir: &Path, check_only: bool) -> Result<ExitCode> {
     let (_, files) = read_dir(dir)?;
     let mut unformatted = Vec::new();
     for file in files {
-        let pretty = format_policies(&file.text)
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("cannot format `{}`", file.path.display()))?;
+        let pretty = format_file(&file)?;
         if pretty == file.text {
             continue;
         }
         if check_only {
-            println!("would reformat {}", file.path.display());
+            out!("would reformat {}", file.path.display());
         } else {
             std::fs::write(&file.path, &pretty)
                 .with_context(|| format!("cannot write `{}`", file.path.display()))?;
-            println!("formatted {}", file.path.display());
+            out!("formatted {}", file.path.display());
         }
         unformatted.push(file.path);
     }
@@ -97,12 +95,12 @@ pub fn test(dir: &Path) -> Result<ExitCode> {
             }
             if result.failures.is_empty() {
                 passed += 1;
-                println!("ok    {}: {}", path.display(), case.name);
+                out!("ok    {}: {}", path.display(), case.name);
             } else {
                 failed += 1;
-                println!("FAIL  {}: {}", path.display(), case.name);
+                out!("FAIL  {}: {}", path.display(), case.name);
                 for f in &result.failures {
-                    println!("        {f}");
+                    out!("        {f}");
                 }
             }
         }
@@ -115,9 +113,9 @@ pub fn test(dir: &Path) -> Result<ExitCode> {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    println!("\n{passed} passed, {failed} failed ({allowed_cases} allowed cases)");
+    out!("\n{passed} passed, {failed} failed ({allowed_cases} allowed cases)");
     if !untested.is_empty() {
-        println!(
+        out!(
             "forbid policies no case shows denying: {}",
             untested.join(", ")
         );

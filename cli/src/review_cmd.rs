@@ -33,7 +33,8 @@ pub struct ReviewArgs {
     /// Tenant source: a YAML file or postgres:// URL (default: the embedded example).
     #[arg(long, env = "TENANTRY_TENANTS")]
     pub tenants: Option<String>,
-    /// Policy directory (default: the shipped policies).
+    /// Policy directory (default: ./policies when it exists, else the policies built into
+    /// this binary; the one used is named on standard error).
     #[arg(long, env = "TENANTRY_POLICIES")]
     pub policies: Option<PathBuf>,
     /// Existing objects (multi-document YAML) that give usage and taken Ingress hosts.
@@ -112,12 +113,12 @@ pub fn run(args: &ReviewArgs) -> Result<ExitCode> {
 
     match args.output {
         Output::Json if outcomes.len() == 1 => {
-            println!("{}", serde_json::to_string_pretty(&outcomes[0])?)
+            out!("{}", serde_json::to_string_pretty(&outcomes[0])?)
         }
-        Output::Json => println!("{}", serde_json::to_string_pretty(&outcomes)?),
+        Output::Json => out!("{}", serde_json::to_string_pretty(&outcomes)?),
         Output::Text => {
             for o in &outcomes {
-                print!("{}", render_text(o));
+                out_raw!("{}", render_text(o));
             }
         }
     }

@@ -25,6 +25,13 @@ pub enum TenantsCommand {
         #[arg(long, env = "TENANTRY_TENANTS")]
         tenants: Option<String>,
     },
+    /// Print the whole directory as a tenants YAML file (what `import` reads): a backup, or the
+    /// start of a GitOps workflow.
+    Export {
+        /// A YAML file or postgres:// URL (default: the embedded example).
+        #[arg(long, env = "TENANTRY_TENANTS")]
+        tenants: Option<String>,
+    },
     /// Show one tenant as YAML.
     Show {
         id: String,
@@ -76,6 +83,21 @@ pub enum TenantsCommand {
         /// A team of the tenant: the member is bound in the team's namespaces only.
         #[arg(long)]
         team: Option<String>,
+        #[arg(long, env = "TENANTRY_TENANTS")]
+        tenants: String,
+    },
+    /// Give a tenant a namespace: the provisioning controller creates and isolates it.
+    AddNamespace {
+        id: String,
+        namespace: String,
+        #[arg(long, env = "TENANTRY_TENANTS")]
+        tenants: String,
+    },
+    /// Take a namespace from a tenant. The namespace is not deleted; it is no longer the
+    /// tenant's, and the tenant's members lose their bindings in it.
+    RemoveNamespace {
+        id: String,
+        namespace: String,
         #[arg(long, env = "TENANTRY_TENANTS")]
         tenants: String,
     },
@@ -140,7 +162,7 @@ fn with_postgres<T>(source: &str, f: impl AsyncFnOnce(PostgresSource) -> Result<
 pub fn migrate(source: &str) -> Result<ExitCode> {
     with_postgres(source, async |pg| {
         pg.migrate().await?;
-        println!("migrated: directory version {}", pg.version().await?);
+        out!("migrated: directory version {}", pg.version().await?);
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -156,7 +178,7 @@ pub fn run(command: TenantsCommand) -> Result<ExitCode> {
                     .await
                     .with_context(|| format!("cannot import `{}`", file.display()))?;
                 let d = pg.load().await?;
-                println!(
+                out!(
                     "imported {} tenants and {} tiers from {} (directory version {})",
                     parsed.tenants.len(),
                     parsed.tiers.len(),
@@ -170,13 +192,16 @@ pub fn run(command: TenantsCommand) -> Result<ExitCode> {
             let directory = inputs::directory(tenants.as_deref())?;
             let mut rows: Vec<_> = directory.tenants().collect();
             rows.sort_by(|a, b| a.id.cmp(&b.id));
-            println!(
+            out!(
                 "{:<20} {:<12} {:<10} {:<12} NAMESPACES",
-                "TENANT", "TIER", "STATUS", "CLIENT"
+                "TENANT",
+                "TIER",
+                "STATUS",
+                "CLIENT"
             );
             for t in rows {
                 let client = t.client.as_ref().map_or("-", |c| &*c.id);
-                println!(
+                out!(
                     "{:<20} {:<12} {:<10} {:<12} {}",
                     t.id,
                     t.tier.name,
@@ -187,6 +212,31 @@ pub fn run(command: TenantsCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        TenantsCommand::Export { tenants } => {
+            let directory = inputs::directory(tenants.as_deref())?;
+            out_raw!("{}", serde_saphyr::to_string(directory.source())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        TenantsCommand::AddNamespace {
+            id,
+            namespace,
+            tenants,
+        } => with_postgres(&tenants, async |pg| {
+            pg.add_namespace(&id, &namespace).await?;
+            out!("namespace `{namespace}` is tenant `{id}`'s");
+            Ok(ExitCode::SUCCESS)
+        }),
+        TenantsCommand::RemoveNamespace {
+            id,
+            namespace,
+            tenants,
+        } => with_postgres(&tenants, async |pg| {
+            if !pg.remove_namespace(&id, &namespace).await? {
+                bail!("namespace `{namespace}` is not tenant `{id}`'s");
+            }
+            out!("namespace `{namespace}` is no longer tenant `{id}`'s (it was not deleted)");
+            Ok(ExitCode::SUCCESS)
+        }),
         TenantsCommand::Show { id, tenants } => {
             let directory = inputs::directory(tenants.as_deref())?;
             let Some(spec) = directory.source().tenants.get(&id) else {
@@ -194,17 +244,17 @@ pub fn run(command: TenantsCommand) -> Result<ExitCode> {
             };
             let tier = directory.source().tiers.get(&spec.tier);
             let view = serde_json::json!({ "tenant": id, "spec": spec, "tier": tier });
-            print!("{}", serde_saphyr::to_string(&view)?);
+            out_raw!("{}", serde_saphyr::to_string(&view)?);
             Ok(ExitCode::SUCCESS)
         }
         TenantsCommand::SetTier { id, tier, tenants } => with_postgres(&tenants, async |pg| {
             pg.set_tier(&id, &tier).await?;
-            println!("tenant `{id}` is now on tier `{tier}`");
+            out!("tenant `{id}` is now on tier `{tier}`");
             Ok(ExitCode::SUCCESS)
         }),
         TenantsCommand::Suspend { id, tenants } => with_postgres(&tenants, async |pg| {
             pg.set_status(&id, Status::Suspended).await?;
-            println!("tenant `{id}` is suspended");
+            out!("tenant `{id}` is suspended");
             Ok(ExitCode::SUCCESS)
         }),
         TenantsCommand::Delete {
@@ -219,9 +269,9 @@ pub fn run(command: TenantsCommand) -> Result<ExitCode> {
                 .context("the grace period is too long")?;
             pg.delete_tenant(&id, purge_after).await?;
             if now {
-                println!("tenant `{id}` is deleted; its namespaces are being deleted now");
+                out!("tenant `{id}` is deleted; its namespaces are being deleted now");
             } else {
-                println!(
+                out!(
                     "tenant `{id}` is deleted; its namespaces are deleted after {purge_after} (`tenantry tenants resume {id}` restores it until then)"
                 );
             }
@@ -229,7 +279,7 @@ pub fn run(command: TenantsCommand) -> Result<ExitCode> {
         }),
         TenantsCommand::Resume { id, tenants } => with_postgres(&tenants, async |pg| {
             pg.set_status(&id, Status::Active).await?;
-            println!("tenant `{id}` is active");
+            out!("tenant `{id}` is active");
             Ok(ExitCode::SUCCESS)
         }),
         TenantsCommand::AddMember {
@@ -243,7 +293,7 @@ pub fn run(command: TenantsCommand) -> Result<ExitCode> {
             pg.set_member(&id, team.as_deref(), kind, name, role)
                 .await?;
             let place = team.map_or(format!("tenant `{id}`"), |t| format!("team `{id}/{t}`"));
-            println!("{kind} `{name}` is a {role} of {place}");
+            out!("{kind} `{name}` is a {role} of {place}");
             Ok(ExitCode::SUCCESS)
         }),
         TenantsCommand::RemoveMember {
@@ -259,7 +309,7 @@ pub fn run(command: TenantsCommand) -> Result<ExitCode> {
             if !pg.remove_member(&id, team.as_deref(), kind, name).await? {
                 bail!("{kind} `{name}` is not a member of {place}");
             }
-            println!("{kind} `{name}` is no longer a member of {place}");
+            out!("{kind} `{name}` is no longer a member of {place}");
             Ok(ExitCode::SUCCESS)
         }),
     }

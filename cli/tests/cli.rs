@@ -508,3 +508,112 @@ fn tenant_sources_fail_with_actionable_messages() {
     );
     assert!(!stderr(&out).contains("hunter2"));
 }
+
+/// What a new user tripped on, each checked the way they met it.
+#[test]
+fn first_contact_rough_edges_are_gone() {
+    let dir = scratch("rough");
+
+    // An error names its cause once, not once per layer that wrapped it.
+    let bad = write(
+        &dir,
+        "tenants.yaml",
+        "tiers: {free: {}}\ntenants: {acme: {tier: gold}}\n",
+    );
+    let out = tenantry(&["tenants", "list", "--tenants", &bad]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out).matches("unknown tier `gold`").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+
+    // `policy fmt` on a file that does not parse says where, like `policy check`.
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::copy(
+        repo_root().join("policies/tenantry.cedarschema"),
+        policies.join("tenantry.cedarschema"),
+    )
+    .unwrap();
+    let broken = write(
+        &policies,
+        "broken.cedar",
+        "@id(\"a\")\npermit (principal, action resource);\n",
+    );
+    let out = tenantry(&["policy", "fmt", policies.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(&format!("{broken}:2:")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("offset"), "{}", stderr(&out));
+
+    // `review … -o json | head`: a reader that goes away is not a crash.
+    let many: String = (0..400)
+        .map(|i| format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c{i}}}\n"))
+        .collect();
+    let manifests = write(&dir, "many.yaml", &many);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        .args([
+            "review", "-f", &manifests, "--user", "alice", "-n", "acme-dev",
+        ])
+        .args(["-o", "json"])
+        .current_dir(repo_root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert!(
+        matches!(status.code(), Some(0 | 1)),
+        "a closed pipe ended the review with {status}"
+    );
+
+    // `review` says which policy set it used; with ./policies present, that one.
+    let out = tenantry(&[
+        "review", "-f", &manifests, "--user", "alice", "-n", "acme-dev",
+    ]);
+    assert!(
+        stderr(&out).contains("policies: policies ("),
+        "{}",
+        stderr(&out)
+    );
+
+    // Keys are not written into the repository's `certs/` crate.
+    let out = tenantry(&["certs", "generate", "--out", "certs/"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("Rust crate directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!repo_root().join("certs/tls.key").exists());
+
+    // `tenants export` prints a file `import` reads back to the same directory.
+    let out = tenantry(&["tenants", "export", "--tenants", "examples/tenants.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let exported: serde_json::Value = serde_saphyr::from_str(&stdout(&out)).unwrap();
+    let original: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo_root().join("examples/tenants.yaml")).unwrap(),
+    )
+    .unwrap();
+    let reread = write(&dir, "exported.yaml", &stdout(&out));
+    let again = tenantry(&["tenants", "export", "--tenants", &reread]);
+    assert_eq!(stdout(&again), stdout(&out), "export is a fixed point");
+    assert_eq!(
+        exported["tenants"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        original["tenants"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>()
+    );
+}

@@ -85,6 +85,9 @@ pub struct PolicyInfo {
     pub effect_forbid: bool,
     /// Every annotation, e.g. `@quota("pods")`, which the webhook uses to explain a denial.
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// `@mode("audit")`: the forbid never denies; a request it matches is admitted with a
+    /// warning and counted, so a new rule can be watched before it is enforced.
+    pub audit: bool,
 }
 
 /// The outcome of one authorization: allowed, or the forbids that matched with their messages.
@@ -96,6 +99,9 @@ pub struct Verdict {
     /// Policies that failed to evaluate. Any error denies: a forbid that cannot be evaluated
     /// must not turn into an allow.
     pub errors: Vec<String>,
+    /// `(policy id, @message)` of each audit-mode forbid that matched (or could not be
+    /// evaluated): reported, never denying.
+    pub audited: Vec<(String, String)>,
 }
 
 /// A validated policy set with its schema, ready to evaluate.
@@ -108,6 +114,9 @@ pub struct PolicyEngine {
     by_action: HashMap<EntityUid, Slices>,
     /// Every policy, for a request whose action the schema does not declare.
     all: Slices,
+    /// The audit-mode forbids alone, evaluated only when there are any: with no permit in the
+    /// set, every request is denied and the reasons are exactly the forbids that matched.
+    audit: Option<PolicySet>,
     info: HashMap<String, PolicyInfo>,
     files: Vec<SourceFile>,
 }
@@ -168,6 +177,22 @@ impl PolicyEngine {
                 };
                 let forbid = policy.effect() == cedar_policy::Effect::Forbid;
                 let message = policy.annotation("message").map(str::to_string);
+                let audit = match policy.annotation("mode") {
+                    None | Some("enforce") => false,
+                    Some("audit") if forbid => true,
+                    Some("audit") => {
+                        problems.push(at(format!(
+                            "policy `{id}` is a permit in audit mode: only a forbid can be audited (it would deny nothing)"
+                        )));
+                        continue;
+                    }
+                    Some(other) => {
+                        problems.push(at(format!(
+                            "policy `{id}` has @mode(\"{other}\"): the modes are \"enforce\" (the default) and \"audit\""
+                        )));
+                        continue;
+                    }
+                };
                 if forbid && message.is_none() {
                     problems.push(at(format!(
                         "forbid policy `{id}` has no `@message(\"…\")`: users would be denied without a reason"
@@ -196,6 +221,7 @@ impl PolicyEngine {
                         line,
                         message,
                         effect_forbid: forbid,
+                        audit,
                         annotations: policy
                             .annotations()
                             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -239,6 +265,12 @@ impl PolicyEngine {
             .into_iter()
             .collect();
 
+        // Audit-mode forbids are validated with the rest but evaluated apart (see `authorize`).
+        let audited = |p: &Policy| info.get::<str>(p.id().as_ref()).is_some_and(|i| i.audit);
+        let audit_policies: Vec<Policy> = all.policies().filter(|p| audited(p)).cloned().collect();
+        let audit =
+            (!audit_policies.is_empty()).then(|| merge_policies(audit_policies.into_iter()));
+        let all = merge_policies(all.policies().filter(|p| !audited(p)).cloned());
         let by_action = action_entities
             .iter()
             .map(|action: &Entity| {
@@ -259,6 +291,7 @@ impl PolicyEngine {
             action_entities,
             by_action,
             all,
+            audit,
             info,
             files,
         })
@@ -344,7 +377,39 @@ impl PolicyEngine {
             allowed: response.decision() == Decision::Allow && errors.is_empty(),
             denied_by,
             errors,
+            audited: self.audit(request, entities),
         }
+    }
+
+    /// The audit-mode forbids `request` would have hit. An audit policy that cannot be
+    /// evaluated is reported too: it is being watched because nobody is sure of it yet.
+    fn audit(&self, request: &Request, entities: &Entities) -> Vec<(String, String)> {
+        let Some(set) = &self.audit else {
+            return Vec::new();
+        };
+        let response = Authorizer::new().is_authorized(request, set, entities);
+        let diagnostics = response.diagnostics();
+        let mut out: Vec<(String, String)> = diagnostics
+            .reason()
+            .map(|id| {
+                let id = id.to_string();
+                let message = self
+                    .info
+                    .get(&id)
+                    .and_then(|i| i.message.clone())
+                    .unwrap_or_default();
+                (id, message)
+            })
+            .collect();
+        out.extend(diagnostics.errors().map(|e| {
+            let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
+            (
+                e.policy_id().to_string(),
+                format!("could not be evaluated: {e}"),
+            )
+        }));
+        out.sort();
+        out
     }
 }
 
@@ -469,6 +534,23 @@ pub fn read_dir(dir: &Path) -> Result<(SourceFile, Vec<SourceFile>), PolicyError
     }
     let policies = paths.into_iter().map(read).collect::<Result<Vec<_>, _>>()?;
     Ok((schema, policies))
+}
+
+/// Formats a policy file, or says where it does not parse (`file:line:column: message`, as
+/// `policy check` does) rather than the formatter's own error.
+pub fn format_file(file: &SourceFile) -> Result<String, PolicyError> {
+    if let Err(errs) = PolicySet::from_str(&file.text) {
+        let problems = errs.iter().map(|e| problem(file, e, e.to_string()));
+        return Err(PolicyError::Invalid(problems.collect()));
+    }
+    format_policies(&file.text).map_err(|message| {
+        PolicyError::Invalid(vec![Problem {
+            path: file.path.clone(),
+            line: 1,
+            column: 1,
+            message: format!("cannot be formatted: {message}"),
+        }])
+    })
 }
 
 /// Formats Cedar policy text the way `tenantry policy fmt` writes it.
@@ -688,6 +770,50 @@ mod tests {
             .flat_map(|s| ids(&s.shared))
             .collect();
         assert_eq!(union, ids(&engine.all.shared));
+    }
+
+    #[test]
+    fn an_audited_forbid_reports_and_never_denies() {
+        let engine = with_extra(
+            "@id(\"no-latest\")\n@mode(\"audit\")\n@message(\"pin your images\")\nforbid (principal, action, resource) when { resource.name == \"web\" };\n",
+        )
+        .unwrap();
+        assert!(engine.policy("no-latest").unwrap().audit);
+        // Evaluated through the webhook in webhook/tests/decision.rs; here, the split itself.
+        assert!(engine.audit.is_some());
+        let enforced: BTreeSet<String> = ids(&engine.all.shared);
+        assert!(
+            !enforced.contains("no-latest"),
+            "an audited policy never enforces"
+        );
+        assert!(enforced.contains("baseline"));
+    }
+
+    #[test]
+    fn audit_mode_is_only_for_forbids_and_unknown_modes_are_refused() {
+        let permit =
+            with_extra("@id(\"p\")\n@mode(\"audit\")\npermit (principal, action, resource);\n")
+                .unwrap_err()
+                .to_string();
+        assert!(permit.contains("only a forbid can be audited"), "{permit}");
+        let typo = with_extra(
+            "@id(\"f\")\n@mode(\"dryrun\")\n@message(\"m\")\nforbid (principal, action, resource);\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(typo.contains("the modes are"), "{typo}");
+        assert!(typo.starts_with("extra.cedar:"), "{typo}");
+    }
+
+    #[test]
+    fn a_file_that_does_not_parse_is_not_formatted_and_the_place_is_named() {
+        let file = SourceFile {
+            path: "broken.cedar".into(),
+            text: "@id(\"a\")\npermit (principal, action, resource);\n\n@id(\"b\")\npermit (principal, action resource);\n".into(),
+        };
+        let text = format_file(&file).unwrap_err().to_string();
+        assert!(text.starts_with("broken.cedar:5:"), "{text}");
+        assert!(!text.contains("offset"), "{text}");
     }
 
     #[test]

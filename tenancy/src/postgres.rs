@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, Row, Transaction};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
@@ -97,6 +97,26 @@ impl PostgresSource {
     /// Connects with a small pool: a webhook or enforcer needs one connection for LISTEN and one
     /// for reloads, never one per request.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, PostgresError> {
+        let failed = |source| PostgresError::Connect {
+            url: redact_url(url),
+            source,
+        };
+        // One direct connection first: a pool retries until its timeout and then reports only
+        // "pool timed out", where this says why at once (connection refused, unknown host,
+        // password authentication failed).
+        match tokio::time::timeout(timeout, PgConnection::connect(url)).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+            }
+            Ok(Err(source)) => return Err(failed(source)),
+            Err(_) => {
+                let silent = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", timeout.as_secs_f32()),
+                );
+                return Err(failed(sqlx::Error::Io(silent)));
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(timeout)
@@ -314,6 +334,68 @@ impl PostgresSource {
         .execute(&self.pool)
         .await
         .map_err(query_error("removing a member"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Gives `tenant` a namespace (idempotent). A namespace another tenant holds is refused,
+    /// and so is a name the directory would refuse; nothing changes then.
+    pub async fn add_namespace(&self, tenant: &str, namespace: &str) -> Result<(), PostgresError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(query_error("starting a transaction"))?;
+        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
+            .bind(tenant)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query_error("looking up the tenant"))?;
+        if exists.is_none() {
+            return Err(PostgresError::UnknownTenant(tenant.to_string()));
+        }
+        let holder: Option<String> =
+            sqlx::query_scalar("SELECT tenant FROM tenant_namespaces WHERE namespace = $1")
+                .bind(namespace)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query_error("looking up the namespace"))?;
+        match holder {
+            Some(holder) if holder == tenant => return Ok(()),
+            Some(holder) => {
+                return Err(DirectoryError::NamespaceClaimedTwice {
+                    namespace: namespace.to_string(),
+                    first: holder,
+                    second: tenant.to_string(),
+                }
+                .into());
+            }
+            None => {}
+        }
+        sqlx::query("INSERT INTO tenant_namespaces (namespace, tenant) VALUES ($1, $2)")
+            .bind(namespace)
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("adding the namespace"))?;
+        let (file, version) = read_file(&mut *tx).await?;
+        Directory::build(file, version)?;
+        tx.commit().await.map_err(query_error("committing"))
+    }
+
+    /// Takes a namespace from `tenant` (and from its team, if one had it); returns whether the
+    /// tenant had it. The namespace itself stays in the cluster: it is no longer the tenant's.
+    pub async fn remove_namespace(
+        &self,
+        tenant: &str,
+        namespace: &str,
+    ) -> Result<bool, PostgresError> {
+        let done =
+            sqlx::query("DELETE FROM tenant_namespaces WHERE tenant = $1 AND namespace = $2")
+                .bind(tenant)
+                .bind(namespace)
+                .execute(&self.pool)
+                .await
+                .map_err(query_error("removing the namespace"))?;
         Ok(done.rows_affected() > 0)
     }
 

@@ -319,6 +319,71 @@ async fn an_unreachable_database_is_a_clear_error() {
         !err.contains("secret"),
         "passwords never reach messages: {err}"
     );
+    assert!(
+        err.to_lowercase().contains("refused"),
+        "the cause, not a pool timeout: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_are_added_and_removed_and_a_claimed_one_is_refused() {
+    let pg = Postgres::start().unwrap();
+    let source = migrated(&pg).await;
+    source.import(&example()).await.unwrap();
+    source
+        .add_namespace("globex", "globex-staging")
+        .await
+        .unwrap();
+    source
+        .add_namespace("globex", "globex-staging")
+        .await
+        .unwrap(); // idempotent
+    let d = source.load().await.unwrap();
+    assert!(
+        d.tenant("globex")
+            .unwrap()
+            .namespaces
+            .contains(&"globex-staging".to_string())
+    );
+    let err = source
+        .add_namespace("globex", "acme-prod")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("claimed by two tenants"), "{err}");
+    assert!(matches!(
+        source.add_namespace("nobody", "x").await.unwrap_err(),
+        PostgresError::UnknownTenant(_)
+    ));
+    assert!(
+        source
+            .load()
+            .await
+            .unwrap()
+            .tenant("acme")
+            .unwrap()
+            .namespaces
+            .contains(&"acme-prod".to_string())
+    );
+    assert!(
+        source
+            .remove_namespace("globex", "globex-staging")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !source
+            .remove_namespace("globex", "globex-staging")
+            .await
+            .unwrap()
+    );
+    let d = source.load().await.unwrap();
+    assert!(
+        !d.tenant("globex")
+            .unwrap()
+            .namespaces
+            .contains(&"globex-staging".to_string())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,8 @@ pub struct Decision {
     pub response: AdmissionResponse,
     /// Ids of the policies that denied (empty when allowed).
     pub denied_by: Vec<String>,
+    /// Ids of the audit-mode policies the request would have been denied by.
+    pub audited: Vec<String>,
     /// The tenant owning the object's namespace, if any.
     pub tenant: Option<Arc<str>>,
     /// The object after mutation, when mutation changed it.
@@ -29,6 +31,7 @@ impl Decision {
         Decision {
             response,
             denied_by: Vec::new(),
+            audited: Vec::new(),
             tenant,
             mutated: None,
         }
@@ -61,6 +64,7 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Decision {
             Decision {
                 response,
                 denied_by: Vec::new(),
+                audited: Vec::new(),
                 tenant,
                 mutated: m.object,
             }
@@ -90,16 +94,34 @@ pub fn validate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Decision {
         .policies
         .authorize(&tenants, &translation.request, &translation.entities);
     let tenant = translation.facts.owner.clone();
+    // Audit-mode policies never decide; kubectl shows their warnings whatever the outcome.
+    let audit_warnings: Vec<String> = verdict
+        .audited
+        .iter()
+        .map(|(id, message)| format!("tenantry (audit, not enforced): {message} [policy {id}]"))
+        .collect();
+    let audited: Vec<String> = verdict.audited.iter().map(|(id, _)| id.clone()).collect();
+    let with_audit = |mut decision: Decision| {
+        decision
+            .response
+            .warnings
+            .extend(audit_warnings.iter().cloned());
+        decision.audited = audited.clone();
+        decision
+    };
     if !verdict.errors.is_empty() {
         // A policy that cannot be evaluated might have been a forbid: refuse rather than guess.
         let message = format!(
             "tenantry: policy evaluation failed, so the request is refused: {}",
             verdict.errors.join("; ")
         );
-        return Decision::bare(AdmissionResponse::deny(&req.uid, 500, message), tenant);
+        return with_audit(Decision::bare(
+            AdmissionResponse::deny(&req.uid, 500, message),
+            tenant,
+        ));
     }
     if verdict.allowed {
-        return Decision::bare(AdmissionResponse::allow(&req.uid), tenant);
+        return with_audit(Decision::bare(AdmissionResponse::allow(&req.uid), tenant));
     }
     let mut parts = Vec::new();
     for (id, message) in &verdict.denied_by {
@@ -118,12 +140,13 @@ pub fn validate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Decision {
     }
     let response =
         AdmissionResponse::deny(&req.uid, 403, format!("tenantry: {}", parts.join("; ")));
-    Decision {
+    with_audit(Decision {
         response,
         denied_by: verdict.denied_by.into_iter().map(|(id, _)| id).collect(),
+        audited: Vec::new(),
         tenant,
         mutated: None,
-    }
+    })
 }
 
 /// "requests.cpu: 1500m used + 1 requested > 2 allowed"

@@ -16,6 +16,13 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    pub policy: String,
+    /// The tenant owning the object; empty for cluster-scoped and unowned objects.
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
     pub endpoint: &'static str,
 }
@@ -29,6 +36,8 @@ pub struct ResultLabels {
 pub struct Metrics {
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
+    pub denials: Family<DenialLabels, Counter>,
+    pub audit_violations: Family<DenialLabels, Counter>,
     pub latency: Family<EndpointLabels, Histogram>,
     pub bad_requests: Counter,
     pub directory_version: Gauge,
@@ -38,6 +47,7 @@ pub struct Metrics {
     pub policies_loaded: Gauge,
     pub tenants_reloads: Family<ResultLabels, Counter>,
     pub certificate_reloads: Family<ResultLabels, Counter>,
+    pub certificate_expiry: Gauge,
     pub traffic_view_requests: Family<ResultLabels, Counter>,
     pub reservations: Gauge,
     pub tracked_objects: Gauge,
@@ -57,6 +67,19 @@ impl Metrics {
             "admission_requests",
             "Admission reviews by endpoint, operation, kind and decision",
             requests.clone(),
+        );
+        // Bounded by the directory: policies × tenants, plus the empty tenant.
+        let denials = Family::<DenialLabels, Counter>::default();
+        registry.register(
+            "admission_denials",
+            "Denials by the policy that denied and the tenant owning the object (empty when none)",
+            denials.clone(),
+        );
+        let audit_violations = Family::<DenialLabels, Counter>::default();
+        registry.register(
+            "admission_audit_violations",
+            "Requests an audit-mode policy (@mode(\"audit\")) would have denied, by policy and tenant",
+            audit_violations.clone(),
         );
         // 50 µs … ~0.4 s: decisions are in-memory, the tail is the interesting part.
         let latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
@@ -117,6 +140,12 @@ impl Metrics {
             "Serving certificate reloads by result (ok, error)",
             certificate_reloads.clone(),
         );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the serving certificate now in use expires (Unix time)",
+            certificate_expiry.clone(),
+        );
         let traffic_view_requests = Family::<ResultLabels, Counter>::default();
         registry.register(
             "traffic_view_requests",
@@ -138,6 +167,8 @@ impl Metrics {
         Metrics {
             registry,
             requests,
+            denials,
+            audit_violations,
             latency,
             bad_requests,
             directory_version,
@@ -147,6 +178,7 @@ impl Metrics {
             policies_loaded,
             tenants_reloads,
             certificate_reloads,
+            certificate_expiry,
             traffic_view_requests,
             reservations,
             tracked_objects,

@@ -80,6 +80,8 @@ pub struct Outcome {
     pub message: String,
     /// Ids of the policies that denied.
     pub reasons: Vec<String>,
+    /// Ids of the audit-mode policies that would have denied (the request is not refused).
+    pub audited: Vec<String>,
     pub warnings: Vec<String>,
     /// The JSON Patch the mutating webhook returned (an empty list when it changed nothing).
     pub patch: Value,
@@ -251,6 +253,7 @@ pub fn run(inputs: &Inputs<'_>, request: &AdmissionRequest) -> Result<Outcome, R
             allowed: false,
             message: mutation.response.message().to_string(),
             reasons: Vec::new(),
+            audited: Vec::new(),
             warnings,
             patch: patch_json,
             object: request.object.clone(),
@@ -266,6 +269,7 @@ pub fn run(inputs: &Inputs<'_>, request: &AdmissionRequest) -> Result<Outcome, R
         allowed: validation.response.allowed,
         message: validation.response.message().to_string(),
         reasons: validation.denied_by,
+        audited: validation.audited,
         warnings,
         patch: patch_json,
         object,

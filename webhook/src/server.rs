@@ -32,7 +32,7 @@ use crate::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Ope
 use crate::contract;
 use crate::decide::{self, Decision};
 use crate::ledger::{Ledger, charges, growth_key, object_key};
-use crate::metrics::{EndpointLabels, Metrics, RequestLabels, ResultLabels};
+use crate::metrics::{DenialLabels, EndpointLabels, Metrics, RequestLabels, ResultLabels};
 use crate::pod::{InjectionConfig, SidecarMode};
 use crate::translate::{Inputs, object_namespace};
 
@@ -355,6 +355,7 @@ impl AppState {
             return Decision {
                 response,
                 denied_by: Vec::new(),
+                audited: Vec::new(),
                 tenant: None,
                 mutated: None,
             };
@@ -402,6 +403,7 @@ impl AppState {
             return Decision {
                 response,
                 denied_by: Vec::new(),
+                audited: Vec::new(),
                 tenant: Some(claim.tenant),
                 mutated: None,
             };
@@ -445,6 +447,7 @@ impl AppState {
                         return Decision {
                             response,
                             denied_by: Vec::new(),
+                            audited: Vec::new(),
                             tenant: Some(claim.tenant),
                             mutated: None,
                         };
@@ -576,6 +579,19 @@ impl AppState {
             })
             .inc();
         let tenant = decision.tenant.as_deref().unwrap_or("");
+        for (family, policies) in [
+            (&self.metrics.denials, &decision.denied_by),
+            (&self.metrics.audit_violations, &decision.audited),
+        ] {
+            for policy in policies {
+                family
+                    .get_or_create(&DenialLabels {
+                        policy: policy.clone(),
+                        tenant: tenant.to_string(),
+                    })
+                    .inc();
+            }
+        }
         if allowed {
             tracing::debug!(uid = %req.uid, endpoint = endpoint.name(), tenant, kind = %req.kind.kind, operation = req.operation.as_str(), allowed, micros = elapsed.as_micros() as u64, "reviewed");
         } else {
@@ -939,14 +955,21 @@ pub async fn run(config: Config) -> Result<()> {
     }
     let cert = ReloadingCert::load(&config.tls_cert, &config.tls_key)?;
     let tls = cert.server_config()?;
+    metrics
+        .certificate_expiry
+        .set(cert.not_after().unwrap_or_default());
     {
         let metrics = metrics.clone();
+        let watched = cert.clone();
         tokio::spawn(cert.clone().watch(config.reload_interval, move |r| {
             let result = if r.is_ok() { "ok" } else { "error" };
             metrics
                 .certificate_reloads
                 .get_or_create(&ResultLabels { result })
                 .inc();
+            metrics
+                .certificate_expiry
+                .set(watched.not_after().unwrap_or_default());
         }));
     }
 

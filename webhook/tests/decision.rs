@@ -430,6 +430,49 @@ fn a_policy_that_fails_to_evaluate_denies() {
 }
 
 #[test]
+fn an_audited_forbid_warns_and_admits_while_its_enforced_twin_denies() {
+    let rule = |id: &str, mode: &str| {
+        format!(
+            "@id(\"{id}\")\n{mode}@message(\"pods need an owner label\")\nforbid (principal, action == Action::\"create\", resource)\nwhen {{ resource.kind == \"Pod\" && !resource.hasTag(\"owner\") }};\n"
+        )
+    };
+    let world = |text: String| {
+        let (schema, mut policies) = embedded::policy_sources();
+        policies.push(SourceFile {
+            path: "new.cedar".into(),
+            text,
+        });
+        World {
+            directory: embedded::directory().unwrap(),
+            policies: PolicyEngine::from_sources(&schema, &policies).unwrap(),
+            injection: InjectionConfig::default(),
+            boundary: tenantry_webhook::Boundary::default(),
+        }
+    };
+    let audited = world(rule("owner-label", "@mode(\"audit\")\n"));
+    let (_, v, _) = audited.admit(&fixture("pod-create.json"));
+    assert!(v.response.allowed, "{:?}", v.response);
+    assert_eq!(v.audited, ["owner-label"]);
+    assert!(
+        v.response.warnings.iter().any(|w| w
+            == "tenantry (audit, not enforced): pods need an owner label [policy owner-label]"),
+        "{:?}",
+        v.response.warnings
+    );
+    // A request the rule does not match (a delete) carries no warning.
+    let (_, gone, _) = audited.admit(&fixture("pod-delete.json"));
+    assert!(
+        gone.audited.is_empty() && gone.response.warnings.is_empty(),
+        "{gone:?}"
+    );
+
+    let enforced = world(rule("owner-label", ""));
+    let (_, v, _) = enforced.admit(&fixture("pod-create.json"));
+    assert!(!v.response.allowed);
+    assert_eq!(v.denied_by, ["owner-label"]);
+}
+
+#[test]
 fn transparent_mode_injects_the_redirect_init_container_first() {
     let mut w = World::new();
     w.injection.redirect = true;
