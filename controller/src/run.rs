@@ -32,7 +32,7 @@ use serde::de::DeserializeOwned;
 use tenantry_cluster::Ledger;
 use tenantry_cluster::UsageView;
 use tenantry_tenancy::config::parse_duration;
-use tenantry_tenancy::{DirectoryStore, PostgresSource, TenantSource};
+use tenantry_tenancy::{Directory, DirectoryStore, PostgresSource, TenantSource};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -131,6 +131,13 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabels {
+    tenant: String,
+    /// The ResourceQuota name of the tier's limit (`pods`, `requests.cpu`, `count/…`).
+    resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabels {
     action: &'static str,
 }
@@ -147,6 +154,8 @@ pub struct Metrics {
     queued: Gauge,
     leader: Gauge,
     duration: Histogram,
+    quota_used: Family<QuotaLabels, Gauge>,
+    quota_limit: Family<QuotaLabels, Gauge>,
 }
 
 impl Metrics {
@@ -192,6 +201,19 @@ impl Metrics {
             "Time per reconcile",
             duration.clone(),
         );
+        // Bounded by the directory: one series per tenant and limit its tier sets.
+        let quota_used = Family::<QuotaLabels, Gauge>::default();
+        registry.register(
+            "quota_used",
+            "What a tenant uses of each resource its tier limits, across all its namespaces (CPU in millicores, memory and storage in bytes)",
+            quota_used.clone(),
+        );
+        let quota_limit = Family::<QuotaLabels, Gauge>::default();
+        registry.register(
+            "quota_limit",
+            "The tenant's tier limit for each resource (same units as quota_used)",
+            quota_limit.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -202,6 +224,38 @@ impl Metrics {
             queued,
             leader,
             duration,
+            quota_used,
+            quota_limit,
+        }
+    }
+
+    /// Usage against limits for every tenant, counted by the same ledger as admission; series
+    /// of tenants and limits that are gone disappear.
+    fn record_quotas(&self, directory: &Directory, usage: &dyn UsageView) {
+        self.quota_used.clear();
+        self.quota_limit.clear();
+        for tenant in directory.tenants() {
+            let mut namespaces: Vec<Arc<str>> = tenant
+                .namespaces
+                .iter()
+                .map(|n| Arc::from(n.as_str()))
+                .collect();
+            namespaces.extend(usage.labelled_namespaces(&tenant.id));
+            namespaces.sort();
+            namespaces.dedup();
+            let namespaces: Vec<&str> = namespaces.iter().map(|n| &**n).collect();
+            for (resource, limit) in tenant.tier.limits.iter() {
+                let labels = QuotaLabels {
+                    tenant: tenant.id.to_string(),
+                    resource: resource.to_string(),
+                };
+                self.quota_limit.get_or_create(&labels).set(limit);
+                self.quota_used.get_or_create(&labels).set(usage.used(
+                    &tenant.id,
+                    &namespaces,
+                    resource,
+                ));
+            }
         }
     }
 
@@ -295,10 +349,14 @@ pub async fn run(config: Config) -> Result<()> {
     // Usage for the `Tenant` mirrors, counted by the webhook's own ledger and watches.
     let ledger = Arc::new(Ledger::new());
     let usage_ready = Arc::new(AtomicBool::new(false));
+    // Usage known: reconcile now, so mirrors' status and the quota gauges need not wait for the
+    // next resync.
+    let (usage_synced, mut usage_known) = mpsc::channel::<()>(1);
     {
         let ready = usage_ready.clone();
         tenantry_cluster::watch::watch_usage(client.clone(), ledger.clone(), move || {
             ready.store(true, Ordering::Release);
+            let _ = usage_synced.try_send(());
         });
     }
     let directory = Arc::new(DirectoryStore::unloaded());
@@ -404,6 +462,7 @@ pub async fn run(config: Config) -> Result<()> {
                 }
                 due = true;
             }
+            Some(()) = usage_known.recv() => due = true,
             _ = poll.tick() => {}
             _ = &mut stop => break,
         }
@@ -434,6 +493,9 @@ pub async fn run(config: Config) -> Result<()> {
         };
         let outcome = apply::reconcile(&cx, &snapshot).await;
         metrics.record(&outcome, started.elapsed());
+        if let Some(usage) = cx.usage {
+            metrics.record_quotas(&snapshot, usage);
+        }
         match &outcome {
             Ok(report) => {
                 reconciled_version = Some(snapshot.version());

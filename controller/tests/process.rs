@@ -53,15 +53,7 @@ fn the_controller_provisions_follows_the_directory_and_reports() {
     let dir = std::env::temp_dir().join(format!("tenantry-controller-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{addr}'}}}}]\n\
-             users: [{{name: u, user: {{token: t}}}}]\n\
-             contexts: [{{name: c, context: {{cluster: fake, user: u}}}}]\ncurrent-context: c\n"
-        ),
-    )
-    .unwrap();
+    tenantry_tests::api_server::write_kubeconfig(addr, &kubeconfig).unwrap();
     let example = std::fs::read_to_string(repo_root().join("examples/tenants.yaml")).unwrap();
     let tenants = dir.join("tenants.yaml");
     write_atomically(&tenants, &example);

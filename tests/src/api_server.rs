@@ -127,6 +127,18 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A kubeconfig at `path` that points kube clients (and `kubectl`) at the server on `addr`.
+pub fn write_kubeconfig(addr: SocketAddr, path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{addr}'}}}}]\n\
+             users: [{{name: u, user: {{token: t}}}}]\n\
+             contexts: [{{name: c, context: {{cluster: fake, user: u}}}}]\ncurrent-context: c\n"
+        ),
+    )
+}
+
 fn json_response(status: u16, body: &Value) -> Response<Body> {
     Response::builder()
         .status(status)

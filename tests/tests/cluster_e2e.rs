@@ -364,6 +364,19 @@ fn namespaces_and_rbac() -> Value {
                 {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "e2e-acme-devs"},
             ],
         }));
+        // `edit` does not write Events; RBAC must let the forged one through for Tenantry to
+        // be the one that refuses it.
+        items.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "e2e-events", "namespace": ns},
+            "rules": [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}],
+        }));
+        items.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "e2e-events", "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "e2e-events"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "e2e-bob"}],
+        }));
     }
     json!({"apiVersion": "v1", "kind": "List", "items": items})
 }
@@ -505,6 +518,20 @@ fn tenants_on_a_real_cluster() {
         .output()
         .unwrap();
     denied_with(&out, "cross-tenant-write");
+
+    eprintln!(
+        "scenario: the matchConditions skip only the cluster's own Events: a tenant's Event is still decided"
+    );
+    let event = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": "forged.1", "namespace": ACME_NS},
+        "involvedObject": {"kind": "Pod", "name": "app", "namespace": ACME_NS},
+        "reason": "Forged", "message": "written by another tenant", "type": "Normal",
+    });
+    denied_with(
+        &cluster.as_user_with("e2e-bob", &create, &event),
+        "cross-tenant-write",
+    );
 
     eprintln!("scenario: the tier's quota (one Service for globex) is enforced");
     allowed(&cluster.as_user_with("e2e-bob", &create, &service("first", GLOBEX_NS)));

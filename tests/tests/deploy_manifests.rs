@@ -2,12 +2,16 @@
 //!
 //! Every kustomization under `deploy/` is built here the way `kubectl apply -k` builds it, for
 //! the subset of kustomize the manifests use (`resources`, `configMapGenerator`, JSON 6902
-//! `patches`); anything else in a kustomization fails the test rather than being ignored. Every
-//! resulting object is parsed into its typed k8s-openapi struct, and a field the struct drops
+//! `patches`, and strategic-merge `patches` that merge maps or delete an object); anything else
+//! in a kustomization fails the test rather than being ignored. Every resulting object is parsed
+//! into its typed k8s-openapi struct, or for the CRD kinds k8s-openapi lacks (cert-manager,
+//! prometheus-operator) into a small struct of the fields used here, and a field the struct drops
 //! (a typo, a field of another kind) fails too. The objects are then checked against
 //! `tenantry_webhook::contract`: the names, ports, paths and kinds the server relies on.
 //!
-//! No cluster and no kubectl: this runs in plain `cargo test`.
+//! No cluster: this runs in plain `cargo test`. Where `kubectl` is on `PATH` (found when the
+//! tests are built, `tests/build.rs`), one more test renders every kustomization with the real
+//! `kubectl kustomize` and requires the same objects; elsewhere that test is reported ignored.
 
 // Test code: a broken expectation is a panic with a message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -83,13 +87,26 @@ struct Generator {
     behavior: Option<String>,
     #[serde(default)]
     files: Vec<String>,
+    #[serde(default)]
+    options: GeneratorOptions,
 }
 
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GeneratorOptions {
+    #[serde(default)]
+    disable_name_suffix_hash: bool,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// A JSON 6902 patch (a list of operations) needs a `target`; a strategic-merge patch (one
+/// object) names its target itself.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PatchRef {
     path: String,
-    target: Target,
+    target: Option<Target>,
 }
 
 #[derive(serde::Deserialize)]
@@ -107,6 +124,16 @@ struct Build {
     root: PathBuf,
     objects: Vec<Value>,
     files: BTreeSet<PathBuf>,
+    /// ConfigMaps made by a `configMapGenerator`. kustomize appends a hash of their content to
+    /// the name unless told not to (and rewrites every reference); this build keeps the plain
+    /// name, which is what the references here use.
+    generated: Vec<Generated>,
+}
+
+struct Generated {
+    namespace: Option<String>,
+    name: String,
+    hashed: bool,
 }
 
 fn canonical(path: &Path) -> PathBuf {
@@ -152,6 +179,7 @@ fn build(root: &Path) -> Build {
         root: root.to_path_buf(),
         objects: Vec::new(),
         files: BTreeSet::from([canonical(&file)]),
+        generated: Vec::new(),
     };
 
     for resource in &k.resources {
@@ -160,6 +188,7 @@ fn build(root: &Path) -> Build {
             let base = build(&path);
             out.objects.extend(base.objects);
             out.files.extend(base.files);
+            out.generated.extend(base.generated);
         } else {
             let path = inside(root, resource);
             out.objects.extend(yaml_documents(&path));
@@ -191,13 +220,37 @@ fn build(root: &Path) -> Build {
                 && o["metadata"]["name"] == generator.name.as_str()
                 && o["metadata"]["namespace"].as_str() == generator.namespace.as_deref()
         });
+        let labels = &generator.options.labels;
         match (generator.behavior.as_deref().unwrap_or("create"), existing) {
-            ("create", None) => out.objects.push(json!({
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": generator.name, "namespace": generator.namespace},
-                "data": data,
-            })),
+            ("create", None) => {
+                let mut metadata = json!({"name": generator.name});
+                if let Some(namespace) = &generator.namespace {
+                    metadata["namespace"] = json!(namespace);
+                }
+                if !labels.is_empty() {
+                    metadata["labels"] = json!(labels);
+                }
+                out.objects.push(json!({
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": metadata,
+                    "data": data,
+                }));
+                out.generated.push(Generated {
+                    namespace: generator.namespace.clone(),
+                    name: generator.name.clone(),
+                    hashed: !generator.options.disable_name_suffix_hash,
+                });
+            }
+            ("replace", Some(_)) | ("merge", Some(_))
+                if generator.options.disable_name_suffix_hash || !labels.is_empty() =>
+            {
+                panic!(
+                    "{}: options on a `{}` generator are not modelled here",
+                    file.display(),
+                    generator.behavior.as_deref().unwrap_or_default()
+                )
+            }
             ("replace", Some(i)) => out.objects[i]["data"] = Value::Object(data),
             ("merge", Some(i)) => {
                 let current = out.objects[i]["data"].as_object_mut().unwrap();
@@ -220,13 +273,31 @@ fn build(root: &Path) -> Build {
         let path = inside(root, &patch_ref.path);
         let docs = yaml_documents(&path);
         assert!(
-            docs.len() == 1 && docs[0].is_array(),
-            "{}: only JSON 6902 patches (a YAML list of operations) are modelled here",
+            docs.len() == 1,
+            "{}: one patch per file is modelled here",
+            path.display()
+        );
+        if docs[0].is_object() {
+            assert!(
+                patch_ref.target.is_none(),
+                "{}: a strategic-merge patch with a `target` is not modelled here",
+                path.display()
+            );
+            strategic_merge(&mut out.objects, &docs[0], &path);
+            out.files.insert(path);
+            continue;
+        }
+        assert!(
+            docs[0].is_array(),
+            "{}: a patch is a JSON 6902 list of operations or one object (strategic merge)",
             path.display()
         );
         let patch: json_patch::Patch = serde_json::from_value(docs[0].clone())
             .unwrap_or_else(|e| panic!("{}: not a JSON patch: {e}", path.display()));
-        let t = &patch_ref.target;
+        let t = patch_ref
+            .target
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: a JSON 6902 patch needs a `target`", path.display()));
         let mut matched = 0;
         for object in &mut out.objects {
             let (group, version) = group_version(object["apiVersion"].as_str().unwrap_or(""));
@@ -253,6 +324,69 @@ fn build(root: &Path) -> Build {
         out.files.insert(path);
     }
     out
+}
+
+/// A strategic-merge patch, for the part of it the manifests use: an object naming its target
+/// by apiVersion, kind, name and namespace, that either deletes it (`$patch: delete`) or merges
+/// maps into it. Lists (where strategic merge needs each field's merge key) and every other
+/// directive fail the test; write those as JSON 6902 patches.
+fn strategic_merge(objects: &mut Vec<Value>, patch: &Value, path: &Path) {
+    let who = path.display();
+    let target = |o: &Value| {
+        o["apiVersion"] == patch["apiVersion"]
+            && o["kind"] == patch["kind"]
+            && o["metadata"]["name"] == patch["metadata"]["name"]
+            && o["metadata"]["namespace"] == patch["metadata"]["namespace"]
+    };
+    let matched: Vec<usize> = (0..objects.len())
+        .filter(|&i| target(&objects[i]))
+        .collect();
+    assert_eq!(
+        matched.len(),
+        1,
+        "{who}: a strategic-merge patch must match exactly one object by apiVersion, kind, name \
+         and namespace"
+    );
+    let i = matched[0];
+    let mut body = patch.as_object().unwrap().clone();
+    match body.remove("$patch") {
+        Some(Value::String(d)) if d == "delete" => {
+            let mut rest: Vec<&String> = body.keys().collect();
+            rest.retain(|k| *k != "apiVersion" && *k != "kind" && *k != "metadata");
+            let meta: BTreeSet<&String> = body["metadata"].as_object().unwrap().keys().collect();
+            assert!(
+                rest.is_empty() && meta.iter().all(|k| *k == "name" || *k == "namespace"),
+                "{who}: `$patch: delete` names its target and says nothing else"
+            );
+            objects.remove(i);
+        }
+        Some(other) => panic!("{who}: `$patch: {other}` is not modelled here"),
+        None => merge_maps(&mut objects[i], &Value::Object(body), &who.to_string()),
+    }
+}
+
+fn merge_maps(into: &mut Value, patch: &Value, who: &str) {
+    for (key, value) in patch.as_object().unwrap() {
+        assert!(
+            !key.starts_with('$'),
+            "{who}: strategic-merge directive `{key}` is not modelled here"
+        );
+        match value {
+            Value::Array(_) => panic!(
+                "{who}: `{key}`: lists in strategic-merge patches are not modelled here (their \
+                 merge keys differ per field); use a JSON 6902 patch"
+            ),
+            Value::Null => {
+                into.as_object_mut().unwrap().remove(key);
+            }
+            Value::Object(_) if into.get(key).is_some_and(Value::is_object) => {
+                merge_maps(&mut into[key], value, who);
+            }
+            _ => {
+                into[key] = value.clone();
+            }
+        }
+    }
 }
 
 fn group_version(api_version: &str) -> (&str, &str) {
@@ -283,17 +417,36 @@ fn all_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn builds() -> Vec<Build> {
+/// Kustomizations under `deploy/` that are not an installation of Tenantry (no webhook
+/// Deployment in them); every other one is checked as an installation.
+const NOT_INSTALLATIONS: &[&str] = &["observability"];
+
+fn root_name(root: &Path) -> String {
+    root.strip_prefix(deploy_dir())
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+/// Every kustomization under `deploy/`, built.
+fn all_builds() -> Vec<Build> {
     let roots = kustomization_roots();
-    let names: Vec<String> = roots
-        .iter()
-        .map(|r| r.strip_prefix(deploy_dir()).unwrap().display().to_string())
-        .collect();
-    assert!(
-        names.contains(&"base".to_string()) && names.contains(&"overlays/dev".to_string()),
-        "expected deploy/base and deploy/overlays/dev, found {names:?}"
-    );
+    let names: Vec<String> = roots.iter().map(|r| root_name(r)).collect();
+    for expected in ["base", "overlays/dev", "overlays/prod", "observability"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "expected deploy/{expected}, found {names:?}"
+        );
+    }
     roots.iter().map(|r| build(r.as_path())).collect()
+}
+
+/// The installations: the base and every overlay.
+fn builds() -> Vec<Build> {
+    all_builds()
+        .into_iter()
+        .filter(|b| !NOT_INSTALLATIONS.contains(&root_name(&b.root).as_str()))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -380,10 +533,318 @@ fn check_all_typed(b: &Build) {
             ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration") => {
                 parses::<ValidatingWebhookConfiguration>(o, &origin)
             }
+            (crd::CERT_MANAGER, "Issuer") => crd::issuer(o, &origin),
+            (crd::CERT_MANAGER, "Certificate") => {
+                crd::certificate(o, &origin);
+            }
+            (crd::MONITORING, "PrometheusRule") => {
+                parses::<crd::PrometheusRule>(o, &origin);
+            }
+            (crd::MONITORING, "ServiceMonitor") => {
+                parses::<crd::ServiceMonitor>(o, &origin);
+            }
+            (crd::MONITORING, "PodMonitor") => {
+                parses::<crd::PodMonitor>(o, &origin);
+            }
             (api_version, kind) => panic!(
                 "{origin}: {api_version} {kind} is not a kind this test knows; add it to check_all_typed"
             ),
         }
+    }
+}
+
+/// The custom resources of cert-manager and prometheus-operator the manifests use, which
+/// k8s-openapi does not have: each kind as a struct of exactly the fields used here, so a typo or
+/// a misplaced field fails like it does for the built-in kinds. A field the manifests start using
+/// is added here, from the CRD's reference documentation.
+mod crd {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+    use serde::{Deserialize, Serialize};
+    use serde_json::Value;
+
+    pub const CERT_MANAGER: &str = "cert-manager.io/v1";
+    pub const MONITORING: &str = "monitoring.coreos.com/v1";
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct Issuer {
+        pub api_version: String,
+        pub kind: String,
+        pub metadata: ObjectMeta,
+        pub spec: IssuerSpec,
+    }
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct IssuerSpec {
+        pub self_signed: Option<SelfSigned>,
+        pub ca: Option<CaIssuer>,
+    }
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SelfSigned {}
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct CaIssuer {
+        pub secret_name: String,
+    }
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct Certificate {
+        pub api_version: String,
+        pub kind: String,
+        pub metadata: ObjectMeta,
+        pub spec: CertificateSpec,
+    }
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct CertificateSpec {
+        pub secret_name: String,
+        #[serde(rename = "isCA")]
+        pub is_ca: Option<bool>,
+        pub common_name: Option<String>,
+        #[serde(default)]
+        pub dns_names: Vec<String>,
+        pub duration: Option<String>,
+        pub renew_before: Option<String>,
+        pub private_key: Option<PrivateKey>,
+        #[serde(default)]
+        pub usages: Vec<String>,
+        pub issuer_ref: IssuerRef,
+    }
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct PrivateKey {
+        pub algorithm: String,
+        pub size: Option<u32>,
+        pub rotation_policy: Option<String>,
+    }
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct IssuerRef {
+        pub name: String,
+        pub kind: Option<String>,
+        pub group: Option<String>,
+    }
+
+    /// Go's `time.ParseDuration` in the forms cert-manager's examples use: `87600h`, `90m`,
+    /// `2160h30m`.
+    fn go_duration_hours(text: &str) -> Option<f64> {
+        let mut hours = 0.0;
+        let mut number = String::new();
+        for c in text.chars() {
+            if c.is_ascii_digit() {
+                number.push(c);
+                continue;
+            }
+            let n: f64 = number.parse().ok()?;
+            number.clear();
+            hours += match c {
+                'h' => n,
+                'm' => n / 60.0,
+                's' => n / 3600.0,
+                _ => return None,
+            };
+        }
+        number.is_empty().then_some(hours)
+    }
+
+    pub fn issuer(o: &Value, origin: &str) {
+        let issuer: Issuer = super::typed_strict(o, origin);
+        assert!(
+            issuer.spec.self_signed.is_some() != issuer.spec.ca.is_some(),
+            "{origin}: an Issuer is exactly one of selfSigned and ca (the kinds modelled here)"
+        );
+    }
+
+    pub fn certificate(o: &Value, origin: &str) -> Certificate {
+        let cert: Certificate = super::typed_strict(o, origin);
+        let spec = &cert.spec;
+        if let Some(key) = &spec.private_key {
+            assert!(
+                ["RSA", "ECDSA", "Ed25519"].contains(&key.algorithm.as_str()),
+                "{origin}: privateKey.algorithm `{}`",
+                key.algorithm
+            );
+            assert!(
+                key.rotation_policy
+                    .as_deref()
+                    .is_none_or(|p| p == "Always" || p == "Never"),
+                "{origin}: privateKey.rotationPolicy"
+            );
+        }
+        let known_usages = [
+            "signing",
+            "digital signature",
+            "content commitment",
+            "key encipherment",
+            "key agreement",
+            "data encipherment",
+            "cert sign",
+            "crl sign",
+            "encipher only",
+            "decipher only",
+            "any",
+            "server auth",
+            "client auth",
+            "code signing",
+            "email protection",
+            "s/mime",
+            "ipsec end system",
+            "ipsec tunnel",
+            "ipsec user",
+            "timestamping",
+            "ocsp signing",
+            "microsoft sgc",
+            "netscape sgc",
+        ];
+        for usage in &spec.usages {
+            assert!(
+                known_usages.contains(&usage.as_str()),
+                "{origin}: usage `{usage}`"
+            );
+        }
+        let hours = |field: &Option<String>, name: &str| {
+            field.as_deref().map(|d| {
+                go_duration_hours(d)
+                    .unwrap_or_else(|| panic!("{origin}: {name} `{d}` is not a Go duration"))
+            })
+        };
+        let duration = hours(&spec.duration, "duration").unwrap_or(90.0 * 24.0);
+        if let Some(renew) = hours(&spec.renew_before, "renewBefore") {
+            assert!(
+                renew < duration,
+                "{origin}: renewBefore must be shorter than duration, or cert-manager renews \
+                 in a loop"
+            );
+        }
+        assert!(
+            spec.is_ca == Some(true) || !spec.dns_names.is_empty(),
+            "{origin}: a serving certificate names its DNS names"
+        );
+        cert
+    }
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct PrometheusRule {
+        pub api_version: String,
+        pub kind: String,
+        pub metadata: ObjectMeta,
+        pub spec: PrometheusRuleSpec,
+    }
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PrometheusRuleSpec {
+        pub groups: Vec<RuleGroup>,
+    }
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RuleGroup {
+        pub name: String,
+        pub interval: Option<String>,
+        pub rules: Vec<Rule>,
+    }
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Rule {
+        pub alert: Option<String>,
+        pub record: Option<String>,
+        pub expr: String,
+        #[serde(rename = "for")]
+        pub for_: Option<String>,
+        #[serde(default)]
+        pub labels: BTreeMap<String, String>,
+        #[serde(default)]
+        pub annotations: BTreeMap<String, String>,
+    }
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct ServiceMonitor {
+        pub api_version: String,
+        pub kind: String,
+        pub metadata: ObjectMeta,
+        pub spec: ServiceMonitorSpec,
+    }
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct ServiceMonitorSpec {
+        pub namespace_selector: NamespaceSelector,
+        pub selector: LabelSelector,
+        pub endpoints: Vec<Endpoint>,
+    }
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct PodMonitor {
+        pub api_version: String,
+        pub kind: String,
+        pub metadata: ObjectMeta,
+        pub spec: PodMonitorSpec,
+    }
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct PodMonitorSpec {
+        pub namespace_selector: NamespaceSelector,
+        pub selector: LabelSelector,
+        pub pod_metrics_endpoints: Vec<Endpoint>,
+    }
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct NamespaceSelector {
+        #[serde(default)]
+        pub any: bool,
+        #[serde(default)]
+        pub match_names: Vec<String>,
+    }
+
+    /// A ServiceMonitor's `endpoints` entry or a PodMonitor's `podMetricsEndpoints` entry.
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct Endpoint {
+        pub port: String,
+        pub path: Option<String>,
+        pub interval: Option<String>,
+        pub honor_labels: Option<bool>,
+        #[serde(default)]
+        pub relabelings: Vec<Relabeling>,
+    }
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct Relabeling {
+        #[serde(default)]
+        pub source_labels: Vec<String>,
+        pub target_label: Option<String>,
+        pub regex: Option<String>,
+        pub replacement: Option<String>,
+        pub action: Option<String>,
+    }
+}
+
+impl Build {
+    /// The objects of a custom resource kind, parsed into their struct in [`crd`].
+    fn custom<T: DeserializeOwned>(&self, api_version: &str, kind: &str) -> Vec<T> {
+        self.objects
+            .iter()
+            .filter(|o| o["apiVersion"] == api_version && o["kind"] == kind)
+            .map(|o| serde_json::from_value(o.clone()).unwrap())
+            .collect()
     }
 }
 
@@ -625,12 +1086,28 @@ fn resolved_env(b: &Build, namespace: &str, c: &Container) -> Vec<(String, Strin
 /// controller's Redis admin password (`--ratelimit-redis-secret`).
 const BOOTSTRAPPED_SECRETS: &[&str] = &["tenantry-redis"];
 
+/// Secrets the operator creates before installing (README, Install), so no manifest carries a
+/// password: the Postgres URL of the tenant directory, `tenantry-postgres`, key `url`. The dev
+/// overlay ships a throwaway one instead.
+const OPERATOR_SECRETS: &[(&str, &str)] = &[("tenantry-postgres", "url")];
+
+/// What [`resolved_env`] gives for a key of an [`OPERATOR_SECRETS`] Secret.
+fn operator_secret(name: &str, key: &str) -> String {
+    format!("<operator's Secret {name}/{key}>")
+}
+
 fn secret_value(b: &Build, namespace: &str, name: &str, key: &str) -> String {
     if namespace == contract::NAMESPACE
         && BOOTSTRAPPED_SECRETS.contains(&name)
         && b.find::<Secret>(namespace, name).is_none()
     {
         return format!("<bootstrapped {name}/{key}>");
+    }
+    if namespace == contract::NAMESPACE
+        && OPERATOR_SECRETS.contains(&(name, key))
+        && b.find::<Secret>(namespace, name).is_none()
+    {
+        return operator_secret(name, key);
     }
     let secret: Secret = b
         .find(namespace, name)
@@ -684,7 +1161,7 @@ fn check_service_url(b: &Build, url: &str, default_port: i32, origin: &str) {
 
 #[test]
 fn every_file_under_deploy_is_used_by_a_kustomization() {
-    let used: BTreeSet<PathBuf> = builds().into_iter().flat_map(|b| b.files).collect();
+    let used: BTreeSet<PathBuf> = all_builds().into_iter().flat_map(|b| b.files).collect();
     let unused: Vec<PathBuf> = all_files(&deploy_dir())
         .into_iter()
         .map(|p| canonical(&p))
@@ -699,7 +1176,7 @@ fn every_file_under_deploy_is_used_by_a_kustomization() {
 
 #[test]
 fn every_object_parses_into_its_typed_struct() {
-    for b in builds() {
+    for b in all_builds() {
         check_all_typed(&b);
     }
 }
@@ -1063,7 +1540,6 @@ fn server_arguments_are_flags_the_server_has_and_agree_with_the_pod() {
             flags.get("metrics-listen").map(String::as_str),
             Some(contract::DEFAULT_METRICS_LISTEN)
         );
-        assert_eq!(flags.get("tls-bootstrap").map(String::as_str), Some("true"));
         assert!(
             !flags.contains_key("state"),
             "--state is for clusterless use only"
@@ -1091,19 +1567,55 @@ fn server_arguments_are_flags_the_server_has_and_agree_with_the_pod() {
                 .clone()
         };
 
-        // --tls-bootstrap writes the certificate: a writable emptyDir, not the read-only root.
-        for flag in ["tls-cert", "tls-key"] {
-            let path = &flags[flag];
-            let m = mount_of(path);
-            assert_ne!(
-                m.read_only,
-                Some(true),
-                "{origin}: --{flag} must be writable"
-            );
-            assert!(
-                volume_of(&m.name).empty_dir.is_some(),
-                "{origin}: --{flag} lives on an emptyDir"
-            );
+        match tls_source(&b, &flags) {
+            // --tls-bootstrap writes the certificate: a writable emptyDir, not the read-only root.
+            TlsSource::Bootstrap => {
+                for flag in ["tls-cert", "tls-key"] {
+                    let path = &flags[flag];
+                    let m = mount_of(path);
+                    assert_ne!(
+                        m.read_only,
+                        Some(true),
+                        "{origin}: --{flag} must be writable"
+                    );
+                    assert!(
+                        volume_of(&m.name).empty_dir.is_some(),
+                        "{origin}: --{flag} lives on an emptyDir"
+                    );
+                }
+            }
+            // cert-manager writes the Secret; the pod only reads it, as `tls.crt` and `tls.key`.
+            TlsSource::CertManager(cert) => {
+                for (flag, key) in [("tls-cert", "tls.crt"), ("tls-key", "tls.key")] {
+                    let path = &flags[flag];
+                    let m = mount_of(path);
+                    assert_eq!(m.read_only, Some(true), "{origin}: --{flag} is read-only");
+                    assert_eq!(
+                        Path::new(path).strip_prefix(&m.mount_path).ok(),
+                        Some(Path::new(key)),
+                        "{origin}: --{flag} is the Secret's `{key}`"
+                    );
+                    let secret = volume_of(&m.name)
+                        .secret
+                        .unwrap_or_else(|| panic!("{origin}: --{flag} is on a Secret volume"));
+                    assert_eq!(
+                        secret.secret_name.as_deref(),
+                        Some(cert.spec.secret_name.as_str()),
+                        "{origin}: --{flag} is in the Secret of Certificate {:?}",
+                        cert.metadata.name
+                    );
+                    assert!(
+                        secret.items.is_none(),
+                        "{origin}: the whole Secret is mounted, so the kubelet updates it on renewal"
+                    );
+                    let mode = secret.default_mode.unwrap_or(0o644);
+                    assert_eq!(
+                        mode & 0o007,
+                        0,
+                        "{origin}: the private key is not readable by other users (mode {mode:o})"
+                    );
+                }
+            }
         }
 
         // --policies is the mount of the policies ConfigMap.
@@ -1119,7 +1631,9 @@ fn server_arguments_are_flags_the_server_has_and_agree_with_the_pod() {
 
         // --tenants: a file in a mounted ConfigMap, or a Postgres URL of a Service in the build.
         let tenants = flags.get("tenants").expect("--tenants or TENANTRY_TENANTS");
-        if tenants.starts_with("postgres://") || tenants.starts_with("postgresql://") {
+        if *tenants == operator_secret("tenantry-postgres", "url") {
+            // The operator's Postgres, anywhere the pods can reach: nothing to check here.
+        } else if tenants.starts_with("postgres://") || tenants.starts_with("postgresql://") {
             check_service_url(&b, tenants, 5432, &origin);
         } else {
             let m = mount_of(tenants);
@@ -1154,6 +1668,51 @@ fn server_arguments_are_flags_the_server_has_and_agree_with_the_pod() {
             assert_eq!(version(image), version(c.image.as_deref().unwrap()));
         }
     }
+}
+
+/// Where the webhook's serving certificate comes from in an installation.
+enum TlsSource {
+    /// `--tls-bootstrap`: the webhook makes it, keeps it in the Secret `tenantry-webhook-tls`
+    /// and patches `caBundle` itself.
+    Bootstrap,
+    /// A cert-manager Certificate whose Secret the pod mounts; cainjector sets `caBundle`.
+    CertManager(Box<crd::Certificate>),
+}
+
+/// The one source of the serving certificate of `b`, given the webhook's flags.
+fn tls_source(b: &Build, flags: &BTreeMap<String, String>) -> TlsSource {
+    let origin = b.root.display();
+    let dns = format!("{}.{}.svc", contract::SERVICE_NAME, contract::NAMESPACE);
+    let mut certs: Vec<crd::Certificate> = b
+        .custom::<crd::Certificate>(crd::CERT_MANAGER, "Certificate")
+        .into_iter()
+        .filter(|c| c.spec.dns_names.contains(&dns))
+        .collect();
+    if flags.get("tls-bootstrap").map(String::as_str) == Some("true") {
+        assert!(
+            certs.is_empty(),
+            "{origin}: --tls-bootstrap and a cert-manager Certificate for {dns}: one source only"
+        );
+        return TlsSource::Bootstrap;
+    }
+    assert_eq!(
+        certs.len(),
+        1,
+        "{origin}: without --tls-bootstrap, a cert-manager Certificate for {dns} issues the \
+         serving certificate"
+    );
+    TlsSource::CertManager(Box::new(certs.remove(0)))
+}
+
+/// The webhook container's flags in `b`.
+fn webhook_flags(b: &Build) -> BTreeMap<String, String> {
+    let c = webhook_container(&b.webhook_deployment());
+    let env = resolved_env(b, contract::NAMESPACE, &c);
+    server_flags(
+        &c.args.clone().unwrap_or_default(),
+        &env,
+        &b.root.display().to_string(),
+    )
 }
 
 /// The ConfigMap carries exactly `policies/*.cedar` and the schema, byte for byte.
@@ -1299,7 +1858,8 @@ fn check_webhook(w: Webhook<'_>) {
     );
     assert_eq!(
         w.config.ca_bundle, None,
-        "{who}: caBundle stays absent in the manifests; --tls-bootstrap fills it in"
+        "{who}: caBundle stays absent in the manifests; --tls-bootstrap or cert-manager's \
+         cainjector fills it in, and `kubectl apply` must not erase it"
     );
     let service = w.config.service.clone().expect("clientConfig.service");
     assert_eq!(service.name, contract::SERVICE_NAME);
@@ -1431,32 +1991,46 @@ fn rbac_is_exactly_what_the_server_needs() {
                 want.insert(grant(group, resource, verb, ""));
             }
         }
-        for resource in [
-            "mutatingwebhookconfigurations",
-            "validatingwebhookconfigurations",
-        ] {
-            for verb in ["get", "patch"] {
-                want.insert(grant(
-                    "admissionregistration.k8s.io",
-                    resource,
-                    verb,
-                    contract::WEBHOOK_CONFIGURATION,
-                ));
+        // Only --tls-bootstrap writes caBundle and keeps the certificate in a Secret; with
+        // cert-manager the webhook needs neither grant.
+        let bootstrap = matches!(tls_source(&b, &webhook_flags(&b)), TlsSource::Bootstrap);
+        if bootstrap {
+            for resource in [
+                "mutatingwebhookconfigurations",
+                "validatingwebhookconfigurations",
+            ] {
+                for verb in ["get", "patch"] {
+                    want.insert(grant(
+                        "admissionregistration.k8s.io",
+                        resource,
+                        verb,
+                        contract::WEBHOOK_CONFIGURATION,
+                    ));
+                }
             }
         }
         assert_eq!(
             have, want,
             "{origin}: ClusterRole grants (left) must be exactly list+watch on WATCHED_RESOURCES \
-             and get+patch on the `tenantry` webhook configurations (right)"
+             and, with --tls-bootstrap only, get+patch on the `tenantry` webhook configurations \
+             (right)"
         );
 
-        // In tenantry-system: read and create the TLS Secret, nothing else.
+        // In tenantry-system: with --tls-bootstrap, read and create the TLS Secret, nothing
+        // else; with cert-manager, nothing at all.
         let role_bindings = b.all::<RoleBinding>();
         let bound: Vec<&String> = role_bindings
             .iter()
             .filter(|rb| rb.role_ref.kind == "Role" && sa_subject(&rb.subjects))
             .map(|rb| &rb.role_ref.name)
             .collect();
+        if !bootstrap {
+            assert!(
+                bound.is_empty(),
+                "{origin}: without --tls-bootstrap the webhook needs no Role, got {bound:?}"
+            );
+            continue;
+        }
         assert_eq!(bound.len(), 1, "{origin}: one Role for the webhook");
         let roles = b.all::<Role>();
         let role = roles
@@ -1503,8 +2077,16 @@ fn generated_config_maps_and_secrets_are_referenced_and_exist() {
                 }
                 if let Some(secret) = &v.secret {
                     let name = secret.secret_name.clone().unwrap();
+                    let issued = b
+                        .custom::<crd::Certificate>(crd::CERT_MANAGER, "Certificate")
+                        .iter()
+                        .any(|c| {
+                            c.spec.secret_name == name
+                                && c.metadata.namespace.as_deref() == Some(contract::NAMESPACE)
+                        });
                     assert!(
                         name == TLS_SECRET
+                            || issued
                             || b.find::<Secret>(contract::NAMESPACE, &name).is_some(),
                         "{origin}: Secret volume `{name}`"
                     );
@@ -1882,4 +2464,524 @@ mod tenantry_controller_grants {
         ),
         ("tenantry.dev", "tenants/status", &["patch"]),
     ];
+}
+
+// ---------------------------------------------------------------------------------------------
+// The production overlay.
+
+fn prod() -> Build {
+    build(&deploy_dir().join("overlays/prod"))
+}
+
+#[test]
+fn prod_overlay_takes_its_serving_certificate_from_cert_manager() {
+    let b = prod();
+    let flags = webhook_flags(&b);
+    let TlsSource::CertManager(serving) = tls_source(&b, &flags) else {
+        panic!("prod: the serving certificate comes from cert-manager, not --tls-bootstrap");
+    };
+    let dns = format!("{}.{}.svc", contract::SERVICE_NAME, contract::NAMESPACE);
+    assert!(serving.spec.dns_names.contains(&dns));
+    assert_ne!(serving.spec.is_ca, Some(true), "the leaf is no CA");
+    assert_ne!(
+        serving.spec.secret_name, TLS_SECRET,
+        "cert-manager and --tls-bootstrap never share one Secret"
+    );
+    assert!(
+        serving.spec.usages.is_empty() || serving.spec.usages.iter().any(|u| u == "server auth"),
+        "the leaf may serve TLS"
+    );
+
+    // The chain: serving Certificate ← CA Issuer ← CA Certificate ← self-signed Issuer, all in
+    // tenantry-system (Issuers are namespaced; a ClusterIssuer would be trusted cluster-wide).
+    let issuers: Vec<crd::Issuer> = b.custom(crd::CERT_MANAGER, "Issuer");
+    let certs: Vec<crd::Certificate> = b.custom(crd::CERT_MANAGER, "Certificate");
+    fn issuer_of<'a>(issuers: &'a [crd::Issuer], cert: &crd::Certificate) -> &'a crd::Issuer {
+        let r = &cert.spec.issuer_ref;
+        assert_eq!(r.kind.as_deref().unwrap_or("Issuer"), "Issuer");
+        assert_eq!(
+            r.group.as_deref().unwrap_or("cert-manager.io"),
+            "cert-manager.io"
+        );
+        assert_eq!(
+            cert.metadata.namespace.as_deref(),
+            Some(contract::NAMESPACE)
+        );
+        issuers
+            .iter()
+            .find(|i| {
+                i.metadata.name.as_deref() == Some(r.name.as_str())
+                    && i.metadata.namespace == cert.metadata.namespace
+            })
+            .unwrap_or_else(|| panic!("prod: no Issuer `{}` for {:?}", r.name, cert.metadata.name))
+    }
+    let ca_issuer = issuer_of(&issuers, &serving);
+    let ca_secret = &ca_issuer
+        .spec
+        .ca
+        .as_ref()
+        .expect("prod: the serving certificate is signed by a CA Issuer")
+        .secret_name;
+    let ca_cert = certs
+        .iter()
+        .find(|c| &c.spec.secret_name == ca_secret)
+        .unwrap_or_else(|| panic!("prod: no Certificate issues the CA Secret `{ca_secret}`"));
+    assert_eq!(
+        ca_cert.spec.is_ca,
+        Some(true),
+        "prod: the CA Certificate is a CA"
+    );
+    let root = issuer_of(&issuers, ca_cert);
+    assert!(
+        root.spec.self_signed.is_some(),
+        "prod: the CA is self-signed (its only relying party is the API server, via caBundle)"
+    );
+
+    // cainjector copies the CA of exactly this Certificate into both configurations.
+    let inject = format!(
+        "{}/{}",
+        contract::NAMESPACE,
+        serving.metadata.name.as_deref().unwrap()
+    );
+    let mutating = b.one::<MutatingWebhookConfiguration>(contract::WEBHOOK_CONFIGURATION);
+    let validating = b.one::<ValidatingWebhookConfiguration>(contract::WEBHOOK_CONFIGURATION);
+    for (kind, annotations) in [
+        ("mutating", mutating.metadata.annotations),
+        ("validating", validating.metadata.annotations),
+    ] {
+        assert_eq!(
+            annotations
+                .unwrap_or_default()
+                .get("cert-manager.io/inject-ca-from"),
+            Some(&inject),
+            "prod: the {kind} configuration gets its caBundle from the serving Certificate"
+        );
+    }
+}
+
+#[test]
+fn prod_overlay_reads_tenants_from_the_operators_postgres_secret_and_migrates() {
+    let b = prod();
+    let expected = operator_secret("tenantry-postgres", "url");
+    assert!(
+        b.find::<Secret>(contract::NAMESPACE, "tenantry-postgres")
+            .is_none(),
+        "prod: the overlay ships no database password; the operator creates the Secret"
+    );
+    let tenants = |c: &Container| {
+        resolved_env(&b, contract::NAMESPACE, c)
+            .into_iter()
+            .find(|(k, _)| k == "TENANTRY_TENANTS")
+            .map(|(_, v)| v)
+    };
+    let webhook = b.webhook_deployment();
+    let controller = b.one::<Deployment>("tenantry-controller");
+    assert_eq!(
+        tenants(&webhook_container(&webhook)).as_ref(),
+        Some(&expected)
+    );
+    assert_eq!(
+        tenants(&pod_spec(&controller).containers[0]).as_ref(),
+        Some(&expected)
+    );
+
+    // The Job makes the tables the webhook and controller wait for, with the same image
+    // version, and imports nothing (tenants are the operator's, changed with the CLI).
+    let job = b.one::<Job>("tenantry-migrate");
+    let spec = job.spec.unwrap().template.spec.unwrap();
+    assert!(spec.init_containers.is_none());
+    assert_eq!(spec.containers.len(), 1);
+    let step = &spec.containers[0];
+    assert_eq!(step.args.as_deref(), Some(&["migrate".to_string()][..]));
+    assert_eq!(tenants(step).as_ref(), Some(&expected));
+    let tag = |image: &str| image.rsplit_once(':').map(|(_, t)| t.to_string());
+    let image = step.image.as_deref().unwrap();
+    assert!(image.starts_with("ghcr.io/tenantry/tenantry:"));
+    assert_eq!(
+        tag(image),
+        tag(webhook_container(&webhook).image.as_deref().unwrap()),
+        "prod: the migration is the webhook's version"
+    );
+}
+
+#[test]
+fn pod_disruption_budgets_leave_room_to_drain_and_cover_prod() {
+    for b in builds() {
+        let origin = b.root.display().to_string();
+        for pdb in b.all::<PodDisruptionBudget>() {
+            let name = pdb.metadata.name.clone().unwrap();
+            let spec = pdb.spec.unwrap();
+            let selector = spec.selector.unwrap();
+            let covered: Vec<Deployment> = b
+                .all::<Deployment>()
+                .into_iter()
+                .filter(|d| selects(&selector, &template_labels(d)))
+                .collect();
+            assert_eq!(
+                covered.len(),
+                1,
+                "{origin}: PodDisruptionBudget {name} covers one Deployment"
+            );
+            let replicas = covered[0].spec.replicas.unwrap_or(1);
+            let Some(IntOrString::Int(min)) = spec.min_available else {
+                panic!("{origin}: PodDisruptionBudget {name}: an integer minAvailable");
+            };
+            // minAvailable ≥ replicas would block every node drain for good.
+            assert!(
+                (1..replicas).contains(&min),
+                "{origin}: PodDisruptionBudget {name}: minAvailable {min} of {replicas} replicas"
+            );
+        }
+    }
+    let b = prod();
+    let controller = b.one::<Deployment>("tenantry-controller");
+    let labels = template_labels(&controller);
+    let pdb = b
+        .all::<PodDisruptionBudget>()
+        .into_iter()
+        .find(|p| selects(p.spec.as_ref().unwrap().selector.as_ref().unwrap(), &labels))
+        .expect("prod: a PodDisruptionBudget covers the controller");
+    assert_eq!(pdb.spec.unwrap().min_available, Some(IntOrString::Int(1)));
+    assert!(
+        b.webhook_deployment().spec.replicas.unwrap_or(1) >= 2,
+        "prod: at least two webhook replicas"
+    );
+}
+
+#[test]
+fn redis_keeps_nothing_on_disk() {
+    // Reservations and rate-limit budgets live seconds; a snapshot would only bring back stale
+    // ones after a restart (and needs a writable, persistent volume).
+    for b in builds() {
+        let redis: Deployment = b.one("redis");
+        let args = pod_spec(&redis).containers[0]
+            .args
+            .clone()
+            .unwrap_or_default();
+        let value = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|i| args.get(i + 1))
+                .map(String::as_str)
+        };
+        assert_eq!(
+            value("--save"),
+            Some(""),
+            "{}: no RDB snapshots",
+            b.root.display()
+        );
+        assert_eq!(
+            value("--appendonly"),
+            Some("no"),
+            "{}: no AOF",
+            b.root.display()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Observability: what deploy/observability scrapes is what the installation serves.
+
+#[test]
+fn monitors_scrape_the_ports_the_installation_serves() {
+    let obs = build(&deploy_dir().join("observability"));
+    let base = build(&deploy_dir().join("base"));
+    let monitoring = obs.objects[0]["metadata"]["namespace"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for o in &obs.objects {
+        assert_eq!(
+            o["metadata"]["namespace"].as_str(),
+            Some(monitoring.as_str()),
+            "observability: everything in one namespace, Prometheus's"
+        );
+    }
+
+    // The webhook: its Service, by labels, on the port serving /metrics.
+    let service_monitors: Vec<crd::ServiceMonitor> = obs.custom(crd::MONITORING, "ServiceMonitor");
+    let [webhook_monitor] = &service_monitors[..] else {
+        panic!("observability: one ServiceMonitor, the webhook's");
+    };
+    // prometheus-operator names the job after the Service; the alerts and dashboard use it.
+    let service = base.one::<Service>(contract::SERVICE_NAME);
+    let service_labels = service.metadata.labels.clone().unwrap_or_default();
+    assert!(selects(&webhook_monitor.spec.selector, &service_labels));
+    assert_eq!(
+        webhook_monitor.spec.namespace_selector.match_names,
+        [contract::NAMESPACE]
+    );
+    let metrics_port = service
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .into_iter()
+        .find(|p| p.name.as_deref() == Some(webhook_monitor.spec.endpoints[0].port.as_str()))
+        .expect("the ServiceMonitor names a port of the webhook Service");
+    let c = webhook_container(&base.webhook_deployment());
+    assert_eq!(
+        resolve_port(&c, metrics_port.target_port.as_ref().unwrap()),
+        Some(port_of(contract::DEFAULT_METRICS_LISTEN)),
+        "the ServiceMonitor scrapes --metrics-listen"
+    );
+    assert_eq!(
+        webhook_monitor.spec.endpoints[0].path.as_deref(),
+        Some(contract::METRICS_PATH)
+    );
+
+    let pod_monitors: Vec<crd::PodMonitor> = obs.custom(crd::MONITORING, "PodMonitor");
+    let monitor = |name: &str| {
+        pod_monitors
+            .iter()
+            .find(|m| m.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("observability: PodMonitor {name}"))
+    };
+
+    // The controller: its pods, on the container port named like the monitor's.
+    let controller = monitor("tenantry-controller");
+    let d = base.one::<Deployment>("tenantry-controller");
+    assert!(selects(&controller.spec.selector, &template_labels(&d)));
+    assert_eq!(
+        controller.spec.namespace_selector.match_names,
+        [contract::NAMESPACE]
+    );
+    let port = IntOrString::String(controller.spec.pod_metrics_endpoints[0].port.clone());
+    let flag = pod_spec(&d).containers[0]
+        .args
+        .iter()
+        .flatten()
+        .find_map(|a| a.strip_prefix("--metrics-listen="))
+        .map(port_of);
+    assert_eq!(
+        resolve_port(&pod_spec(&d).containers[0], &port),
+        flag,
+        "the controller's PodMonitor scrapes --metrics-listen"
+    );
+
+    // Injected enforcers: every pod the webhook labels with its tenant, on the admin port of
+    // the sidecar the webhook really injects.
+    let enforcer = monitor("tenantry-enforcer");
+    assert!(enforcer.spec.namespace_selector.any);
+    let tenant_pod = BTreeMap::from([(
+        tenantry_webhook::references::TENANT_LABEL.to_string(),
+        "acme".to_string(),
+    )]);
+    assert!(selects(&enforcer.spec.selector, &tenant_pod));
+    assert!(!selects(&enforcer.spec.selector, &BTreeMap::new()));
+    let sidecar = tenantry_webhook::pod::sidecar(
+        &tenantry_webhook::pod::InjectionConfig::default(),
+        "acme",
+        "free",
+        8080,
+    );
+    let sidecar: Container = serde_json::from_value(sidecar).unwrap();
+    let endpoint = &enforcer.spec.pod_metrics_endpoints[0];
+    let admin = resolve_port(&sidecar, &IntOrString::String(endpoint.port.clone()))
+        .expect("the enforcer PodMonitor names a port of the injected sidecar");
+    assert_eq!(
+        admin,
+        i32::from(tenantry_webhook::pod::InjectionConfig::default().admin_port),
+        "the PodMonitor scrapes the enforcer's admin port"
+    );
+    assert_ne!(
+        endpoint.honor_labels,
+        Some(true),
+        "tenant pods must not set their own namespace, pod or tenant labels"
+    );
+    let pod_label = format!(
+        "__meta_kubernetes_pod_label_{}",
+        tenantry_webhook::references::TENANT_LABEL.replace(['.', '/', '-'], "_")
+    );
+    assert!(
+        endpoint
+            .relabelings
+            .iter()
+            .any(|r| r.source_labels == [pod_label.clone()]
+                && r.target_label.as_deref() == Some("tenant")),
+        "the enforcer samples carry the pod's tenant as `tenant` (the dashboard groups by it)"
+    );
+
+    // The webhook's NetworkPolicy admits Prometheus's namespace to the metrics port.
+    let policy = base.one::<NetworkPolicy>("tenantry-webhook");
+    let admitted = policy
+        .spec
+        .unwrap()
+        .ingress
+        .unwrap_or_default()
+        .into_iter()
+        .any(|rule| {
+            let from_monitoring = rule.from.iter().flatten().any(|peer| {
+                peer.namespace_selector.as_ref().is_some_and(|s| {
+                    s.match_labels
+                        .as_ref()
+                        .and_then(|l| l.get(NAMESPACE_NAME_LABEL))
+                        == Some(&monitoring)
+                })
+            });
+            let to_metrics = rule.ports.iter().flatten().any(|p| {
+                p.port
+                    .as_ref()
+                    .and_then(|p| resolve_port(&c, p))
+                    .is_some_and(|p| p == port_of(contract::DEFAULT_METRICS_LISTEN))
+            });
+            from_monitoring && to_metrics
+        });
+    assert!(
+        admitted,
+        "the webhook's NetworkPolicy admits `{monitoring}` to the metrics port"
+    );
+
+    // The dashboard ConfigMap is found by Grafana's sidecar, under one fixed name.
+    let dashboards: Vec<ConfigMap> = obs.all();
+    let [dashboard] = &dashboards[..] else {
+        panic!("observability: one ConfigMap, the dashboard");
+    };
+    assert_eq!(
+        dashboard
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("grafana_dashboard"))
+            .map(String::as_str),
+        Some("1")
+    );
+    assert!(
+        obs.generated.iter().all(|g| !g.hashed),
+        "the dashboard ConfigMap keeps one name, or every edit leaves a duplicate behind"
+    );
+    assert!(
+        dashboard
+            .data
+            .as_ref()
+            .unwrap()
+            .keys()
+            .all(|k| k.ends_with(".json")),
+        "Grafana's sidecar loads *.json keys"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real kustomize.
+
+/// `objects` keyed by (kind, namespace, name), with null fields dropped (kustomize omits them).
+fn by_identity(objects: &[Value], origin: &str) -> BTreeMap<(String, String, String), Value> {
+    fn drop_nulls(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                map.retain(|_, v| !v.is_null());
+                map.values_mut().for_each(drop_nulls);
+            }
+            Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+            _ => {}
+        }
+    }
+    let mut out = BTreeMap::new();
+    for o in objects {
+        let mut o = o.clone();
+        drop_nulls(&mut o);
+        let key = (
+            o["kind"].as_str().unwrap_or_default().to_string(),
+            o["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        assert!(
+            out.insert(key.clone(), o).is_none(),
+            "{origin}: {key:?} twice"
+        );
+    }
+    out
+}
+
+/// Replaces every string equal to `from` in `v` with `to`.
+fn rename_everywhere(v: &mut Value, from: &str, to: &str) {
+    match v {
+        Value::String(s) if s == from => *s = to.to_string(),
+        Value::Object(map) => map
+            .values_mut()
+            .for_each(|v| rename_everywhere(v, from, to)),
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| rename_everywhere(v, from, to)),
+        _ => {}
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(has_kubectl),
+    ignore = "kubectl was not on PATH when the tests were built (tests/build.rs)"
+)]
+fn kubectl_kustomize_renders_the_same_objects() {
+    for b in all_builds() {
+        let origin = format!("kubectl kustomize {}", b.root.display());
+        let out = std::process::Command::new("kubectl")
+            .arg("kustomize")
+            .arg(&b.root)
+            .output()
+            .unwrap_or_else(|e| panic!("{origin}: cannot run kubectl: {e}"));
+        assert!(
+            out.status.success(),
+            "{origin} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut real: Vec<Value> =
+            serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap())
+                .unwrap_or_else(|e| panic!("{origin}: output is not YAML: {e}"));
+        real.retain(|o| !o.is_null());
+
+        // Generated ConfigMaps: kustomize's name is `NAME-<hash of the content>` (rewritten in
+        // every reference), unless hashing is off. Map it back to the plain name used here.
+        for g in &b.generated {
+            let names: Vec<String> = real
+                .iter()
+                .filter(|o| {
+                    o["kind"] == "ConfigMap"
+                        && o["metadata"]["namespace"].as_str() == g.namespace.as_deref()
+                })
+                .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_string))
+                .filter(|n| match n.strip_prefix(&format!("{}-", g.name)) {
+                    Some(hash) => {
+                        g.hashed
+                            && hash.len() == 10
+                            && hash.chars().all(|c| c.is_ascii_alphanumeric())
+                    }
+                    None => !g.hashed && *n == g.name,
+                })
+                .collect();
+            assert_eq!(
+                names.len(),
+                1,
+                "{origin}: the generated ConfigMap `{}` (hashed: {})",
+                g.name,
+                g.hashed
+            );
+            for o in &mut real {
+                rename_everywhere(o, &names[0], &g.name);
+            }
+        }
+
+        let real = by_identity(&real, &origin);
+        let ours = by_identity(&b.objects, &origin);
+        let real_keys: BTreeSet<_> = real.keys().collect();
+        let our_keys: BTreeSet<_> = ours.keys().collect();
+        assert_eq!(
+            real_keys, our_keys,
+            "{origin}: the objects kubectl renders (left) and this test's kustomize (right)"
+        );
+        for (key, object) in &ours {
+            assert!(
+                real[key] == *object,
+                "{origin}: {key:?} differs:\nkubectl: {}\nthis test: {}",
+                serde_json::to_string_pretty(&real[key]).unwrap(),
+                serde_json::to_string_pretty(object).unwrap()
+            );
+        }
+    }
 }
