@@ -81,10 +81,11 @@ impl Metrics {
             "Requests an audit-mode policy (@mode(\"audit\")) would have denied, by policy and tenant",
             audit_violations.clone(),
         );
-        // 50 µs … ~0.4 s: decisions are in-memory, the tail is the interesting part.
+        // 50 µs … ~6.5 s: decisions are in-memory and fast, but a review that waits (a shared
+        // quota reservation in Redis) must stay visible up to the API server's 5 s timeout.
         let latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                0.00005, 2.0, 14,
+                0.00005, 2.0, 18,
             ))
         });
         registry.register(
