@@ -21,12 +21,14 @@ macro_rules! out_raw {
     };
 }
 
+mod audit_cmd;
 mod cases;
 mod demo;
 mod inputs;
 mod policy_cmd;
 mod review_cmd;
 mod tenants_cmd;
+mod verify_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,7 +50,7 @@ struct Cli {
 enum Command {
     /// Review a manifest offline: mutation then validation, exactly as the webhook decides.
     Review(review_cmd::ReviewArgs),
-    /// Check, format and test Cedar policy files.
+    /// Check, format, test and prove properties of Cedar policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Manage tenants (PostgreSQL source; list and show also read YAML files).
@@ -63,6 +65,9 @@ enum Command {
     /// Generate TLS material for the webhook.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Judge the objects already in a cluster by the current policies and report every one they
+    /// would refuse today (exit 1 if any). Quota policies are left out.
+    Audit(audit_cmd::AuditArgs),
     /// Show Tenantry at work on the embedded example tenants and policies (nothing to install).
     Demo(demo::DemoArgs),
 }
@@ -113,6 +118,29 @@ enum PolicyCommand {
         #[arg(default_value = "policies", env = "TENANTRY_POLICIES")]
         dir: PathBuf,
     },
+    /// Prove the properties in DIR/properties/*.cedar for every request the schema allows
+    /// (Cedar's symbolic compiler and the cvc5 solver); print a counterexample for each that
+    /// fails. Audit-mode policies are left out: they deny nothing.
+    Verify {
+        /// Directory with tenantry.cedarschema and *.cedar files.
+        #[arg(default_value = "policies", env = "TENANTRY_POLICIES")]
+        dir: PathBuf,
+        /// Directory with the property files [default: DIR/properties].
+        #[arg(long, env = "TENANTRY_PROPERTIES")]
+        properties: Option<PathBuf>,
+        #[command(flatten)]
+        solver: verify_cmd::ProofArgs,
+    },
+    /// List the kinds of requests whose decision changes from the policies in OLD to those in
+    /// NEW, both ways, with an example request each (exit 1 if any change).
+    Diff {
+        /// Directory with the policies before the change.
+        old: PathBuf,
+        /// Directory with the policies after the change (its schema is used for both).
+        new: PathBuf,
+        #[command(flatten)]
+        solver: verify_cmd::ProofArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -122,9 +150,18 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Check { dir }) => policy_cmd::check(&dir),
         Command::Policy(PolicyCommand::Fmt { dir, check }) => policy_cmd::fmt(&dir, check),
         Command::Policy(PolicyCommand::Test { dir }) => policy_cmd::test(&dir),
+        Command::Policy(PolicyCommand::Verify {
+            dir,
+            properties,
+            solver,
+        }) => verify_cmd::verify(&dir, properties.as_deref(), &solver),
+        Command::Policy(PolicyCommand::Diff { old, new, solver }) => {
+            verify_cmd::diff(&old, &new, &solver)
+        }
         Command::Tenants(command) => tenants_cmd::run(command),
         Command::Migrate { tenants } => tenants_cmd::migrate(&tenants),
         Command::Demo(args) => demo::run(&args),
+        Command::Audit(args) => audit_cmd::run(&args),
         Command::Certs(CertsCommand::Generate {
             service,
             namespace,

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tenantry_tests::{Postgres, repo_root};
 
 fn tenantry(args: &[&str]) -> Output {
@@ -14,6 +14,7 @@ fn tenantry(args: &[&str]) -> Output {
         .current_dir(repo_root())
         .env_remove("TENANTRY_TENANTS")
         .env_remove("TENANTRY_POLICIES")
+        .env_remove("KUBECONFIG")
         .output()
         .unwrap()
 }
@@ -615,5 +616,123 @@ fn first_contact_rough_edges_are_gone() {
             .unwrap()
             .keys()
             .collect::<Vec<_>>()
+    );
+}
+
+/// A ConfigMap as the webhook would have stored it: through `tenantry review`'s mutation.
+fn admitted_config_map() -> Value {
+    let dir = std::env::temp_dir().join(format!("tenantry-audit-cm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("cm.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\n",
+    )
+    .unwrap();
+    let out = tenantry(&[
+        "review",
+        "-f",
+        manifest.to_str().unwrap(),
+        "--user",
+        "alice",
+        "-n",
+        "acme-dev",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outcome: Value = serde_json::from_slice(&out.stdout).unwrap();
+    outcome["object"].clone()
+}
+
+/// `tenantry audit` against an API server (the tests' in-process one, speaking the real list
+/// protocol kube-rs uses): objects that predate the policies are reported, compliant ones and
+/// non-tenant namespaces are not.
+#[test]
+fn audit_reports_objects_the_policies_refuse_today_and_not_compliant_ones() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = tenantry_tests::api_server::ApiServer::new();
+    api.missing("/apis/gateway.networking.k8s.io");
+    let namespace =
+        |name: &str| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    for ns in ["acme-dev", "kube-system"] {
+        api.event("/api/v1/namespaces", "ADDED", namespace(ns));
+    }
+    let privileged = |ns: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "miner", "namespace": ns, "uid": "1", "creationTimestamp": "2026-01-01T00:00:00Z"},
+               "spec": {"nodeName": "worker-1",
+                        "containers": [{"name": "m", "image": "miner", "securityContext": {"privileged": true}}]},
+               "status": {"phase": "Running"}})
+    };
+    // Created before Tenantry: privileged, no enforcer, no labels.
+    api.event("/api/v1/pods", "ADDED", privileged("acme-dev"));
+    // kube-system is nobody's: not judged.
+    api.event("/api/v1/pods", "ADDED", privileged("kube-system"));
+    // Admitted through the webhook: compliant.
+    api.event("/api/v1/configmaps", "ADDED", admitted_config_map());
+    let addr = runtime.block_on(api.serve()).unwrap();
+    let dir = std::env::temp_dir().join(format!("tenantry-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    tenantry_tests::api_server::write_kubeconfig(addr, &kubeconfig).unwrap();
+
+    let out = tenantry(&[
+        "audit",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "violations exit 1: {stderr}");
+    assert!(
+        stderr.contains("HTTPRoute not listed: the cluster does not serve it"),
+        "{stderr}"
+    );
+    let found: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found.len(), 1, "only the pod in acme-dev: {found:#?}");
+    let pod = &found[0];
+    assert_eq!(
+        (
+            pod["namespace"].as_str(),
+            pod["kind"].as_str(),
+            pod["name"].as_str()
+        ),
+        (Some("acme-dev"), Some("Pod"), Some("miner"))
+    );
+    assert_eq!(pod["tenant"], "acme");
+    assert_eq!(pod["audit_only"], false);
+    let policies: Vec<&str> = pod["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(policies.contains(&"pod-privileged"), "{policies:?}");
+    assert!(
+        !policies.contains(&"pod-binding"),
+        "the scheduler's nodeName is not the tenant's: {policies:?}"
+    );
+
+    let text = tenantry(&["audit", "--kubeconfig", kubeconfig.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        stdout.starts_with("refused  acme-dev/Pod miner (tenant acme"),
+        "{stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&text.stderr)
+            .contains("2 tenant objects judged, 1 would be refused today"),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
     );
 }
