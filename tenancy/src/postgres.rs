@@ -275,14 +275,7 @@ impl PostgresSource {
             .begin()
             .await
             .map_err(query_error("starting a transaction"))?;
-        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
-            .bind(tenant)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(query_error("looking up the tenant"))?;
-        if exists.is_none() {
-            return Err(PostgresError::UnknownTenant(tenant.to_string()));
-        }
+        require_tenant(&mut tx, tenant).await?;
         if let Some(team) = team {
             let found: Option<String> =
                 sqlx::query_scalar("SELECT name FROM teams WHERE tenant = $1 AND name = $2")
@@ -310,10 +303,7 @@ impl PostgresSource {
         .execute(&mut *tx)
         .await
         .map_err(query_error("writing a member"))?;
-        // The directory must still be valid (a service account name, say): check before commit.
-        let (file, version) = read_file(&mut *tx).await?;
-        Directory::build(file, version)?;
-        tx.commit().await.map_err(query_error("committing"))
+        commit_if_valid(tx).await
     }
 
     /// Removes a member of `tenant` (or of its `team`); returns whether there was one.
@@ -345,14 +335,7 @@ impl PostgresSource {
             .begin()
             .await
             .map_err(query_error("starting a transaction"))?;
-        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
-            .bind(tenant)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(query_error("looking up the tenant"))?;
-        if exists.is_none() {
-            return Err(PostgresError::UnknownTenant(tenant.to_string()));
-        }
+        require_tenant(&mut tx, tenant).await?;
         let holder: Option<String> =
             sqlx::query_scalar("SELECT tenant FROM tenant_namespaces WHERE namespace = $1")
                 .bind(namespace)
@@ -377,9 +360,7 @@ impl PostgresSource {
             .execute(&mut *tx)
             .await
             .map_err(query_error("adding the namespace"))?;
-        let (file, version) = read_file(&mut *tx).await?;
-        Directory::build(file, version)?;
-        tx.commit().await.map_err(query_error("committing"))
+        commit_if_valid(tx).await
     }
 
     /// Takes a namespace from `tenant` (and from its team, if one had it); returns whether the
@@ -723,6 +704,30 @@ fn role_lists<'a>(
 }
 
 /// Reads every directory table into the file form, plus the version it corresponds to.
+/// Refuses, inside `tx`, a change to a tenant the directory does not have.
+async fn require_tenant(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+) -> Result<(), PostgresError> {
+    let exists: Option<String> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
+        .bind(tenant)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(query_error("looking up the tenant"))?;
+    match exists {
+        Some(_) => Ok(()),
+        None => Err(PostgresError::UnknownTenant(tenant.to_string())),
+    }
+}
+
+/// Commits `tx` only if the directory it leaves is still valid (a service account name, a
+/// namespace name, say): a refused change leaves nothing behind.
+async fn commit_if_valid(mut tx: Transaction<'_, Postgres>) -> Result<(), PostgresError> {
+    let (file, version) = read_file(&mut *tx).await?;
+    Directory::build(file, version)?;
+    tx.commit().await.map_err(query_error("committing"))
+}
+
 async fn read_file<C>(tx: &mut C) -> Result<(TenantsFile, u64), PostgresError>
 where
     for<'a> &'a mut C: sqlx::Executor<'a, Database = Postgres>,
