@@ -58,12 +58,8 @@ pub struct AuditArgs {
     /// Kubeconfig of the cluster to audit (default: $KUBECONFIG, else in-cluster).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// Tenant source: a YAML file or postgres:// URL (default: the embedded example).
-    #[arg(long, env = "TENANTRY_TENANTS")]
-    pub tenants: Option<String>,
-    /// Policy directory (default: ./policies when it exists, else the built-in set).
-    #[arg(long, env = "TENANTRY_POLICIES")]
-    pub policies: Option<PathBuf>,
+    #[command(flatten)]
+    pub sources: inputs::Sources,
     /// Output format.
     #[arg(
         short,
@@ -91,8 +87,7 @@ pub struct Violation {
 }
 
 pub fn run(args: &AuditArgs) -> Result<ExitCode> {
-    let directory = inputs::directory(args.tenants.as_deref())?;
-    let policies = inputs::policies(args.policies.as_deref())?;
+    let (directory, policies) = args.sources.load()?;
     let runtime = inputs::runtime()?;
     let (objects, skipped) = runtime.block_on(list(args.kubeconfig.as_deref()))?;
     for (kind, why) in &skipped {

@@ -9,6 +9,28 @@ use serde_json::Value;
 use tenantry_tenancy::{Directory, PolicyEngine, PostgresSource, TenantSource};
 use tenantry_webhook::{Ledger, embedded};
 
+/// What a decision is made against: `--tenants` and `--policies`, shared by `review` and
+/// `audit` so both read the same defaults.
+#[derive(clap::Args)]
+pub struct Sources {
+    /// Tenant source: a YAML file or postgres:// URL (default: the embedded example).
+    #[arg(long, env = "TENANTRY_TENANTS")]
+    pub tenants: Option<String>,
+    /// Policy directory (default: ./policies when it exists, else the policies built into
+    /// this binary; the one used is named on standard error).
+    #[arg(long, env = "TENANTRY_POLICIES")]
+    pub policies: Option<std::path::PathBuf>,
+}
+
+impl Sources {
+    pub fn load(&self) -> Result<(Directory, PolicyEngine)> {
+        Ok((
+            directory(self.tenants.as_deref())?,
+            policies(self.policies.as_deref())?,
+        ))
+    }
+}
+
 /// The tenant directory from `--tenants` (a YAML file or Postgres URL), or the embedded example.
 pub fn directory(source: Option<&str>) -> Result<Directory> {
     match source.map(TenantSource::parse) {

@@ -30,13 +30,8 @@ pub struct ReviewArgs {
     /// The object as it is now, for UPDATE.
     #[arg(long, env = "TENANTRY_OLD")]
     pub old: Option<PathBuf>,
-    /// Tenant source: a YAML file or postgres:// URL (default: the embedded example).
-    #[arg(long, env = "TENANTRY_TENANTS")]
-    pub tenants: Option<String>,
-    /// Policy directory (default: ./policies when it exists, else the policies built into
-    /// this binary; the one used is named on standard error).
-    #[arg(long, env = "TENANTRY_POLICIES")]
-    pub policies: Option<PathBuf>,
+    #[command(flatten)]
+    pub sources: inputs::Sources,
     /// Existing objects (multi-document YAML) that give usage and taken Ingress hosts.
     #[arg(long, env = "TENANTRY_STATE")]
     pub state: Option<PathBuf>,
@@ -68,8 +63,7 @@ pub enum Output {
 }
 
 pub fn run(args: &ReviewArgs) -> Result<ExitCode> {
-    let directory = inputs::directory(args.tenants.as_deref())?;
-    let policies = inputs::policies(args.policies.as_deref())?;
+    let (directory, policies) = args.sources.load()?;
     let usage = inputs::state(args.state.as_deref())?;
     let injection = InjectionConfig::default();
     let boundary = tenantry_webhook::Boundary::default();

@@ -151,34 +151,14 @@ fn parse_renamed(files: &[SourceFile]) -> Result<Vec<Policy>, Refused> {
 
 /// Reads and validates `dir/*.cedar` as properties over `schema`.
 fn load_properties(dir: &Path, schema: &SourceFile) -> Result<Vec<Property>, Refused> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        Refused(format!(
-            "cannot read properties from `{}`: {e}",
-            dir.display()
-        ))
-    })?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
-        .collect();
-    paths.sort();
-    if paths.is_empty() {
+    let files =
+        tenantry_tenancy::policy::read_cedar_files(dir).map_err(Refused::from_policy_error)?;
+    if files.is_empty() {
         return Err(Refused(format!(
             "no `*.cedar` property files in `{}`",
             dir.display()
         )));
     }
-    let files = paths
-        .into_iter()
-        .map(|path| {
-            std::fs::read_to_string(&path)
-                .map(|text| SourceFile {
-                    path: path.clone(),
-                    text,
-                })
-                .map_err(|e| Refused(format!("cannot read `{}`: {e}", path.display())))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     // The same strict validation (and unique `@id`s, with file:line:column) as policies get.
     PolicyEngine::from_sources(schema, &files).map_err(Refused::from_policy_error)?;
 

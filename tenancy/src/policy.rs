@@ -109,9 +109,11 @@ pub struct Verdict {
 pub struct PolicyEngine {
     schema: Schema,
     action_entities: Vec<Entity>,
-    /// The policies whose action scope admits each action of the schema: a request is only
-    /// evaluated against those (a DELETE never runs the create-only pod rules).
-    by_action: HashMap<EntityUid, Slices>,
+    /// The shared policies whose action scope admits each action of the schema: a request of a
+    /// tenant without policies of its own is only evaluated against those (a DELETE never runs
+    /// the create-only pod rules). A tenant with its own policies uses its complete set from
+    /// `all`; slicing those per action too would build tenants × actions sets on every reload.
+    by_action: HashMap<EntityUid, PolicySet>,
     /// Every policy, for a request whose action the schema does not declare.
     all: Slices,
     /// The audit-mode forbids alone, evaluated only when there are any: with no permit in the
@@ -278,9 +280,9 @@ impl PolicyEngine {
                 let uid = action.uid();
                 let applies = all
                     .policies()
-                    .filter(|p| admits_action(p, &uid, &ancestors));
-                let slices = Slices::of(applies);
-                (uid, slices)
+                    .filter(|p| scoped_tenant(p).is_none() && admits_action(p, &uid, &ancestors));
+                let shared = merge_policies(applies.cloned());
+                (uid, shared)
             })
             .collect();
         let all = Slices::of(all.policies());
@@ -330,28 +332,29 @@ impl PolicyEngine {
     /// Evaluates `request` with the policies that apply to `tenants` (the resource's owner and the
     /// principal's tenants; usually one). Total: every outcome is a [`Verdict`].
     pub fn authorize(&self, tenants: &[&str], request: &Request, entities: &Entities) -> Verdict {
-        let slices = request
+        let shared = request
             .action()
             .and_then(|action| self.by_action.get(action))
-            .unwrap_or(&self.all);
+            .unwrap_or(&self.all.shared);
+        let by_tenant = &self.all.by_tenant;
         let merged;
         let set = match tenants {
-            [] => &slices.shared,
-            [one] => slices.by_tenant.get(*one).unwrap_or(&slices.shared),
+            [] => shared,
+            [one] => by_tenant.get(*one).unwrap_or(shared),
             many => {
                 let specific: BTreeSet<&str> = many
                     .iter()
                     .copied()
-                    .filter(|t| slices.by_tenant.contains_key(*t))
+                    .filter(|t| by_tenant.contains_key(*t))
                     .collect();
                 match specific.len() {
-                    0 => &slices.shared,
+                    0 => shared,
                     1 => specific
                         .first()
-                        .and_then(|t| slices.by_tenant.get(*t))
-                        .unwrap_or(&slices.shared),
+                        .and_then(|t| by_tenant.get(*t))
+                        .unwrap_or(shared),
                     _ => {
-                        merged = merge(specific.iter().filter_map(|t| slices.by_tenant.get(*t)));
+                        merged = merge(specific.iter().filter_map(|t| by_tenant.get(*t)));
                         &merged
                     }
                 }
@@ -520,6 +523,16 @@ pub fn read_dir(dir: &Path) -> Result<(SourceFile, Vec<SourceFile>), PolicyError
         return Err(PolicyError::NoSchema(dir.to_path_buf()));
     }
     let schema = read(schema_path)?;
+    let policies = read_cedar_files(dir)?;
+    if policies.is_empty() {
+        return Err(PolicyError::NoPolicies(dir.to_path_buf()));
+    }
+    Ok((schema, policies))
+}
+
+/// Every `dir/*.cedar` (not below it), sorted by name: policy files, or the properties
+/// `tenantry policy verify` proves.
+pub fn read_cedar_files(dir: &Path) -> Result<Vec<SourceFile>, PolicyError> {
     let entries = std::fs::read_dir(dir).map_err(|source| PolicyError::Read {
         path: dir.to_path_buf(),
         source,
@@ -529,11 +542,13 @@ pub fn read_dir(dir: &Path) -> Result<(SourceFile, Vec<SourceFile>), PolicyError
         .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
         .collect();
     paths.sort();
-    if paths.is_empty() {
-        return Err(PolicyError::NoPolicies(dir.to_path_buf()));
-    }
-    let policies = paths.into_iter().map(read).collect::<Result<Vec<_>, _>>()?;
-    Ok((schema, policies))
+    paths
+        .into_iter()
+        .map(|path| match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(SourceFile { path, text }),
+            Err(source) => Err(PolicyError::Read { path, source }),
+        })
+        .collect()
 }
 
 /// Formats a policy file, or says where it does not parse (`file:line:column: message`, as
@@ -747,7 +762,7 @@ mod tests {
             "@id(\"listed\")\n@message(\"m\")\nforbid (principal, action in [Action::\"update\", Action::\"delete\"], resource) when { false };\n",
         ))
         .unwrap();
-        let of = |name: &str| ids(&engine.by_action[&action(name)].shared);
+        let of = |name: &str| ids(&engine.by_action[&action(name)]);
         let extra = ["any", "by-group", "create-only", "listed"];
         let expect = |names: &[&str], action: &str| {
             let got = of(action);
@@ -764,11 +779,7 @@ mod tests {
         expect(&["any", "by-group"], "connect");
         expect(&["any"], "request");
         // Every shipped policy is somewhere: nothing is lost by slicing.
-        let union: BTreeSet<String> = engine
-            .by_action
-            .values()
-            .flat_map(|s| ids(&s.shared))
-            .collect();
+        let union: BTreeSet<String> = engine.by_action.values().flat_map(ids).collect();
         assert_eq!(union, ids(&engine.all.shared));
     }
 
