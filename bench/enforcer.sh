@@ -5,7 +5,11 @@
 # keep-alive reverse proxy; at 1 and 32 keep-alive connections. Also the enforcer's resident
 # memory idle and under load (/proc/PID/status VmRSS). Prints JSON lines and a summary table.
 #
-#   bench/enforcer.sh                      # DURATION=10 CONNS="1 32" by default
+# On a machine with two or more cores the load generator is pinned to one core and every server
+# (upstream, proxies, Redis) to another, each proxy with one worker; the targets are measured in
+# turn, ROUNDS times, and the table shows each target's median round.
+#
+#   bench/enforcer.sh                      # DURATION=10 CONNS="1 32" ROUNDS=3 by default
 #   DURATION=5 CONNS="1 8 32" bench/enforcer.sh
 #   PROFILE=release bench/enforcer.sh      # the plain release profile instead of `sidecar`
 set -euo pipefail
@@ -13,6 +17,18 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-"1 32"}
+ROUNDS=${ROUNDS:-3}
+# Pinning: the generator on the first CPU we may use, the servers on the second.
+mapfile -t cpus < <(python3 -c 'import os; print("\n".join(map(str, sorted(os.sched_getaffinity(0)))))')
+if [ "${#cpus[@]}" -ge 2 ] && command -v taskset >/dev/null; then
+  LOAD_ON=(taskset -c "${cpus[0]}")
+  SERVE_ON=(taskset -c "${cpus[1]}")
+  WORKERS=1
+else
+  LOAD_ON=()
+  SERVE_ON=()
+  WORKERS=${#cpus[@]}
+fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 # The `sidecar` profile is how the enforcer is shipped (release + fat LTO, see Cargo.toml).
 PROFILE=${PROFILE:-sidecar}
@@ -41,8 +57,8 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 UP=18080 NGINX=18081 ENF=15001 ENF_NORL=15002 REDIS=16379
 
-"$BIN/tenantry-upstream" --listen 127.0.0.1:$UP --threads 1 & pids+=($!)
-redis-server --port $REDIS --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
+"${SERVE_ON[@]}" "$BIN/tenantry-upstream" --listen 127.0.0.1:$UP --threads 1 & pids+=($!)
+"${SERVE_ON[@]}" redis-server --port $REDIS --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
 
 # A tenant whose tier allows far more than the harness can send, so nothing is rejected but every
 # request still goes through the limiter (leases from Redis).
@@ -57,16 +73,16 @@ tenants:
     namespaces: [bench]
 YAML
 
-TENANTRY_LOG=warn "$BIN/tenantry-enforcer" run --tenant bench --tenants "$tmp/tenants.yaml" \
-  --listen 127.0.0.1:$ENF --upstream 127.0.0.1:$UP --admin-listen 127.0.0.1:15021 \
+TENANTRY_LOG=warn "${SERVE_ON[@]}" "$BIN/tenantry-enforcer" run --tenant bench --tenants "$tmp/tenants.yaml" \
+  --workers "$WORKERS" --listen 127.0.0.1:$ENF --upstream 127.0.0.1:$UP --admin-listen 127.0.0.1:15021 \
   --redis redis://127.0.0.1:$REDIS/ & ENF_PID=$!; pids+=($ENF_PID)
-TENANTRY_LOG=warn "$BIN/tenantry-enforcer" run --tenant bench --tenants "$tmp/tenants.yaml" \
-  --listen 127.0.0.1:$ENF_NORL --upstream 127.0.0.1:$UP --admin-listen 127.0.0.1:15022 \
+TENANTRY_LOG=warn "${SERVE_ON[@]}" "$BIN/tenantry-enforcer" run --tenant bench --tenants "$tmp/tenants.yaml" \
+  --workers "$WORKERS" --listen 127.0.0.1:$ENF_NORL --upstream 127.0.0.1:$UP --admin-listen 127.0.0.1:15022 \
   --no-rate-limit & ENF_NORL_PID=$!; pids+=($ENF_NORL_PID)
 
 mkdir -p "$tmp/nginx"
 cat > "$tmp/nginx/nginx.conf" <<NGINX
-worker_processes auto;
+worker_processes $WORKERS;
 daemon off;
 pid $tmp/nginx/nginx.pid;
 error_log $tmp/nginx/error.log warn;
@@ -90,7 +106,7 @@ http {
   }
 }
 NGINX
-nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" & pids+=($!)
+"${SERVE_ON[@]}" nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" & pids+=($!)
 
 for p in $UP $NGINX $ENF $ENF_NORL $REDIS 15021 15022; do wait_port $p; done
 sleep 0.5
@@ -99,26 +115,28 @@ IDLE_RSS=$(rss_kb $ENF_PID)
 results="$tmp/results.jsonl"
 : > "$results"
 load() { # label url conns
-  "$BIN/tenantry-load" "$2" -c "$3" -d "$DURATION" --warmup 1 -H "X-Tenant-ID: bench" --label "$1" | tee -a "$results"
+  "${LOAD_ON[@]}" "$BIN/tenantry-load" "$2" -c "$3" -d "$DURATION" --warmup 1 -H "X-Tenant-ID: bench" --label "$1" | tee -a "$results"
 }
 PEAK_RSS=0
-for c in $CONNS; do
-  load direct "http://127.0.0.1:$UP/" "$c"
-  load nginx "http://127.0.0.1:$NGINX/" "$c"
-  load enforcer-no-ratelimit "http://127.0.0.1:$ENF_NORL/" "$c"
-  if [ "$c" -le 1 ]; then
-    # No sampler here: forking a process every few hundred ms disturbs a one-connection
-    # ping-pong on a small machine more than the enforcer does.
-    load enforcer "http://127.0.0.1:$ENF/" "$c"
-    continue
-  fi
-  load enforcer "http://127.0.0.1:$ENF/" "$c" &
-  lp=$!
-  while kill -0 $lp 2>/dev/null; do
-    r=$(rss_kb $ENF_PID); [ "$r" -gt "$PEAK_RSS" ] && PEAK_RSS=$r
-    sleep 1
+for round in $(seq 1 "$ROUNDS"); do
+  for c in $CONNS; do
+    load direct "http://127.0.0.1:$UP/" "$c"
+    load nginx "http://127.0.0.1:$NGINX/" "$c"
+    load enforcer-no-ratelimit "http://127.0.0.1:$ENF_NORL/" "$c"
+    if [ "$c" -le 1 ] || [ "$round" -gt 1 ]; then
+      # No sampler here: forking a process every few hundred ms disturbs a one-connection
+      # ping-pong on a small machine more than the enforcer does.
+      load enforcer "http://127.0.0.1:$ENF/" "$c"
+      continue
+    fi
+    load enforcer "http://127.0.0.1:$ENF/" "$c" &
+    lp=$!
+    while kill -0 $lp 2>/dev/null; do
+      r=$(rss_kb $ENF_PID); [ "$r" -gt "$PEAK_RSS" ] && PEAK_RSS=$r
+      sleep 1
+    done
+    wait $lp
   done
-  wait $lp
 done
 ROUND_TRIPS=$(curl -s http://127.0.0.1:15021/metrics | awk '/^tenantry_enforcer_ratelimit_redis_round_trips_total/ {print $2}')
 FORWARDED=$(curl -s http://127.0.0.1:15021/metrics | awk '/^tenantry_enforcer_requests_total\{outcome="forwarded"\}/ {print $2}')
@@ -126,20 +144,37 @@ FORWARDED=$(curl -s http://127.0.0.1:15021/metrics | awk '/^tenantry_enforcer_re
 echo
 echo "enforcer RSS: idle ${IDLE_RSS} kB, peak under load ${PEAK_RSS} kB"
 echo "enforcer Redis round trips: ${ROUND_TRIPS:-?} for ${FORWARDED:-?} forwarded requests"
+echo "pinning: load generator ${LOAD_ON[*]:-unpinned}, servers ${SERVE_ON[*]:-unpinned}, $WORKERS worker(s) per proxy; $ROUNDS rounds, medians"
 python3 - "$results" <<'PY'
-import json, sys
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-by = {(r["label"], r["connections"]): r for r in rows}
-print(f'{"target":24} {"conns":>5} {"req/s":>9} {"p50 us":>7} {"p99 us":>7} {"non-2xx":>7} {"errors":>6}')
+runs = {}
 for r in rows:
-    print(f'{r["label"]:24} {r["connections"]:>5} {r["requests_per_second"]:>9.0f} {r["p50_us"]:>7} {r["p99_us"]:>7} {r["non_2xx"]:>7} {r["errors"]:>6}')
+    runs.setdefault((r["label"], r["connections"]), []).append(r)
+def median(label, c):
+    rs = runs.get((label, c))
+    if not rs:
+        return None
+    rs = sorted(rs, key=lambda r: r["requests_per_second"])
+    m = rs[len(rs) // 2]
+    return {**m, "p50_us": statistics.median(r["p50_us"] for r in rs),
+            "p99_us": statistics.median(r["p99_us"] for r in rs)}
+labels = ["direct", "nginx", "enforcer-no-ratelimit", "enforcer"]
+conns = sorted({c for _, c in runs})
+print(f'{"target":24} {"conns":>5} {"req/s":>9} {"p50 us":>7} {"p99 us":>7} {"non-2xx":>7} {"errors":>6}  (median of {max(len(v) for v in runs.values())})')
+for c in conns:
+    for l in labels:
+        r = median(l, c)
+        if r:
+            print(f'{l:24} {c:>5} {r["requests_per_second"]:>9.0f} {r["p50_us"]:>7.0f} {r["p99_us"]:>7.0f} {r["non_2xx"]:>7} {r["errors"]:>6}')
 print()
-for c in sorted({r["connections"] for r in rows}):
-    d, n, e, o = (by.get((l, c)) for l in ("direct", "nginx", "enforcer", "enforcer-no-ratelimit"))
+for c in conns:
+    d, n, e, o = (median(l, c) for l in labels)
     if not (d and n and e and o):
         continue
-    print(f'{c} conn: enforcer/nginx throughput {e["requests_per_second"]/n["requests_per_second"]:.2f}x; '
+    print(f'{c} conn: enforcer/nginx throughput {e["requests_per_second"]/n["requests_per_second"]:.2f}x '
+          f'(no rate limit {o["requests_per_second"]/n["requests_per_second"]:.2f}x); '
           f'ratelimit on/off {e["requests_per_second"]/o["requests_per_second"]:.2f}x; '
-          f'added latency over direct p50 {e["p50_us"]-d["p50_us"]} us, p99 {e["p99_us"]-d["p99_us"]} us '
-          f'(nginx: p50 {n["p50_us"]-d["p50_us"]} us, p99 {n["p99_us"]-d["p99_us"]} us)')
+          f'added latency over direct p50 {e["p50_us"]-d["p50_us"]:.0f} us, p99 {e["p99_us"]-d["p99_us"]:.0f} us '
+          f'(nginx: p50 {n["p50_us"]-d["p50_us"]:.0f} us, p99 {n["p99_us"]-d["p99_us"]:.0f} us)')
 PY

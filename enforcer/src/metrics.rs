@@ -20,7 +20,8 @@ pub struct ModeLabel {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// `silent` (nothing said within the header timeout), `idle`, `over_limit`, `shutdown`.
+    /// `silent` (nothing said within the header timeout), `header_timeout` (a request head not
+    /// finished within it), `idle`, `over_limit`, `shutdown`.
     pub reason: &'static str,
 }
 

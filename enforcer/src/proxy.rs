@@ -484,39 +484,82 @@ impl Connections {
 /// The first bytes of an HTTP/2 connection.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// What a new connection turned out to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speaks {
+    Http1,
+    Http2,
+}
+
 /// Waits until the client has said enough to tell HTTP/1.1 from HTTP/2: any byte that is not the
-/// start of the h2 preface, or the whole preface. `false` on timeout or EOF: a connection that
+/// start of the h2 preface, or the whole preface. `None` on timeout or EOF: a connection that
 /// says nothing, or stalls inside the preface, is closed instead of held.
-async fn speaks_within(stream: &TcpStream, timeout: Duration) -> bool {
+async fn speaks_within(stream: &TcpStream, timeout: Duration) -> Option<Speaks> {
     let mut buf = [0u8; 24];
     let detect = async {
         loop {
             match stream.peek(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) if n >= H2_PREFACE.len() || !H2_PREFACE.starts_with(&buf[..n]) => {
-                    return true;
-                }
+                Ok(0) | Err(_) => return None,
+                Ok(n) if !H2_PREFACE.starts_with(&buf[..n]) => return Some(Speaks::Http1),
+                Ok(n) if n >= H2_PREFACE.len() => return Some(Speaks::Http2),
                 // Part of the preface: the socket stays readable while those bytes wait, so
                 // wait a little before looking again.
                 Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         }
     };
-    tokio::time::timeout(timeout, detect).await.unwrap_or(false)
+    tokio::time::timeout(timeout, detect).await.ok().flatten()
 }
 
-/// When a connection last started or finished a request, and how many it has in flight.
+/// When a connection last started or finished a request, how many it has in flight, and since
+/// when the head of the next HTTP/1.1 request has been arriving.
 #[derive(Debug)]
 struct Activity {
     opened: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
+    /// Milliseconds since `opened` (plus one; 0 = none) at which bytes of a request head arrived
+    /// with no request in flight, until that request reaches the service.
+    head_since: AtomicU64,
 }
 
 impl Activity {
+    fn new() -> Activity {
+        Activity {
+            opened: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            head_since: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn touch(&self) {
-        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Bytes arrived from the client: with nothing in flight they start a request head.
+    fn bytes_arrived(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == 0
+        {
+            self.head_since
+                .store(self.now_ms().saturating_add(1), Ordering::Relaxed);
+        }
+    }
+
+    /// How long the head of a request has been arriving without being complete.
+    fn head_pending_for(&self) -> Option<Duration> {
+        let since = self.head_since.load(Ordering::Relaxed);
+        if since == 0 || self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        Some(Duration::from_millis(
+            self.now_ms().saturating_sub(since - 1),
+        ))
     }
 
     fn idle_for(&self) -> Option<Duration> {
@@ -534,7 +577,68 @@ struct Busy(Arc<Activity>);
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Bytes that arrived while this request was in flight (its body, a pipelined head) are
+        // not a head that started now; the idle timeout covers a pipelined head left unfinished.
+        self.0.head_since.store(0, Ordering::Relaxed);
         self.0.touch();
+    }
+}
+
+/// The client's side of an HTTP/1.1 connection, telling [`Activity`] when bytes arrive: the
+/// header deadline is enforced from that (see `serve_connection`), not by a timer per request.
+struct HeadClock {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl tokio::io::AsyncRead for HeadClock {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for HeadClock {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -595,7 +699,10 @@ pub async fn serve(
         .keep_alive(true)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        // hyper's own header timeout arms a timer for every request, and on a current-thread
+        // runtime each one wakes the driver through its eventfd: two extra syscalls per request
+        // (a `write` and an `epoll_wait`). `serve_connection` enforces the deadline instead.
+        .header_read_timeout(None);
     builder
         .http2()
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
@@ -670,19 +777,16 @@ async fn serve_connection(
     limits: ConnectionLimits,
     closing: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<&'static str> {
-    if !speaks_within(&stream, limits.header_timeout).await {
+    let Some(speaks) = speaks_within(&stream, limits.header_timeout).await else {
         return Some("silent");
-    }
-    let activity = Arc::new(Activity {
-        opened: Instant::now(),
-        last_ms: AtomicU64::new(0),
-        in_flight: AtomicUsize::new(0),
-    });
+    };
+    let activity = Arc::new(Activity::new());
     let tracked = activity.clone();
     let service = hyper::service::service_fn(move |req| {
         let (state, activity) = (state.clone(), tracked.clone());
         async move {
             activity.in_flight.fetch_add(1, Ordering::Relaxed);
+            activity.head_since.store(0, Ordering::Relaxed);
             activity.touch();
             // Busy until the response body is sent (or dropped): a long download or a gRPC
             // stream is not an idle connection.
@@ -691,9 +795,19 @@ async fn serve_connection(
             response.map(|r| r.map(|inner| BusyBody { inner, _busy: busy }))
         }
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    // An HTTP/1.1 head must arrive within the header timeout of its first byte; HTTP/2 bounds
+    // its peers with keep-alive pings instead (frames arrive between requests).
+    let io = HeadClock {
+        stream,
+        activity: activity.clone(),
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let mut check = tokio::time::interval((limits.idle_timeout / 4).max(Duration::from_millis(50)));
+    let every = match speaks {
+        Speaks::Http1 => (limits.idle_timeout / 4).min(limits.header_timeout / 4),
+        Speaks::Http2 => limits.idle_timeout / 4,
+    };
+    let mut check = tokio::time::interval(every.max(Duration::from_millis(50)));
     let mut reason = None;
     // An idle connection asked to close has nothing in flight; one that does not finish closing
     // in time (an h2 peer that never acknowledges the GOAWAY's PING) is dropped.
@@ -713,6 +827,12 @@ async fn serve_connection(
                 reason = Some("shutdown");
             }
             _ = check.tick(), if reason.is_none() => {
+                if speaks == Speaks::Http1
+                    && activity.head_pending_for().is_some_and(|t| t >= limits.header_timeout)
+                {
+                    // Half a head is no request to finish: close at once.
+                    return Some("header_timeout");
+                }
                 if activity.idle_for().is_some_and(|idle| idle >= limits.idle_timeout) {
                     // Lets a response still streaming finish; no new request is read.
                     conn.as_mut().graceful_shutdown();

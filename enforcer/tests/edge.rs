@@ -330,6 +330,76 @@ fn connections_that_say_nothing_or_stall_are_closed_and_do_not_keep_others_out()
 }
 
 #[test]
+fn a_request_head_trickled_after_a_keep_alive_request_is_cut_at_the_header_timeout() {
+    let app = echo_upstream();
+    // The idle timeout is far away: only the header deadline can close these.
+    let e = Enforcer::start(
+        "acme",
+        app,
+        &["--header-timeout-ms", "400", "--idle-timeout-ms", "30000"],
+    );
+    // Attack: one honest request, then the next head a byte at a time, never finished.
+    let mut slow = KeepAlive::connect(e.addr);
+    assert_eq!(slow.get("acme"), 200);
+    let mut stream = slow.into_stream();
+    let started = Instant::now();
+    let mut cut = None;
+    for byte in b"GET / HTTP/1.1\r\nHost: t\r\nX-Tenant-ID: acme\r\nX-Padding: aaaaaaaaaaaaaaaa" {
+        if stream.write_all(&[*byte]).is_err() {
+            cut = Some(started.elapsed());
+            break;
+        }
+        if let Some(t) = closed_within(&mut stream, Duration::from_millis(100)) {
+            let _ = t;
+            cut = Some(started.elapsed());
+            break;
+        }
+    }
+    let cut = cut.expect("a head trickled for longer than the header timeout was never cut");
+    assert!(cut < Duration::from_secs(3), "cut only after {cut:?}");
+    assert!(
+        e.metric(
+            "tenantry_enforcer_connections_closed_by_enforcer_total{reason=\"header_timeout\"}"
+        ) >= 1.0
+    );
+
+    // Look-alikes that must work: a keep-alive client idle longer than the header timeout
+    // between requests, a head sent in two halves well within it, and a request whose body
+    // arrives more slowly than the header timeout (bodies are not heads).
+    let mut patient = KeepAlive::connect(e.addr);
+    assert_eq!(patient.get("acme"), 200);
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(
+        patient.get("acme"),
+        200,
+        "an idle keep-alive connection was cut"
+    );
+    let mut halves = patient.into_stream();
+    halves.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    halves.write_all(b"X-Tenant-ID: acme\r\n\r\n").unwrap();
+    let mut head = [0u8; 12];
+    halves.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let mut upload = TcpStream::connect(e.addr).unwrap();
+    upload
+        .write_all(b"POST / HTTP/1.1\r\nHost: t\r\nX-Tenant-ID: acme\r\nContent-Length: 8\r\n\r\n")
+        .unwrap();
+    for chunk in [b"abcd", b"efgh"] {
+        std::thread::sleep(Duration::from_millis(500));
+        upload.write_all(chunk).unwrap();
+    }
+    upload
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    upload.read_exact(&mut head).unwrap();
+    assert_eq!(
+        &head, b"HTTP/1.1 200",
+        "a slow body was cut as if it were a slow head"
+    );
+}
+
+#[test]
 fn past_the_connection_cap_new_connections_are_refused_clearly() {
     let app = echo_upstream();
     let e = Enforcer::start(

@@ -167,6 +167,11 @@ impl KeepAlive {
         }
     }
 
+    /// The connection, for writing raw bytes after the requests so far (all answered).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream.into_inner()
+    }
+
     /// Sends GET `/` with `X-Tenant-ID: tenant`; returns the status.
     pub fn get(&mut self, tenant: &str) -> u16 {
         use std::io::BufRead;
