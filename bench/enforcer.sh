@@ -169,7 +169,7 @@ for c in conns:
             print(f'{l:24} {c:>5} {r["requests_per_second"]:>9.0f} {r["p50_us"]:>7.0f} {r["p99_us"]:>7.0f} {r["non_2xx"]:>7} {r["errors"]:>6}')
 print()
 for c in conns:
-    d, n, e, o = (median(l, c) for l in labels)
+    d, n, e, o = (median(l, c) for l in ("direct", "nginx", "enforcer", "enforcer-no-ratelimit"))
     if not (d and n and e and o):
         continue
     print(f'{c} conn: enforcer/nginx throughput {e["requests_per_second"]/n["requests_per_second"]:.2f}x '

@@ -109,12 +109,14 @@ pub struct Verdict {
 pub struct PolicyEngine {
     schema: Schema,
     action_entities: Vec<Entity>,
-    /// The shared policies whose action scope admits each action of the schema: a request of a
-    /// tenant without policies of its own is only evaluated against those (a DELETE never runs
-    /// the create-only pod rules). A tenant with its own policies uses its complete set from
-    /// `all`; slicing those per action too would build tenants × actions sets on every reload.
+    /// The shared policies whose action scope admits each action of the schema, with that scope
+    /// dropped (it holds for every request evaluated here, and Cedar would otherwise look the
+    /// action up in every policy): a DELETE never runs the create-only pod rules.
     by_action: HashMap<EntityUid, PolicySet>,
-    /// Every policy, for a request whose action the schema does not declare.
+    /// The shared policies whole, for a request whose action the schema does not declare, and
+    /// each tenant's own policies apart: a request is evaluated against the shared slice and the
+    /// own policies of the tenants involved, and the verdicts are combined as Cedar would
+    /// combine them over the union (see `authorize`).
     all: Slices,
     /// The audit-mode forbids alone, evaluated only when there are any: with no permit in the
     /// set, every request is denied and the reasons are exactly the forbids that matched.
@@ -281,7 +283,7 @@ impl PolicyEngine {
                 let applies = all
                     .policies()
                     .filter(|p| scoped_tenant(p).is_none() && admits_action(p, &uid, &ancestors));
-                let shared = merge_policies(applies.cloned());
+                let shared = merge_policies(applies.map(without_action_scope));
                 (uid, shared)
             })
             .collect();
@@ -336,37 +338,22 @@ impl PolicyEngine {
             .action()
             .and_then(|action| self.by_action.get(action))
             .unwrap_or(&self.all.shared);
-        let by_tenant = &self.all.by_tenant;
-        let merged;
-        let set = match tenants {
-            [] => shared,
-            [one] => by_tenant.get(*one).unwrap_or(shared),
-            many => {
-                let specific: BTreeSet<&str> = many
-                    .iter()
-                    .copied()
-                    .filter(|t| by_tenant.contains_key(*t))
-                    .collect();
-                match specific.len() {
-                    0 => shared,
-                    1 => specific
-                        .first()
-                        .and_then(|t| by_tenant.get(*t))
-                        .unwrap_or(shared),
-                    _ => {
-                        merged = merge(specific.iter().filter_map(|t| by_tenant.get(*t)));
-                        &merged
-                    }
-                }
+        let authorizer = Authorizer::new();
+        let mut combined = Combined::default();
+        combined.add(&authorizer.is_authorized(request, shared, entities));
+        let mut seen: Vec<&str> = Vec::with_capacity(tenants.len());
+        for tenant in tenants {
+            if seen.contains(tenant) {
+                continue;
             }
-        };
-        let response = Authorizer::new().is_authorized(request, set, entities);
-        let diagnostics = response.diagnostics();
-        let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
+            seen.push(tenant);
+            if let Some(own) = self.all.by_tenant.get(*tenant) {
+                combined.add(&authorizer.is_authorized(request, own, entities));
+            }
+        }
         let mut denied_by = Vec::new();
-        if response.decision() == Decision::Deny {
-            for id in diagnostics.reason() {
-                let id = id.to_string();
+        if !combined.forbids.is_empty() {
+            for id in combined.forbids {
                 let message = self
                     .info
                     .get(&id)
@@ -376,10 +363,11 @@ impl PolicyEngine {
             }
             denied_by.sort();
         }
+        let allowed = combined.permitted && denied_by.is_empty();
         Verdict {
-            allowed: response.decision() == Decision::Allow && errors.is_empty(),
+            allowed: allowed && combined.errors.is_empty(),
             denied_by,
-            errors,
+            errors: combined.errors,
             audited: self.audit(request, entities),
         }
     }
@@ -416,9 +404,9 @@ impl PolicyEngine {
     }
 }
 
-/// A policy set split into the shared part and one complete set per tenant named in a scope:
-/// with 1,000 tenants each carrying its own policies, a request is evaluated against the shared
-/// ones and its own tenant's only.
+/// A policy set split into the shared part and each tenant's own policies (those whose scope
+/// names the tenant): with 1,000 tenants each carrying its own policies, a request is evaluated
+/// against the shared ones and its own tenant's only.
 #[derive(Debug)]
 struct Slices {
     shared: PolicySet,
@@ -437,7 +425,7 @@ impl Slices {
         }
         let by_tenant = specific
             .into_iter()
-            .map(|(tenant, own)| (tenant, merge_policies(shared.iter().cloned().chain(own))))
+            .map(|(tenant, own)| (tenant, merge_policies(own.into_iter())))
             .collect();
         Slices {
             shared: merge_policies(shared.into_iter()),
@@ -457,15 +445,43 @@ fn admits_action(policy: &Policy, action: &EntityUid, ancestors: &HashSet<Entity
     }
 }
 
-fn merge<'a>(sets: impl Iterator<Item = &'a PolicySet>) -> PolicySet {
-    let mut out = PolicySet::new();
-    for set in sets {
-        for p in set.policies() {
-            // Shared policies appear in every tenant's set; the first copy wins.
-            let _ = out.add(p.clone());
+/// Cedar's verdict over a union of policy sets, from the verdicts of its parts: denied when any
+/// forbid is satisfied (the reasons are every satisfied forbid), else allowed when any permit is
+/// satisfied, else denied by default; the errors of every part.
+#[derive(Default)]
+struct Combined {
+    forbids: BTreeSet<String>,
+    permitted: bool,
+    errors: Vec<String>,
+}
+
+impl Combined {
+    fn add(&mut self, response: &cedar_policy::Response) {
+        let diagnostics = response.diagnostics();
+        match response.decision() {
+            // A Deny's reasons are the satisfied forbids (none for a default deny).
+            Decision::Deny => self
+                .forbids
+                .extend(diagnostics.reason().map(ToString::to_string)),
+            Decision::Allow => self.permitted = true,
         }
+        self.errors
+            .extend(diagnostics.errors().map(ToString::to_string));
     }
-    out
+}
+
+/// `policy` with its action scope dropped, for a slice whose every request it admits: the same
+/// decision for those requests, without an entity lookup per policy. Unchanged if its JSON form
+/// cannot be rebuilt (it is then only slower).
+fn without_action_scope(policy: &Policy) -> Policy {
+    if matches!(policy.action_constraint(), ActionConstraint::Any) {
+        return policy.clone();
+    }
+    let Ok(mut json) = policy.to_json() else {
+        return policy.clone();
+    };
+    json["action"] = serde_json::json!({ "op": "All" });
+    Policy::from_json(Some(policy.id().clone()), json).unwrap_or_else(|_| policy.clone())
 }
 
 fn merge_policies(policies: impl Iterator<Item = Policy>) -> PolicySet {
@@ -740,9 +756,82 @@ mod tests {
             .map(|p| p.id().to_string())
             .collect();
         assert!(!shared_ids.contains(&"acme-only".to_string()));
+        // A tenant's slice holds its own policies only; the shared ones are evaluated beside it.
         let acme = &engine.all.by_tenant["acme"];
         assert!(acme.policy(&PolicyId::new("acme-only")).is_some());
-        assert!(acme.policy(&PolicyId::new("baseline")).is_some());
+        assert!(acme.policy(&PolicyId::new("baseline")).is_none());
+    }
+
+    /// A request on `Object::"o"` (in tenant `acme`) by `User::"u"` (in `acme` when `member`).
+    fn traffic_request(member: bool) -> (Request, Entities) {
+        let user = EntityUid::from_str("User::\"u\"").unwrap();
+        let tenant = EntityUid::from_str("Tenant::\"acme\"").unwrap();
+        let parents: HashSet<EntityUid> = if member {
+            HashSet::from([tenant])
+        } else {
+            HashSet::new()
+        };
+        let principal = Entity::new_no_attrs(user.clone(), parents);
+        let request = Request::new(
+            user,
+            action("delete"),
+            EntityUid::from_str("Object::\"o\"").unwrap(),
+            cedar_policy::Context::empty(),
+            None,
+        )
+        .unwrap();
+        (request, Entities::from_entities([principal], None).unwrap())
+    }
+
+    #[test]
+    fn shared_and_own_slices_decide_as_their_union_would() {
+        let engine = PolicyEngine::from_sources(
+            &SourceFile {
+                path: PathBuf::from("s.cedarschema"),
+                text: "entity Tenant; entity User in [Tenant]; entity Object; action delete appliesTo { principal: User, resource: Object };".to_string(),
+            },
+            &[SourceFile {
+                path: PathBuf::from("p.cedar"),
+                text: concat!(
+                    "@id(\"all\")\npermit (principal, action, resource);\n",
+                    "@id(\"shared-never\")\n@message(\"m\")\nforbid (principal, action == Action::\"delete\", resource) when { false };\n",
+                    "@id(\"acme-members\")\n@message(\"not for acme's members\")\nforbid (principal in Tenant::\"acme\", action, resource);\n",
+                )
+                .to_string(),
+            }],
+        )
+        .unwrap();
+        // The shared slice alone allows; acme's own forbid must still deny acme's members.
+        let (member, entities) = traffic_request(true);
+        let verdict = engine.authorize(&["acme"], &member, &entities);
+        assert!(!verdict.allowed);
+        assert_eq!(
+            verdict.denied_by,
+            vec![(
+                "acme-members".to_string(),
+                "not for acme's members".to_string()
+            )]
+        );
+        // Named twice, evaluated once; a tenant without policies of its own changes nothing.
+        let verdict = engine.authorize(&["acme", "globex", "acme"], &member, &entities);
+        assert_eq!(verdict.denied_by.len(), 1);
+        // Look-alike: a non-member is allowed by the shared permit though acme's slice alone
+        // (a forbid and no permit) would deny by default.
+        let (outsider, entities) = traffic_request(false);
+        let verdict = engine.authorize(&["acme"], &outsider, &entities);
+        assert!(verdict.allowed, "{verdict:?}");
+        // The per-action slice carries no action scope, and still only the policies it admits.
+        let delete = &engine.by_action[&action("delete")];
+        for p in delete.policies() {
+            assert!(
+                matches!(p.action_constraint(), ActionConstraint::Any),
+                "{p}"
+            );
+        }
+        assert_eq!(
+            ids(delete),
+            BTreeSet::from(["all".to_string(), "shared-never".to_string()])
+        );
     }
 
     fn action(name: &str) -> EntityUid {
