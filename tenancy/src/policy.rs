@@ -536,7 +536,7 @@ fn fast_path(set: &PolicySet) -> Option<PolicySet> {
 /// `ci` is false without error — each evaluated, as each forbid is in its own evaluation. One
 /// level deep, where `c1 || (c2 || …)` would be n levels: Cedar reads its JSON form through
 /// serde's untagged enums, whose cost grows exponentially with depth (a 39-deep chain took two
-/// billion instructions and 18 MB of stack to load).
+/// billion instructions to load and left the webhook 18 MB larger).
 fn any_of(conditions: Vec<serde_json::Value>) -> serde_json::Value {
     serde_json::json!({
         "contains": { "left": { "Set": conditions }, "right": { "Value": true } }
