@@ -883,7 +883,20 @@ mod tests {
         assert!(acme.policy(&PolicyId::new("baseline")).is_none());
     }
 
-    /// A request on `Object::"o"` (in tenant `acme`) by `User::"u"` (in `acme` when `member`).
+    /// `principal` deleting `Object::"o"`, with `principal` the only entity.
+    fn delete_by(principal: Entity) -> (Request, Entities) {
+        let request = Request::new(
+            principal.uid(),
+            action("delete"),
+            EntityUid::from_str("Object::\"o\"").unwrap(),
+            cedar_policy::Context::empty(),
+            None,
+        )
+        .unwrap();
+        (request, Entities::from_entities([principal], None).unwrap())
+    }
+
+    /// A request on `Object::"o"` by `User::"u"` (in tenant `acme` when `member`).
     fn traffic_request(member: bool) -> (Request, Entities) {
         let user = EntityUid::from_str("User::\"u\"").unwrap();
         let tenant = EntityUid::from_str("Tenant::\"acme\"").unwrap();
@@ -892,16 +905,7 @@ mod tests {
         } else {
             HashSet::new()
         };
-        let principal = Entity::new_no_attrs(user.clone(), parents);
-        let request = Request::new(
-            user,
-            action("delete"),
-            EntityUid::from_str("Object::\"o\"").unwrap(),
-            cedar_policy::Context::empty(),
-            None,
-        )
-        .unwrap();
-        (request, Entities::from_entities([principal], None).unwrap())
+        delete_by(Entity::new_no_attrs(user, parents))
     }
 
     #[test]
@@ -938,16 +942,7 @@ mod tests {
                     cedar_policy::RestrictedExpression::new_long(weight),
                 ),
             ]);
-            let principal = Entity::new(user.clone(), attrs, HashSet::new()).unwrap();
-            let request = Request::new(
-                user,
-                action("delete"),
-                EntityUid::from_str("Object::\"o\"").unwrap(),
-                cedar_policy::Context::empty(),
-                None,
-            )
-            .unwrap();
-            let entities = Entities::from_entities([principal], None).unwrap();
+            let (request, entities) = delete_by(Entity::new(user, attrs, HashSet::new()).unwrap());
             engine.authorize(&[], &request, &entities)
         };
         // Every forbid false: allowed by the fast path.
