@@ -185,7 +185,7 @@ pub struct RunArgs {
     #[arg(long, global = true, env = "TENANTRY_MAX_BODY_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_body_bytes: u64,
     /// Time a new connection has to send its first request (or HTTP/2 preface), and every
-    /// request its headers, in milliseconds.
+    /// HTTP/1.1 request its headers from their first byte, in milliseconds.
     #[arg(
         long,
         global = true,
