@@ -978,6 +978,80 @@ mod tests {
     }
 
     #[test]
+    fn sliced_and_merged_policies_decide_exactly_as_plain_cedar_on_the_whole_set() {
+        // Every scope form the merged forbid has to rewrite: `in` an entity, `==`, `is … in`,
+        // `in` a set of actions (kept for an action the schema does not declare).
+        let schema = "entity Group; entity User in [Group]; entity Object; \
+            action delete, read appliesTo { principal: User, resource: Object };";
+        let text = concat!(
+            "@id(\"all\")\npermit (principal, action, resource);\n",
+            "@id(\"blocked\")\n@message(\"m\")\nforbid (principal in Group::\"blocked\", action, resource);\n",
+            "@id(\"secret\")\n@message(\"m\")\nforbid (principal, action == Action::\"read\", resource == Object::\"secret\");\n",
+            "@id(\"typed\")\n@message(\"m\")\nforbid (principal is User in Group::\"g2\", action in [Action::\"delete\"], resource) when { resource == Object::\"x\" };\n",
+        );
+        let engine = PolicyEngine::from_sources(
+            &SourceFile {
+                path: PathBuf::from("s.cedarschema"),
+                text: schema.to_string(),
+            },
+            &[SourceFile {
+                path: PathBuf::from("p.cedar"),
+                text: text.to_string(),
+            }],
+        )
+        .unwrap();
+        let whole = PolicySet::from_str(text).unwrap();
+        let mut compared = 0;
+        for group in [None, Some("blocked"), Some("g2")] {
+            for verb in ["read", "delete", "purge"] {
+                for object in ["secret", "x", "other"] {
+                    let user = EntityUid::from_str("User::\"u\"").unwrap();
+                    let parents: HashSet<EntityUid> = group
+                        .map(|g| EntityUid::from_str(&format!("Group::\"{g}\"")).unwrap())
+                        .into_iter()
+                        .collect();
+                    let entities = Entities::from_entities(
+                        [Entity::new_no_attrs(user.clone(), parents)],
+                        None,
+                    )
+                    .unwrap();
+                    let request = Request::new(
+                        user,
+                        action(verb),
+                        EntityUid::from_str(&format!("Object::\"{object}\"")).unwrap(),
+                        cedar_policy::Context::empty(),
+                        None,
+                    )
+                    .unwrap();
+                    let plain = Authorizer::new().is_authorized(&request, &whole, &entities);
+                    let ours = engine.authorize(&[], &request, &entities);
+                    let case = format!("{group:?} {verb} {object}");
+                    assert_eq!(ours.allowed, plain.decision() == Decision::Allow, "{case}");
+                    // The parser names policies `policy0`, …; the engine by their `@id`.
+                    let reasons: BTreeSet<String> = plain
+                        .diagnostics()
+                        .reason()
+                        .filter_map(|id| whole.policy(id)?.annotation("id").map(str::to_string))
+                        .collect();
+                    let denied: BTreeSet<String> =
+                        ours.denied_by.iter().map(|(id, _)| id.clone()).collect();
+                    if !ours.allowed {
+                        assert_eq!(denied, reasons, "{case}");
+                    }
+                    compared += 1;
+                }
+            }
+        }
+        assert_eq!(compared, 27);
+        // Both kinds of fast path were built and used: per action, and for the undeclared one.
+        assert!(matches!(
+            engine.fast_by_action[&action("delete")].get(),
+            Some(Some(_))
+        ));
+        assert!(matches!(engine.fast_shared.get(), Some(Some(_))));
+    }
+
+    #[test]
     fn shared_and_own_slices_decide_as_their_union_would() {
         let engine = PolicyEngine::from_sources(
             &SourceFile {
