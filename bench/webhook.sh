@@ -1,13 +1,28 @@
 #!/usr/bin/env bash
 # Webhook load harness: our webhook beside two yardsticks on the same axum+rustls stack, in one
 # run, on this machine: a bare echo (the transport alone) and a parse-and-echo (the transport plus
-# parsing the review into a serde_json Value and echoing its uid: the floor for any decision). HTTPS keep-alive, the realistic Pod CREATE review (already mutated, as /validate
-# receives it). Also resident memory idle and per tracked object (100,000 synthetic objects).
+# parsing the review into a serde_json Value and echoing its uid: the floor for any decision).
+# HTTPS keep-alive, the realistic Pod CREATE review (already mutated, as /validate receives it).
+# Also resident memory idle and per tracked object (100,000 synthetic objects).
 #
-#   bench/webhook.sh [SECONDS]        (default 10 s per measurement)
+# On a machine with two or more cores the load generator is pinned to one core and the three
+# servers to another (so each runs one worker); the targets are measured in turn, ROUNDS times,
+# and the ratios compare each target's median round.
+#
+#   bench/webhook.sh [SECONDS]        (default 10 s per measurement; CONNS="1 16 32" ROUNDS=3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
+CONNS=${CONNS:-"1 16 32"}
+ROUNDS=${ROUNDS:-3}
+mapfile -t cpus < <(python3 -c 'import os; print("\n".join(map(str, sorted(os.sched_getaffinity(0)))))')
+if [ "${#cpus[@]}" -ge 2 ] && command -v taskset >/dev/null; then
+  LOAD_ON=(taskset -c "${cpus[0]}")
+  SERVE_ON=(taskset -c "${cpus[1]}")
+else
+  LOAD_ON=()
+  SERVE_ON=()
+fi
 cargo build --release -q -p tenantry-webhook --bins --examples
 cargo build --release -q -p tenantry-cli
 bin=target/release
@@ -35,7 +50,7 @@ PY
 start_webhook() { # $1 state file
   local port ops
   port=$(free_port); ops=$(free_port)
-  TENANTRY_LOG=warn $bin/tenantry-webhook --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$ops \
+  TENANTRY_LOG=warn "${SERVE_ON[@]}" $bin/tenantry-webhook --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$ops \
     --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" --tenants examples/tenants.yaml \
     --policies policies --state "$1" >/dev/null 2>&1 &
   WEBHOOK_PID=$!; WEBHOOK_PORT=$port
@@ -47,34 +62,50 @@ start_webhook "$work/empty.yaml"
 sleep 1
 idle_rss=$(rss_kb $WEBHOOK_PID)
 echo_port=$(free_port)
-$bin/examples/echo_server 127.0.0.1:$echo_port "$work/tls.crt" "$work/tls.key" &
+"${SERVE_ON[@]}" $bin/examples/echo_server 127.0.0.1:$echo_port "$work/tls.crt" "$work/tls.key" &
 ECHO_PID=$!
 wait_port $echo_port
 echo_idle_rss=$(rss_kb $ECHO_PID)
 parse_port=$(free_port)
-$bin/examples/echo_server 127.0.0.1:$parse_port "$work/tls.crt" "$work/tls.key" --parse &
+"${SERVE_ON[@]}" $bin/examples/echo_server 127.0.0.1:$parse_port "$work/tls.crt" "$work/tls.key" --parse &
 PARSE_PID=$!
 wait_port $parse_port
 
-echo "machine: $(nproc) cores, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD)"
+echo "machine: ${#cpus[@]} cores, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD)"
 echo "idle RSS: webhook ${idle_rss} kB, echo ${echo_idle_rss} kB"
-for conns in 1 16 32; do
-  e=$($bin/examples/load 127.0.0.1:$echo_port /validate "$work/validate.json" "$work/ca.crt" $conns $secs)
-  p=$($bin/examples/load 127.0.0.1:$parse_port /validate "$work/validate.json" "$work/ca.crt" $conns $secs)
-  w=$($bin/examples/load 127.0.0.1:$WEBHOOK_PORT /validate "$work/validate.json" "$work/ca.crt" $conns $secs)
-  echo "connections=$conns echo         $e"
-  echo "connections=$conns parse-echo   $p"
-  echo "connections=$conns webhook      $w"
-  # Ratios of throughput: webhook / echo and webhook / parse-echo (the issue's ≥ 0.5× target).
-  python3 - "$e" "$p" "$w" <<'PY'
-import json, re, sys
-def rps(line):
-    m = re.search(r'"(?:rps|requests_per_second)"\s*:\s*([0-9.]+)', line) or re.search(r'([0-9.]+)\s*req/s', line)
-    return float(m.group(1)) if m else float("nan")
-e, p, w = (rps(x) for x in sys.argv[1:])
-print(f"  ratios: webhook/echo {w/e:.2f}x, webhook/parse-echo {w/p:.2f}x")
-PY
+echo "pinning: load on cpu ${cpus[0]}, servers on cpu ${cpus[1]:-${cpus[0]}}; $ROUNDS rounds of ${secs} s"
+results="$work/results.jsonl"
+: > "$results"
+load() { # label port conns
+  local out
+  out=$("${LOAD_ON[@]}" $bin/examples/load 127.0.0.1:$2 /validate "$work/validate.json" "$work/ca.crt" "$3" "$secs")
+  echo "connections=$3 $(printf '%-11s' "$1") $out"
+  python3 -c 'import json,sys; d=json.loads(sys.argv[3]); d.update(target=sys.argv[1], connections=int(sys.argv[2])); print(json.dumps(d))' \
+    "$1" "$3" "$out" >> "$results"
+}
+for round in $(seq 1 "$ROUNDS"); do
+  for conns in $CONNS; do
+    load echo $echo_port "$conns"
+    load parse-echo $parse_port "$conns"
+    load webhook "$WEBHOOK_PORT" "$conns"
+  done
 done
+# The median round of each target, and the ratios the issue asks for.
+python3 - "$results" <<'PY'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[1])]
+def median(target, conns):
+    rs = sorted((r for r in runs if r["target"] == target and r["connections"] == conns), key=lambda r: r["rps"])
+    return rs[len(rs) // 2]
+n = lambda x: f"{x:,}".replace(",", " ")
+print()
+print("| connections | echo req/s | parse-echo req/s | webhook req/s | webhook / echo | webhook / parse-echo | p50 µs parse-echo / webhook (added) |")
+print("|---:|---:|---:|---:|---:|---:|---|")
+for c in sorted({r["connections"] for r in runs}):
+    e, p, w = (median(t, c) for t in ("echo", "parse-echo", "webhook"))
+    print(f"| {c} | {n(e['rps'])} | {n(p['rps'])} | {n(w['rps'])} | {w['rps']/e['rps']:.2f}x | {w['rps']/p['rps']:.2f}x "
+          f"| {p['p50_us']} / {w['p50_us']} (+{w['p50_us'] - p['p50_us']}) |")
+PY
 echo "webhook RSS after load: $(rss_kb $WEBHOOK_PID) kB"
 kill $WEBHOOK_PID $ECHO_PID $PARSE_PID; wait $WEBHOOK_PID $ECHO_PID $PARSE_PID 2>/dev/null || true
 
