@@ -75,10 +75,10 @@ YAML
 
 TENANTRY_LOG=warn "${SERVE_ON[@]}" "$BIN/tenantry-enforcer" run --tenant bench --tenants "$tmp/tenants.yaml" \
   --workers "$WORKERS" --listen 127.0.0.1:$ENF --upstream 127.0.0.1:$UP --admin-listen 127.0.0.1:15021 \
-  --redis redis://127.0.0.1:$REDIS/ & ENF_PID=$!; pids+=($ENF_PID)
+  --redis redis://127.0.0.1:$REDIS/ & ENF_PID=$!; pids+=("$ENF_PID")
 TENANTRY_LOG=warn "${SERVE_ON[@]}" "$BIN/tenantry-enforcer" run --tenant bench --tenants "$tmp/tenants.yaml" \
   --workers "$WORKERS" --listen 127.0.0.1:$ENF_NORL --upstream 127.0.0.1:$UP --admin-listen 127.0.0.1:15022 \
-  --no-rate-limit & ENF_NORL_PID=$!; pids+=($ENF_NORL_PID)
+  --no-rate-limit & ENF_NORL_PID=$!; pids+=("$ENF_NORL_PID")
 
 mkdir -p "$tmp/nginx"
 cat > "$tmp/nginx/nginx.conf" <<NGINX

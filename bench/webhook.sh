@@ -83,7 +83,7 @@ load() { # label port conns
   python3 -c 'import json,sys; d=json.loads(sys.argv[3]); d.update(target=sys.argv[1], connections=int(sys.argv[2])); print(json.dumps(d))' \
     "$1" "$3" "$out" >> "$results"
 }
-for round in $(seq 1 "$ROUNDS"); do
+for _ in $(seq 1 "$ROUNDS"); do
   for conns in $CONNS; do
     load echo $echo_port "$conns"
     load parse-echo $parse_port "$conns"
