@@ -58,7 +58,7 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Decision {
                 .map(|w| format!("tenantry: {w}"))
                 .collect();
             if let Some(object) = &m.object {
-                let patch = json_patch::diff(&req.object, object);
+                let patch = mutate::patch(&req.object, object);
                 response = response.with_patch(&patch);
             }
             Decision {

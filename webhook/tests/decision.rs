@@ -559,3 +559,94 @@ fn policies_can_read_a_members_role() {
         v.response
     );
 }
+
+/// The mutation patch is looked for only where mutation writes (labels and the pod spec). Over
+/// every fixture and the shapes mutation rewrites (no labels, no metadata, a pod that brought its
+/// own `tenantry-enforcer`, init containers already there, each sidecar mode and the redirect),
+/// the whole-object diff finds nothing elsewhere, and the targeted patch rebuilds exactly the
+/// object mutation returned.
+#[test]
+fn the_mutation_patch_covers_every_change_mutation_makes() {
+    let dir = format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let mut corpus: Vec<AdmissionRequest> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.unwrap().path();
+            let body = std::fs::read(&path).ok()?;
+            AdmissionReview::parse_request(&body).ok()
+        })
+        .collect();
+    assert!(corpus.len() >= 20, "fixtures not found in {dir}");
+    let pod = fixture("pod-create.json");
+    let variant = |f: &dyn Fn(&mut Value)| {
+        let mut r = pod.clone();
+        f(&mut r.object);
+        r
+    };
+    corpus.extend([
+        variant(&|o| {
+            o["metadata"].as_object_mut().unwrap().remove("labels");
+        }),
+        variant(&|o| {
+            o.as_object_mut().unwrap().remove("metadata");
+        }),
+        variant(&|o| o["metadata"]["labels"] = json!("not a map")),
+        variant(&|o| {
+            o["spec"]["initContainers"] =
+                json!([{"name": "tenantry-enforcer", "image": "evil"}, {"name": "setup", "image": "busybox"}])
+        }),
+        variant(&|o| o["spec"]["initContainers"] = json!([{"name": "setup", "image": "busybox"}])),
+        variant(&|o| o["spec"]["containers"] = json!("not a list")),
+        variant(&|o| o["spec"]["tolerations"] = json!([{"key": "tenantry.dev/tier", "operator": "Exists"}])),
+    ]);
+    let mut container_mode = World::new();
+    container_mode.injection.mode = SidecarMode::Container;
+    let mut redirect = World::new();
+    redirect.injection.redirect = true;
+    let worlds = [World::new(), container_mode, redirect];
+    let mut mutated = 0;
+    for w in &worlds {
+        for req in &corpus {
+            let m = w.mutate(req);
+            let Some(new) = &m.mutated else { continue };
+            mutated += 1;
+            for op in json_patch::diff(&req.object, new).0 {
+                let path = op.path().to_string();
+                let written = ["/metadata/labels", "/spec"]
+                    .iter()
+                    .any(|p| path == *p || path.starts_with(&format!("{p}/")));
+                assert!(
+                    written || path == "/metadata",
+                    "mutation of {} changed {path}, outside what the patch covers",
+                    req.uid
+                );
+            }
+            let mut rebuilt = req.object.clone();
+            json_patch::patch(&mut rebuilt, &m.response.decoded_patch().unwrap()).unwrap();
+            assert_eq!(
+                &rebuilt, new,
+                "the patch for {} rebuilds another object",
+                req.uid
+            );
+        }
+    }
+    assert!(mutated >= 20, "only {mutated} requests were mutated");
+}
+
+/// The enforcer goes in front of the pod's containers: the patch adds it there, instead of
+/// rewriting every container one place along (which is what a plain structural diff says).
+#[test]
+fn an_injected_sidecar_is_one_add_in_front() {
+    let mut w = World::new();
+    w.injection.mode = SidecarMode::Container;
+    let req = fixture("pod-create.json");
+    let ops = patch_ops(&w.mutate(&req));
+    let on_containers: Vec<&Value> = ops
+        .iter()
+        .filter(|op| op["path"].as_str().unwrap().starts_with("/spec/containers"))
+        .collect();
+    assert_eq!(on_containers.len(), 1, "{on_containers:?}");
+    assert_eq!(on_containers[0]["op"], "add");
+    assert_eq!(on_containers[0]["path"], "/spec/containers/0");
+    assert_eq!(on_containers[0]["value"]["name"], "tenantry-enforcer");
+}
