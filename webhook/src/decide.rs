@@ -22,7 +22,8 @@ pub struct Decision {
     pub audited: Vec<String>,
     /// The tenant owning the object's namespace, if any.
     pub tenant: Option<Arc<str>>,
-    /// The object after mutation, when mutation changed it.
+    /// When mutation changed the object: the parts it writes (labels, the pod spec) as they are
+    /// to be stored; the patch in `response` applies them to the object as sent.
     pub mutated: Option<serde_json::Value>,
 }
 

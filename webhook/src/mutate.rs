@@ -11,9 +11,11 @@ use crate::admission::{AdmissionRequest, Operation};
 use crate::pod::{self, SidecarMode};
 use crate::translate::{self, Inputs, STAMPED_LABELS, TranslateError};
 
-/// The mutated object (if anything changed) and warnings for the user.
+/// What mutation changed (if anything) and warnings for the user.
 #[derive(Debug, Default)]
 pub struct Mutation {
+    /// The parts of the object mutation may write (`WRITTEN`), as they are to be stored; the
+    /// rest of the object stays as sent. [`patch`] turns the sent object into this.
     pub object: Option<Value>,
     pub warnings: Vec<String>,
 }
@@ -32,7 +34,9 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Mutation, T
             "the request carries no object to mutate".into(),
         ));
     }
-    let mut object = req.object.clone();
+    // Mutation works on a copy of only what it may change (`WRITTEN`): the rest of the object
+    // (managedFields, annotations, status) is neither copied nor diffed, and cannot be written.
+    let mut object = written_parts(&req.object);
     let mut changed = false;
     let mut warnings = Vec::new();
 
@@ -73,9 +77,11 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Mutation, T
             warnings.extend(pod::apply_scheduling(spec, tier));
             changed = true;
         }
-        if !pod::opted_out(&object) {
+        // Annotations and container ports are read from the object as sent: mutation changes
+        // neither before this point.
+        if !pod::opted_out(&req.object) {
             let port =
-                pod::app_port(&object, inputs.injection).map_err(TranslateError::BadObject)?;
+                pod::app_port(&req.object, inputs.injection).map_err(TranslateError::BadObject)?;
             let sidecar = inputs
                 .injection
                 .injection(&owner.tenant.id, &tier.name, port);
@@ -119,7 +125,36 @@ fn ensure_object(value: &mut Value) -> &mut Map<String, Value> {
 /// CREATE's mutation cost. A test holds this list to what the code above writes.
 const WRITTEN: [&[&str]; 2] = [&["metadata", "labels"], &["spec"]];
 
-/// The JSON Patch that turns the object as sent into the object [`mutate`] returned.
+/// A copy of the parts of `object` under `WRITTEN`, in the objects that hold them. Where a
+/// part of a path is not an object, that value is copied as it is (mutation replaces it).
+fn written_parts(object: &Value) -> Value {
+    let mut parts = Value::Object(Map::new());
+    for path in WRITTEN {
+        copy_path(object, &mut parts, path);
+    }
+    parts
+}
+
+fn copy_path(from: &Value, to: &mut Value, path: &[&str]) {
+    let (Some((key, rest)), Some(from), Some(to)) =
+        (path.split_first(), from.as_object(), to.as_object_mut())
+    else {
+        return;
+    };
+    let Some(child) = from.get(*key) else {
+        return;
+    };
+    if rest.is_empty() || !child.is_object() {
+        to.insert((*key).to_string(), child.clone());
+        return;
+    }
+    let slot = to.entry(*key).or_insert_with(|| Value::Object(Map::new()));
+    copy_path(child, slot, rest);
+}
+
+/// The JSON Patch that turns the object as sent (`old`) into the object with mutation's parts
+/// (`new`, as [`mutate`] returned them, or a whole object) in place. Only the paths under
+/// `WRITTEN` are compared.
 pub fn patch(old: &Value, new: &Value) -> Patch {
     let mut patch = Patch(Vec::new());
     let mut at = PointerBuf::root();
