@@ -18,17 +18,8 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-"1 32"}
 ROUNDS=${ROUNDS:-3}
-# Pinning: the generator on the first CPU we may use, the servers on the second.
-mapfile -t cpus < <(python3 -c 'import os; print("\n".join(map(str, sorted(os.sched_getaffinity(0)))))')
-if [ "${#cpus[@]}" -ge 2 ] && command -v taskset >/dev/null; then
-  LOAD_ON=(taskset -c "${cpus[0]}")
-  SERVE_ON=(taskset -c "${cpus[1]}")
-  WORKERS=1
-else
-  LOAD_ON=()
-  SERVE_ON=()
-  WORKERS=${#cpus[@]}
-fi
+# shellcheck source=bench/pinning.sh
+source bench/pinning.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 # The `sidecar` profile is how the enforcer is shipped (release + fat LTO, see Cargo.toml).
 PROFILE=${PROFILE:-sidecar}

@@ -16,14 +16,8 @@ cd "$(dirname "$0")/.."
 secs=${1:-10}
 CONNS=${CONNS:-"1 16 32"}
 ROUNDS=${ROUNDS:-3}
-mapfile -t cpus < <(python3 -c 'import os; print("\n".join(map(str, sorted(os.sched_getaffinity(0)))))')
-if [ "${#cpus[@]}" -ge 2 ] && command -v taskset >/dev/null; then
-  LOAD_ON=(taskset -c "${cpus[0]}")
-  SERVE_ON=(taskset -c "${cpus[1]}")
-else
-  LOAD_ON=()
-  SERVE_ON=()
-fi
+# shellcheck source=bench/pinning.sh
+source bench/pinning.sh
 cargo build --release -q -p tenantry-webhook --bins --examples
 cargo build --release -q -p tenantry-cli
 bin=target/release
