@@ -89,7 +89,8 @@ for _ in $(seq 1 "$ROUNDS"); do
     load mutate "$WEBHOOK_PORT" "$conns" /mutate "$mutate_body"
   done
 done
-# The median round of each target, and the ratios the issue asks for.
+# The median round of each target, and the ratios the issue asks for. The bare echo is measured
+# once, with the /validate body, and shown on both endpoints' rows.
 python3 - "$results" <<'PY'
 import json, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]

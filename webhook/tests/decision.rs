@@ -563,8 +563,8 @@ fn policies_can_read_a_members_role() {
 /// Mutation writes only labels and the pod spec, and its patch says exactly what it wrote. Over
 /// every fixture and the shapes mutation rewrites (no labels, no metadata, labels that are not a
 /// map, a pod that brought its own `tenantry-enforcer`, init containers already there, each
-/// sidecar mode and the redirect): the patched object has mutation's labels and spec and is
-/// otherwise the object as sent.
+/// sidecar mode and the redirect): mutation wrote nothing else, and the patched object has
+/// mutation's labels and spec and is otherwise the object as sent.
 #[test]
 fn the_mutation_patch_covers_every_change_mutation_makes() {
     let dir = format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
@@ -610,6 +610,17 @@ fn the_mutation_patch_covers_every_change_mutation_makes() {
             let m = w.mutate(req);
             let Some(parts) = &m.mutated else { continue };
             mutated += 1;
+            // Mutation wrote nothing but labels and the spec (anything else would be lost).
+            let mut outside = parts.clone();
+            if let Some(metadata) = outside.get_mut("metadata").and_then(Value::as_object_mut) {
+                metadata.remove("labels");
+            }
+            outside.as_object_mut().unwrap().remove("spec");
+            assert!(
+                outside == json!({}) || outside == json!({"metadata": {}}),
+                "mutation of {} wrote {outside}, which its patch does not carry",
+                req.uid
+            );
             let mut patched = req.object.clone();
             json_patch::patch(&mut patched, &m.response.decoded_patch().unwrap()).unwrap();
             for pointer in ["/metadata/labels", "/spec"] {
