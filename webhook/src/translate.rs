@@ -4,14 +4,18 @@
 //! This is kept apart from the decision so it can be tested table-style ("this manifest yields
 //! these entities") and so the policies, not this code, say what is allowed.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 
-use cedar_policy::{
-    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
+use cedar_policy::{Entities, EntityTypeName, Request};
+use cedar_policy_core::ast::{
+    Context, Eid, Entity, EntityType, EntityUID, EntityUIDEntry, PartialValue, Value as CedarValue,
 };
+use cedar_policy_core::entities::{NoEntitiesSchema, TCComputation};
+use cedar_policy_core::extensions::Extensions;
 use serde_json::Value;
+use smol_str::SmolStr;
 use tenantry_tenancy::directory::{Membership, NamespaceOwner};
 use tenantry_tenancy::{Directory, PolicyEngine};
 use thiserror::Error;
@@ -122,20 +126,23 @@ fn internal(e: impl std::fmt::Display) -> TranslateError {
 }
 
 struct Types {
-    user: EntityTypeName,
-    service_account: EntityTypeName,
-    group: EntityTypeName,
-    team: EntityTypeName,
-    role: EntityTypeName,
-    tenant: EntityTypeName,
-    client: EntityTypeName,
-    object: EntityTypeName,
-    action: EntityTypeName,
+    user: EntityType,
+    service_account: EntityType,
+    group: EntityType,
+    team: EntityType,
+    role: EntityType,
+    tenant: EntityType,
+    client: EntityType,
+    object: EntityType,
+    action: EntityType,
 }
 
 #[allow(clippy::expect_used)] // constant names that are valid Cedar identifiers
 static TYPES: LazyLock<Types> = LazyLock::new(|| {
-    let t = |n: &str| EntityTypeName::from_str(n).expect("valid Cedar type name");
+    let t = |n: &str| {
+        let name = EntityTypeName::from_str(n).expect("valid Cedar type name");
+        AsRef::<EntityType>::as_ref(&name).clone()
+    };
     Types {
         user: t("User"),
         service_account: t("ServiceAccount"),
@@ -149,12 +156,36 @@ static TYPES: LazyLock<Types> = LazyLock::new(|| {
     }
 });
 
-fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
-    EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+// Entities, attributes and the context are built as Cedar values directly (cedar-policy-core),
+// not as restricted expressions that Cedar would then parse-evaluate back into the same values:
+// that round trip, and re-closing a hierarchy built closed, were a third of a review.
+
+fn uid(ty: &EntityType, id: &str) -> EntityUID {
+    EntityUID::from_components(ty.clone(), Eid::new(id), None)
 }
 
-fn string(s: &str) -> RestrictedExpression {
-    RestrictedExpression::new_string(s.to_string())
+fn string(s: &str) -> CedarValue {
+    CedarValue::from(s)
+}
+
+fn flag(b: bool) -> CedarValue {
+    CedarValue::from(b)
+}
+
+fn strings<'a>(items: impl IntoIterator<Item = &'a String>) -> CedarValue {
+    CedarValue::set(items.into_iter().map(|s| string(s)), None)
+}
+
+fn record(fields: impl IntoIterator<Item = (&'static str, CedarValue)>) -> CedarValue {
+    CedarValue::record(fields, None)
+}
+
+fn attributes(
+    fields: impl IntoIterator<Item = (&'static str, CedarValue)>,
+) -> impl Iterator<Item = (SmolStr, PartialValue)> {
+    fields
+        .into_iter()
+        .map(|(k, v)| (SmolStr::new_static(k), PartialValue::from(v)))
 }
 
 /// The quota numbers behind the context, kept to explain a quota denial.
@@ -269,20 +300,19 @@ pub fn requested_amounts(req: &AdmissionRequest) -> Result<Amounts, TranslateErr
     Ok(new.growth_since(&old))
 }
 
-fn amounts_record(a: &Amounts) -> Result<RestrictedExpression, TranslateError> {
-    RestrictedExpression::new_record(
+fn amounts_record(a: &Amounts) -> CedarValue {
+    record(
         a.fields()
             .into_iter()
-            .map(|(k, v)| (k.to_string(), RestrictedExpression::new_long(v))),
+            .map(|(k, v)| (k, CedarValue::from(v))),
     )
-    .map_err(internal)
 }
 
 /// The principal's ancestors: its groups, and the roles, teams, tenants and clients above them.
 struct PrincipalBuilder<'a> {
     directory: &'a Directory,
     tenants: BTreeSet<Arc<str>>,
-    parents: HashSet<EntityUid>,
+    parents: HashSet<EntityUID>,
 }
 
 impl PrincipalBuilder<'_> {
@@ -316,27 +346,21 @@ fn tenant_entity(directory: &Directory, id: &str) -> Result<Option<Entity>, Tran
         return Ok(None);
     };
     t.entity()
-        .cloned()
-        .map(Some)
+        .map(|e| Some(AsRef::<Entity>::as_ref(e).clone()))
         .map_err(TranslateError::Internal)
 }
 
 /// The pod security facts as Cedar record fields.
-fn security_record(f: &PodSecurity) -> Vec<(String, RestrictedExpression)> {
-    let b = |name: &str, v: bool| (name.to_string(), RestrictedExpression::new_bool(v));
-    let strings = |name: &str, v: &BTreeSet<String>| {
+fn security_record(f: &PodSecurity) -> [(&'static str, CedarValue); 19] {
+    let b = |name: &'static str, v: bool| (name, flag(v));
+    let strings = |name: &'static str, v: &BTreeSet<String>| (name, strings(v));
+    let longs = |name: &'static str, v: &BTreeSet<i64>| {
         (
-            name.to_string(),
-            RestrictedExpression::new_set(v.iter().map(|s| string(s))),
+            name,
+            CedarValue::set(v.iter().map(|n| CedarValue::from(*n)), None),
         )
     };
-    let longs = |name: &str, v: &BTreeSet<i64>| {
-        (
-            name.to_string(),
-            RestrictedExpression::new_set(v.iter().map(|n| RestrictedExpression::new_long(*n))),
-        )
-    };
-    vec![
+    [
         b("privileged", f.privileged),
         b("host_process", f.host_process),
         strings("host_paths", &f.host_paths),
@@ -394,29 +418,33 @@ pub fn translate(
                 role: tenantry_tenancy::model::Role::Developer,
             }]);
         }
-        let attrs = HashMap::from([
-            ("name".to_string(), string(sa_name)),
-            ("namespace".to_string(), string(sa_namespace)),
-        ]);
         (
             uid(&TYPES.service_account, &format!("{sa_namespace}:{sa_name}")),
-            attrs,
+            vec![
+                ("name", string(sa_name)),
+                ("namespace", string(sa_namespace)),
+            ],
         )
     } else {
         builder.add(directory.user_memberships(&info.username));
-        let attrs = HashMap::from([("name".to_string(), string(&info.username))]);
-        (uid(&TYPES.user, &info.username), attrs)
+        (
+            uid(&TYPES.user, &info.username),
+            vec![("name", string(&info.username))],
+        )
     };
-    attrs.insert(
-        "tenant_member".to_string(),
-        RestrictedExpression::new_bool(!builder.tenants.is_empty()),
-    );
-    attrs.insert(
-        "cluster_component".to_string(),
-        RestrictedExpression::new_bool(inputs.boundary.is_cluster_component(info)),
-    );
+    attrs.push(("tenant_member", flag(!builder.tenants.is_empty())));
+    attrs.push((
+        "cluster_component",
+        flag(inputs.boundary.is_cluster_component(info)),
+    ));
     let mut tenants: BTreeSet<Arc<str>> = builder.tenants.clone();
-    entities.push(Entity::new(principal.clone(), attrs, builder.parents).map_err(internal)?);
+    entities.push(Entity::new_with_attr_partial_value(
+        principal.clone(),
+        attributes(attrs),
+        HashSet::new(),
+        builder.parents,
+        [],
+    ));
     if let Some(o) = &facts.owner {
         tenants.insert(o.clone());
     }
@@ -437,89 +465,57 @@ pub fn translate(
     // what it is), and short: Cedar hashes it on every attribute access.
     let resource_uid = uid(&TYPES.object, "request");
     let p = &facts.pod;
-    let pod_record = RestrictedExpression::new_record(
+    let pod_record = record(
         [
-            (
-                "is_pod".to_string(),
-                RestrictedExpression::new_bool(p.is_pod),
-            ),
-            (
-                "host_network".to_string(),
-                RestrictedExpression::new_bool(p.host_network),
-            ),
-            (
-                "host_pid".to_string(),
-                RestrictedExpression::new_bool(p.host_pid),
-            ),
-            (
-                "host_ipc".to_string(),
-                RestrictedExpression::new_bool(p.host_ipc),
-            ),
-            ("enforcer".to_string(), string(p.enforcer.as_str())),
-            ("scheduling".to_string(), string(p.scheduling.as_str())),
+            ("is_pod", flag(p.is_pod)),
+            ("host_network", flag(p.host_network)),
+            ("host_pid", flag(p.host_pid)),
+            ("host_ipc", flag(p.host_ipc)),
+            ("enforcer", string(p.enforcer.as_str())),
+            ("scheduling", string(p.scheduling.as_str())),
+            ("enforcer_port_conflict", flag(p.enforcer_port_conflict)),
         ]
         .into_iter()
-        .chain(security_record(&p.security))
-        .chain([(
-            "enforcer_port_conflict".to_string(),
-            RestrictedExpression::new_bool(p.enforcer_port_conflict),
-        )]),
-    )
-    .map_err(internal)?;
-    let set =
-        |items: &BTreeSet<String>| RestrictedExpression::new_set(items.iter().map(|s| string(s)));
-    let mut attrs = HashMap::from([
-        ("kind".to_string(), string(&req.kind.kind)),
-        ("group".to_string(), string(&req.resource.group)),
-        ("resource".to_string(), string(&req.resource.resource)),
-        ("subresource".to_string(), string(req.subresource())),
-        ("name".to_string(), string(name.unwrap_or(""))),
-        ("namespace".to_string(), string(&facts.namespace)),
+        .chain(security_record(&p.security)),
+    );
+    let mut attrs = vec![
+        ("kind", string(&req.kind.kind)),
+        ("group", string(&req.resource.group)),
+        ("resource", string(&req.resource.resource)),
+        ("subresource", string(req.subresource())),
+        ("name", string(name.unwrap_or(""))),
+        ("namespace", string(&facts.namespace)),
+        ("self_service", flag(facts.self_service)),
         (
-            "self_service".to_string(),
-            RestrictedExpression::new_bool(facts.self_service),
-        ),
-        (
-            "referenced_tenants".to_string(),
-            RestrictedExpression::new_set(
+            "referenced_tenants",
+            CedarValue::set(
                 facts
                     .references
                     .tenants
                     .iter()
-                    .map(|t| RestrictedExpression::new_entity_uid(uid(&TYPES.tenant, t))),
+                    .map(|t| CedarValue::from(uid(&TYPES.tenant, t))),
+                None,
             ),
         ),
+        ("references_any_tenant", flag(facts.references.any_tenant)),
+        ("tenantry_labels", strings(&facts.tenantry_labels)),
+        ("directory_labels", strings(&facts.directory_labels)),
+        ("pod", pod_record),
+        ("service_external_ips", flag(facts.service.external_ips)),
         (
-            "references_any_tenant".to_string(),
-            RestrictedExpression::new_bool(facts.references.any_tenant),
-        ),
-        ("tenantry_labels".to_string(), set(&facts.tenantry_labels)),
-        ("directory_labels".to_string(), set(&facts.directory_labels)),
-        ("pod".to_string(), pod_record),
-        (
-            "service_external_ips".to_string(),
-            RestrictedExpression::new_bool(facts.service.external_ips),
+            "load_balancer_status",
+            flag(facts.service.load_balancer_status),
         ),
         (
-            "load_balancer_status".to_string(),
-            RestrictedExpression::new_bool(facts.service.load_balancer_status),
+            "namespace_security_changed",
+            flag(facts.namespace_security_changed),
         ),
-        (
-            "namespace_security_changed".to_string(),
-            RestrictedExpression::new_bool(facts.namespace_security_changed),
-        ),
-        ("volume_claim".to_string(), string(facts.volume_claim)),
-        (
-            "managed_by_tenantry".to_string(),
-            RestrictedExpression::new_bool(facts.managed_by_tenantry),
-        ),
-    ]);
+        ("volume_claim", string(facts.volume_claim)),
+        ("managed_by_tenantry", flag(facts.managed_by_tenantry)),
+    ];
     let mut parents = HashSet::new();
     if let Some(o) = &facts.owner {
-        attrs.insert(
-            "owner".to_string(),
-            RestrictedExpression::new_entity_uid(uid(&TYPES.tenant, o)),
-        );
+        attrs.push(("owner", CedarValue::from(uid(&TYPES.tenant, o))));
         parents.insert(uid(&TYPES.tenant, o));
         if let Some(client) = directory.tenant(o).and_then(|t| t.client.as_ref()) {
             parents.insert(uid(&TYPES.client, &client.id));
@@ -528,9 +524,14 @@ pub fn translate(
     let tags = labels_of(object)
         .into_iter()
         .flatten()
-        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), string(v))));
-    entities
-        .push(Entity::new_with_tags(resource_uid.clone(), attrs, parents, tags).map_err(internal)?);
+        .filter_map(|(k, v)| Some((SmolStr::from(k), PartialValue::from(string(v.as_str()?)))));
+    entities.push(Entity::new_with_attr_partial_value(
+        resource_uid.clone(),
+        attributes(attrs),
+        HashSet::new(),
+        parents,
+        tags,
+    ));
     // Only the request's own action is looked up (for `action in …`); it carries its ancestors.
     let action = uid(&TYPES.action, req.operation.action());
     entities.extend(
@@ -538,7 +539,8 @@ pub fn translate(
             .policies
             .action_entities()
             .iter()
-            .filter(|e| e.uid() == action)
+            .map(AsRef::<Entity>::as_ref)
+            .filter(|e| *e.uid() == action)
             .cloned(),
     );
 
@@ -551,40 +553,55 @@ pub fn translate(
     } else {
         ""
     };
-    let limits = RestrictedExpression::new_record(
-        quota
-            .limits
-            .iter()
-            .map(|(k, v)| (k.to_string(), RestrictedExpression::new_long(*v))),
+    let limits = record(quota.limits.iter().map(|(k, v)| (*k, CedarValue::from(*v))));
+    let context = [
+        ("operation", string(req.operation.as_str())),
+        ("dry_run", flag(req.is_dry_run())),
+        ("old_tenant_label", string(old_tenant_label)),
+        ("counted_resource", string(&quota.counted_resource)),
+        ("limits", limits),
+        ("usage", amounts_record(&quota.usage)),
+        ("requested", amounts_record(&quota.requested)),
+    ];
+    let context = Context::Value(Arc::new(
+        context
+            .into_iter()
+            .map(|(k, v)| (SmolStr::new_static(k), v))
+            .collect(),
+    ));
+
+    let request = cedar_policy_core::ast::Request::new_unchecked(
+        EntityUIDEntry::known(principal, None),
+        EntityUIDEntry::known(action, None),
+        EntityUIDEntry::known(resource_uid, None),
+        Some(context),
+    );
+    let entities = cedar_policy_core::entities::Entities::from_entities(
+        entities,
+        None::<&NoEntitiesSchema>,
+        CLOSURE,
+        Extensions::none(),
     )
     .map_err(internal)?;
-    let context = Context::from_pairs([
-        ("operation".to_string(), string(req.operation.as_str())),
-        (
-            "dry_run".to_string(),
-            RestrictedExpression::new_bool(req.is_dry_run()),
-        ),
-        ("old_tenant_label".to_string(), string(old_tenant_label)),
-        (
-            "counted_resource".to_string(),
-            string(&quota.counted_resource),
-        ),
-        ("limits".to_string(), limits),
-        ("usage".to_string(), amounts_record(&quota.usage)?),
-        ("requested".to_string(), amounts_record(&quota.requested)?),
-    ])
-    .map_err(internal)?;
-
-    let request = Request::new(principal, action, resource_uid, context, None).map_err(internal)?;
-    let entities = Entities::from_entities(entities, None).map_err(internal)?;
     Ok(Translation {
-        request,
-        entities,
+        request: Request::from(request),
+        entities: Entities::from(entities),
         tenants: tenants.into_iter().collect(),
         facts,
         quota,
     })
 }
+
+/// Every ancestor is listed on its entity as it is built (the principal's groups, roles, teams,
+/// tenants and clients; the object's owner and client; the action's groups from the schema), so
+/// Cedar need not close the hierarchy again per review. Builds with debug assertions — every
+/// test — check that it is closed instead, so an ancestor left out fails the suite rather than
+/// weakening an `in`.
+const CLOSURE: TCComputation = if cfg!(debug_assertions) {
+    TCComputation::EnforceAlreadyComputed
+} else {
+    TCComputation::AssumeAlreadyComputed
+};
 
 #[cfg(test)]
 mod tests {
