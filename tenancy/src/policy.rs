@@ -500,95 +500,70 @@ impl Combined {
 /// Id of the merged forbid of a fast path; never reported (a deny is decided again in full).
 const MERGED_FORBIDS: &str = "tenantry-merged-forbids";
 
-/// `set` with every forbid merged into one: `forbid (principal, action, resource) when {
-/// [c1, c2, …].contains(true) }`, each `ci` a forbid's scope, `when`s and negated `unless`es.
-/// The merged forbid is false without error exactly when every forbid is (see [`any_of`]), so
-/// an allow without errors from this set is the allow `set` gives, for one policy's overhead
-/// (id, annotations, result maps) instead of one per forbid. `None` when there is nothing to
-/// merge or a forbid cannot be expressed so (a template slot).
+/// `set` with every forbid merged into one: `forbid (principal, action, resource) when { c1 ||
+/// c2 || … }`, each `ci` a forbid's whole condition (its scope, `when`s and negated `unless`es,
+/// as Cedar evaluates it). `||` evaluates left to right and stops at the first `ci` that is true
+/// or fails, so the merged forbid is false without error exactly when every `ci` was evaluated
+/// and was false without error — exactly when no forbid of `set` holds or fails. An allow
+/// without errors from this set is therefore the allow `set` gives, for one policy's overhead
+/// (id, annotations, result maps) instead of one per forbid; any other outcome is decided again
+/// in full. Built on Cedar's own syntax tree (no text or JSON form, whose readers cost grows with
+/// depth). `None` when there is nothing to merge or a forbid is linked from a template.
 fn fast_path(set: &PolicySet) -> Option<PolicySet> {
+    use cedar_policy_core::ast;
     let mut out = PolicySet::new();
-    let mut conditions: Vec<serde_json::Value> = Vec::new();
+    let mut conditions: Vec<ast::Expr> = Vec::new();
     for policy in set.policies() {
         if policy.effect() != cedar_policy::Effect::Forbid {
             out.add(policy.clone()).ok()?;
             continue;
         }
-        conditions.push(condition_of(&policy.to_json().ok()?)?);
+        if !policy.is_static() {
+            return None;
+        }
+        conditions.push(condition(policy.as_ref()));
     }
     if conditions.len() < 2 {
         return None;
     }
-    let merged = any_of(conditions);
-    let json = serde_json::json!({
-        "effect": "forbid",
-        "principal": { "op": "All" },
-        "action": { "op": "All" },
-        "resource": { "op": "All" },
-        "conditions": [{ "kind": "when", "body": merged }],
-    });
-    out.add(Policy::from_json(Some(PolicyId::new(MERGED_FORBIDS)), json).ok()?)
-        .ok()?;
+    let merged = conditions
+        .into_iter()
+        .rev()
+        .reduce(|rest, c| ast::Expr::or(c, rest))?;
+    let merged = ast::StaticPolicy::new(
+        ast::PolicyID::from_string(MERGED_FORBIDS),
+        None,
+        ast::Annotations::new(),
+        ast::Effect::Forbid,
+        ast::PrincipalConstraint::any(),
+        ast::ActionConstraint::any(),
+        ast::ResourceConstraint::any(),
+        Some(merged),
+    )
+    .ok()?;
+    out.add(Policy::from(ast::Policy::from(merged))).ok()?;
     Some(out)
 }
 
-/// `[c1, c2, …, cn].contains(true)`: true if any `ci` is, false without error exactly when every
-/// `ci` is false without error — each evaluated, as each forbid is in its own evaluation. One
-/// level deep, where `c1 || (c2 || …)` would be n levels: Cedar reads its JSON form through
-/// serde's untagged enums, whose cost grows exponentially with depth (a 39-deep chain took two
-/// billion instructions to load and left the webhook 18 MB larger).
-fn any_of(conditions: Vec<serde_json::Value>) -> serde_json::Value {
-    serde_json::json!({
-        "contains": { "left": { "Set": conditions }, "right": { "Value": true } }
-    })
-}
-
-/// A policy's whole condition as one JSON expression: its scope, its `when`s and its negated
-/// `unless`es, conjoined in the order Cedar evaluates them.
-fn condition_of(policy: &serde_json::Value) -> Option<serde_json::Value> {
-    use serde_json::{Value, json};
-    let entity = |e: &Value| json!({ "Value": { "__entity": e } });
-    let mut parts: Vec<Value> = Vec::new();
-    for var in ["principal", "action", "resource"] {
-        let scope = policy.get(var)?;
-        let left = json!({ "Var": var });
-        match scope.get("op")?.as_str()? {
-            "All" => {}
-            "==" => {
-                parts.push(json!({ "==": { "left": left, "right": entity(scope.get("entity")?) } }))
-            }
-            "in" => match (scope.get("entity"), scope.get("entities")) {
-                (Some(e), _) => parts.push(json!({ "in": { "left": left, "right": entity(e) } })),
-                (None, Some(Value::Array(es))) => {
-                    let set: Vec<Value> = es.iter().map(entity).collect();
-                    parts.push(json!({ "in": { "left": left, "right": { "Set": set } } }));
-                }
-                _ => return None,
-            },
-            "is" => {
-                let mut is = json!({ "left": left, "entity_type": scope.get("entity_type")? });
-                if let Some(inside) = scope.get("in") {
-                    is["in"] = entity(inside.get("entity")?);
-                }
-                parts.push(json!({ "is": is }));
-            }
-            _ => return None,
-        }
-    }
-    for condition in policy.get("conditions")?.as_array()? {
-        let body = condition.get("body")?.clone();
-        match condition.get("kind")?.as_str()? {
-            "when" => parts.push(body),
-            "unless" => parts.push(json!({ "!": { "arg": body } })),
-            _ => return None,
-        }
-    }
-    let mut parts = parts.into_iter();
-    let first = parts.next().unwrap_or(json!({ "Value": true }));
-    Some(parts.fold(
-        first,
-        |left, right| json!({ "&&": { "left": left, "right": right } }),
-    ))
+/// A policy's whole condition, as Cedar evaluates it: its scope constraints, then its `when`s
+/// and negated `unless`es (one expression in the syntax tree), conjoined in that order. Unlike
+/// Cedar's own `condition()`, an unconstrained scope adds nothing (not a `true &&`): merged,
+/// those were three more operations per forbid on every review.
+fn condition(policy: &cedar_policy_core::ast::Policy) -> cedar_policy_core::ast::Expr {
+    use cedar_policy_core::ast::{ActionConstraint, Expr, PrincipalOrResourceConstraint as Scope};
+    let (principal, resource) = (policy.principal_constraint(), policy.resource_constraint());
+    let action = policy.action_constraint();
+    let scope = [
+        (!matches!(principal.as_inner(), Scope::Any)).then(|| principal.as_expr()),
+        (!matches!(action, ActionConstraint::Any)).then(|| action.as_expr()),
+        (!matches!(resource.as_inner(), Scope::Any)).then(|| resource.as_expr()),
+    ];
+    scope
+        .into_iter()
+        .flatten()
+        .chain(policy.non_scope_constraints().cloned())
+        .reduce(Expr::and)
+        .unwrap_or_else(|| Expr::val(true))
 }
 
 /// `policy` with its action scope dropped, for a slice whose every request it admits: the same
