@@ -10,6 +10,10 @@
 # servers to another (so each runs one worker); the targets are measured in turn, ROUNDS times,
 # and the ratios compare each target's median round.
 #
+# Last, when valgrind is installed, the exact instructions per review end to end (callgrind, one
+# connection): wall-clock ratios on a shared machine swing from run to run, instruction counts
+# do not. INSTRUCTIONS=0 skips them.
+#
 #   bench/webhook.sh [SECONDS]        (default 10 s per measurement; CONNS="1 16 32" ROUNDS=3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,10 +46,10 @@ review["request"]["object"] = json.loads(out.stdout)["object"]
 json.dump(review, open(f"{work}/validate.json", "w"))
 PY
 
-start_webhook() { # $1 state file
+start_webhook() { # $1 state file; $PROFILE: a command prefix (valgrind)
   local port ops
   port=$(free_port); ops=$(free_port)
-  TENANTRY_LOG=warn "${SERVE_ON[@]}" $bin/tenantry-webhook --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$ops \
+  TENANTRY_LOG=warn "${SERVE_ON[@]}" ${PROFILE:-} $bin/tenantry-webhook --listen 127.0.0.1:$port --metrics-listen 127.0.0.1:$ops \
     --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" --tenants examples/tenants.yaml \
     --policies policies --state "$1" >/dev/null 2>&1 &
   WEBHOOK_PID=$!; WEBHOOK_PORT=$port
@@ -126,3 +130,46 @@ start_webhook "$work/big.yaml"
 sleep 1
 big_rss=$(rss_kb $WEBHOOK_PID)
 echo "RSS with 100,000 tracked objects: ${big_rss} kB; per object: $(( (big_rss - idle_rss) * 1024 / 100000 )) bytes"
+kill $WEBHOOK_PID; wait $WEBHOOK_PID 2>/dev/null || true
+
+# Exact instructions per review, end to end (TLS, HTTP, parse, decision, response, metrics):
+# each server under callgrind, counters zeroed once it is ready, one connection for a few
+# seconds, counters dumped; the total divided by the reviews served.
+if [ "${INSTRUCTIONS:-1}" = 1 ] && ! command -v valgrind >/dev/null; then
+  echo "instructions per review: skipped (valgrind not installed)"
+  exit 0
+fi
+[ "${INSTRUCTIONS:-1}" = 1 ] || exit 0
+callgrind="valgrind --tool=callgrind --callgrind-out-file=$work/callgrind.%p"
+per_review() { # pid label port path body
+  local out requests total
+  callgrind_control -z "$1" >/dev/null 2>&1
+  out=$($bin/examples/load 127.0.0.1:$3 "$4" "$5" "$work/ca.crt" 1 5)
+  callgrind_control -d "$1" >/dev/null 2>&1
+  requests=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["requests"])' "$out")
+  total=$(awk '/^(summary|totals):/ {print $2}' "$work/callgrind.$1".* | sort -n | tail -1)
+  echo "$2 $(( total / requests ))"
+}
+PROFILE=$callgrind start_webhook "$work/empty.yaml"
+$callgrind $bin/examples/echo_server 127.0.0.1:$parse_port "$work/tls.crt" "$work/tls.key" --parse 2>/dev/null &
+PARSE_PID=$!
+wait_port $parse_port
+counts="$work/instructions.txt"
+{
+  per_review $WEBHOOK_PID /validate "$WEBHOOK_PORT" /validate "$work/validate.json"
+  per_review $PARSE_PID parse-echo "$parse_port" /validate "$work/validate.json"
+  rm -f "$work"/callgrind.*.[0-9]*
+  per_review $WEBHOOK_PID /mutate "$WEBHOOK_PORT" /mutate "$mutate_body"
+  per_review $PARSE_PID parse-echo-m "$parse_port" /validate "$mutate_body"
+} > "$counts"
+kill $WEBHOOK_PID $PARSE_PID; wait $WEBHOOK_PID $PARSE_PID 2>/dev/null || true
+python3 - "$counts" <<'PY'
+import sys
+c = dict(l.split() for l in open(sys.argv[1]))
+print()
+print("| endpoint | instructions per review, webhook | parse-and-echo of the same body | webhook / parse-echo (throughput bound) |")
+print("|---|---:|---:|---:|")
+for endpoint, parse in (("/validate", "parse-echo"), ("/mutate", "parse-echo-m")):
+    w, p = int(c[endpoint]), int(c[parse])
+    print(f"| {endpoint} | {w/1000:,.0f} k | {p/1000:,.0f} k | {p/w:.2f}x |")
+PY
