@@ -13,6 +13,7 @@
 //! - Tenant pods' IPs, PersistentVolumes' claims and namespaces' tenant labels are kept so that
 //!   EndpointSlice addresses, claims naming a volume and self-service namespaces can be attributed.
 
+use crate::json::At;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -333,18 +334,18 @@ impl Ledger {
         match r.kind {
             "Namespace" => {
                 let label = object
-                    .pointer("/metadata/labels")
+                    .at("/metadata/labels")
                     .and_then(|l| l.get(crate::LABEL_TENANT))
                     .and_then(Value::as_str);
                 s.set_label(namespace, label.map(Arc::from));
             }
             "PersistentVolume" => {
-                let text = |ptr: &str| object.pointer(ptr).and_then(Value::as_str);
+                let text = |ptr: &str| object.at(ptr).and_then(Value::as_str);
                 let claim = VolumeClaim {
                     claim_namespace: text("/spec/claimRef/namespace").map(Arc::from),
                     claim_name: text("/spec/claimRef/name").map(str::to_string),
                     tenant_label: object
-                        .pointer("/metadata/labels")
+                        .at("/metadata/labels")
                         .and_then(|l| l.get(crate::LABEL_TENANT))
                         .and_then(Value::as_str)
                         .map(Arc::from),

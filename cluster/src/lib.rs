@@ -3,6 +3,7 @@
 //! client, the usage [`ledger`] fed by kube-rs [`watch`]es, and how much an object adds
 //! ([`usage`], [`resources`]).
 
+pub mod json;
 pub mod ledger;
 pub mod resources;
 pub mod usage;

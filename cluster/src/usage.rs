@@ -4,6 +4,7 @@
 //! The [`crate::ledger::Ledger`] keeps the counters, from a list of existing objects (`--state`,
 //! `tenantry review`) or from cluster watches.
 
+use crate::json::At;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -87,7 +88,7 @@ pub fn amounts_of(group: &str, resource: &str, object: &Value) -> Result<Amounts
         ("", "services") => a.services = 1,
         ("", "persistentvolumeclaims") => {
             a.persistentvolumeclaims = 1;
-            if let Some(raw) = object.pointer("/spec/resources/requests/storage") {
+            if let Some(raw) = object.at("/spec/resources/requests/storage") {
                 a.requests_storage =
                     resources::quantity_value(raw, Unit::Whole).map_err(|source| {
                         ResourceError {
@@ -99,7 +100,7 @@ pub fn amounts_of(group: &str, resource: &str, object: &Value) -> Result<Amounts
         }
         ("", "pods") => {
             let terminal = matches!(
-                object.pointer("/status/phase").and_then(Value::as_str),
+                object.at("/status/phase").and_then(Value::as_str),
                 Some("Succeeded" | "Failed")
             );
             if !terminal {
@@ -183,7 +184,7 @@ pub struct ObjectRef<'a> {
 
 impl<'a> ObjectRef<'a> {
     pub fn of(object: &'a Value) -> ObjectRef<'a> {
-        let text = |ptr: &str| object.pointer(ptr).and_then(Value::as_str).unwrap_or("");
+        let text = |ptr: &str| object.at(ptr).and_then(Value::as_str).unwrap_or("");
         let kind = text("/kind");
         let name = text("/metadata/name");
         let (group, resource) = resource_of(text("/apiVersion"), kind);
@@ -300,7 +301,7 @@ pub fn for_each_object(
 pub fn served_hosts<'a>(group: &str, kind: &str, object: &'a Value) -> Vec<&'a str> {
     let listed = |ptr: &str| {
         object
-            .pointer(ptr)
+            .at(ptr)
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
@@ -324,16 +325,16 @@ pub fn served_hosts<'a>(group: &str, kind: &str, object: &'a Value) -> Vec<&'a s
 /// A running pod's addresses (`status.podIPs`, or `status.podIP` from older kubelets). Pods on
 /// the host network have the node's address, which is not theirs to claim.
 pub fn pod_ips(pod: &Value) -> Vec<IpAddr> {
-    if pod.pointer("/spec/hostNetwork").and_then(Value::as_bool) == Some(true) {
+    if pod.at("/spec/hostNetwork").and_then(Value::as_bool) == Some(true) {
         return Vec::new();
     }
     let mut ips: Vec<IpAddr> = pod
-        .pointer("/status/podIPs")
+        .at("/status/podIPs")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(|p| p.get("ip").and_then(Value::as_str))
-        .chain(pod.pointer("/status/podIP").and_then(Value::as_str))
+        .chain(pod.at("/status/podIP").and_then(Value::as_str))
         .filter_map(|ip| ip.parse().ok())
         .collect();
     ips.sort_unstable();
@@ -344,12 +345,12 @@ pub fn pod_ips(pod: &Value) -> Vec<IpAddr> {
 /// The hosts an Ingress serves (rules and TLS).
 pub fn ingress_hosts(object: &Value) -> Vec<&str> {
     let rules = object
-        .pointer("/spec/rules")
+        .at("/spec/rules")
         .and_then(Value::as_array)
         .into_iter()
         .flatten();
     let tls = object
-        .pointer("/spec/tls")
+        .at("/spec/tls")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use tenantry_cluster::json::At;
 
 use serde_json::Value;
 use tenantry_tenancy::directory::NamespaceOwner;
@@ -82,9 +83,7 @@ pub fn directory_labels(owner: &NamespaceOwner<'_>) -> Vec<(&'static str, Arc<st
 }
 
 pub(crate) fn labels_of(object: &Value) -> Option<&serde_json::Map<String, Value>> {
-    object
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
+    object.at("/metadata/labels").and_then(Value::as_object)
 }
 
 fn stamped_on(object: &Value) -> BTreeSet<String> {
@@ -211,18 +210,18 @@ fn service_facts(req: &AdmissionRequest) -> ServiceFacts {
         return ServiceFacts::default();
     }
     let non_empty = |v: &Value, ptr: &str| {
-        v.pointer(ptr)
+        v.at(ptr)
             .and_then(Value::as_array)
             .is_some_and(|a| !a.is_empty())
     };
     let external_ips = |v: &Value| {
-        v.pointer("/spec/externalIPs")
+        v.at("/spec/externalIPs")
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default()
     };
     let load_balancer = |v: &Value| {
-        v.pointer("/status/loadBalancer")
+        v.at("/status/loadBalancer")
             .filter(|_| non_empty(v, "/status/loadBalancer/ingress"))
             .cloned()
     };
@@ -252,7 +251,7 @@ fn volume_claim(
         return "";
     }
     let name_of = |v: &Value| {
-        v.pointer("/spec/volumeName")
+        v.at("/spec/volumeName")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
             .map(str::to_string)
@@ -269,7 +268,7 @@ fn volume_claim(
     let namespace = req.namespace.as_deref().unwrap_or("");
     let claim = req
         .object
-        .pointer("/metadata/name")
+        .at("/metadata/name")
         .and_then(Value::as_str)
         .or(req.name.as_deref())
         .unwrap_or("");
@@ -295,7 +294,7 @@ pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tenantry"
 /// that keeps it. Subresource bodies are judged by their parent's labels where they carry them.
 fn managed_by_tenantry(req: &AdmissionRequest) -> bool {
     let carries = |v: &Value| {
-        v.pointer("/metadata/labels")
+        v.at("/metadata/labels")
             .and_then(|l| l.get(MANAGED_BY.0))
             .and_then(Value::as_str)
             == Some(MANAGED_BY.1)
@@ -315,7 +314,7 @@ fn namespace_security_changed(boundary: &Boundary, req: &AdmissionRequest) -> bo
             .iter()
             .filter_map(|f| {
                 object
-                    .pointer(&format!("/metadata/{f}"))
+                    .at(&format!("/metadata/{f}"))
                     .and_then(Value::as_object)
             })
             .flatten()

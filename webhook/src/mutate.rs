@@ -6,6 +6,7 @@
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde_json::{Map, Value};
+use tenantry_cluster::json::At;
 
 use crate::admission::{AdmissionRequest, Operation};
 use crate::pod::{self, SidecarMode};
@@ -43,7 +44,7 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Mutation, T
     let wanted = translate::directory_labels(&owner);
     let old_labels = req
         .old_object
-        .pointer("/metadata/labels")
+        .at("/metadata/labels")
         .cloned()
         .unwrap_or(Value::Null);
     let labels = metadata_map(&mut object, "labels");

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use tenantry_cluster::json::At;
 
 use serde_json::{Map, Value, json};
 pub use tenantry_cluster::resources::{PodResources, ResourceError, pod_resources, quantity_value};
@@ -250,16 +251,16 @@ pub fn pod_spec<'a>(kind: &str, object: &'a Value) -> Option<&'a Value> {
         | "Job"
         | "ReplicationController"
         | "PodTemplate" => spec
-            .pointer("/template/spec")
-            .or_else(|| object.pointer("/template/spec")),
-        "CronJob" => spec.pointer("/jobTemplate/spec/template/spec"),
+            .at("/template/spec")
+            .or_else(|| object.at("/template/spec")),
+        "CronJob" => spec.at("/jobTemplate/spec/template/spec"),
         _ => None,
     }
 }
 
 /// The annotations of a pod (metadata of the object itself).
 fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
-    object.pointer("/metadata/annotations")?.get(key)?.as_str()
+    object.at("/metadata/annotations")?.get(key)?.as_str()
 }
 
 pub fn opted_out(pod: &Value) -> bool {
@@ -274,7 +275,7 @@ pub fn app_port(pod: &Value, config: &InjectionConfig) -> Result<u16, String> {
         });
     }
     let declared = pod
-        .pointer("/spec/containers")
+        .at("/spec/containers")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()

@@ -7,6 +7,7 @@
 //! have its labels or finalizers changed. The policies in `pods.cedar` decide with these facts.
 
 use std::collections::BTreeSet;
+use tenantry_cluster::json::At;
 
 use serde_json::Value;
 
@@ -106,7 +107,7 @@ pub struct PodSecurity {
 }
 
 fn text<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
-    v.pointer(ptr).and_then(Value::as_str)
+    v.at(ptr).and_then(Value::as_str)
 }
 
 fn list<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
@@ -158,7 +159,7 @@ impl PodSecurity {
                 }
             }
         }
-        if pod_sc.pointer("/windowsOptions/hostProcess") == Some(&Value::Bool(true)) {
+        if pod_sc.at("/windowsOptions/hostProcess") == Some(&Value::Bool(true)) {
             f.host_process = true;
         }
         let pod_seccomp = text(pod_sc, "/seccompProfile/type");
@@ -200,7 +201,7 @@ impl PodSecurity {
             let sc = c.get("securityContext").unwrap_or(&Value::Null);
             let flag = |k: &str| sc.get(k).and_then(Value::as_bool);
             f.privileged |= flag("privileged") == Some(true);
-            f.host_process |= sc.pointer("/windowsOptions/hostProcess") == Some(&Value::Bool(true));
+            f.host_process |= sc.at("/windowsOptions/hostProcess") == Some(&Value::Bool(true));
             f.proc_mount_unmasked |= text(sc, "/procMount") == Some("Unmasked");
             f.selinux_custom |= selinux_custom(sc.get("seLinuxOptions"));
             f.privilege_escalation |= flag("allowPrivilegeEscalation") != Some(false);
@@ -215,7 +216,7 @@ impl PodSecurity {
             let non_root = flag("runAsNonRoot").or(pod_non_root) == Some(true);
             f.may_run_as_root |= !non_root || user.or(pod_user) == Some(0);
             for cap in sc
-                .pointer("/capabilities/add")
+                .at("/capabilities/add")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
@@ -224,7 +225,7 @@ impl PodSecurity {
                 f.added_capabilities.insert(normalise_capability(cap));
             }
             let drops_all = sc
-                .pointer("/capabilities/drop")
+                .at("/capabilities/drop")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()

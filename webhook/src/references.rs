@@ -9,6 +9,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use tenantry_cluster::json::At;
 
 use serde_json::Value;
 
@@ -84,7 +85,7 @@ impl Collector<'_> {
     /// `namespaceSelector` (an empty selector is every namespace).
     fn affinity(&mut self, spec: &Value, own_namespace: &str) {
         for kind in ["podAffinity", "podAntiAffinity"] {
-            let Some(a) = spec.pointer(&format!("/affinity/{kind}")) else {
+            let Some(a) = spec.at(&format!("/affinity/{kind}")) else {
                 continue;
             };
             let required = items(a.get("requiredDuringSchedulingIgnoredDuringExecution"));

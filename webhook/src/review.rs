@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 use serde_json::{Value, json};
+use tenantry_cluster::json::At;
 use thiserror::Error;
 
 use crate::admission::{
@@ -172,9 +173,7 @@ pub fn admission_request(write: &Write, uid: &str) -> Result<AdmissionRequest, R
             !CLUSTER_SCOPED.contains(&kind),
         ),
     };
-    let manifest_ns = subject
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str);
+    let manifest_ns = subject.at("/metadata/namespace").and_then(Value::as_str);
     let namespace = match (namespaced, manifest_ns, &write.namespace) {
         (false, _, _) => None,
         (true, Some(m), Some(f)) if m != f => {
@@ -201,7 +200,7 @@ pub fn admission_request(write: &Write, uid: &str) -> Result<AdmissionRequest, R
     let name = write
         .name
         .as_deref()
-        .or_else(|| subject.pointer("/metadata/name").and_then(Value::as_str))
+        .or_else(|| subject.at("/metadata/name").and_then(Value::as_str))
         .unwrap_or("")
         .to_string();
     let (object, old_object) = match write.operation {

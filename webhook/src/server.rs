@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+use tenantry_cluster::json::At;
 
 use anyhow::{Context, Result};
 use axum::Router;
@@ -533,11 +534,7 @@ impl AppState {
             .name
             .as_deref()
             .filter(|n| !n.is_empty())
-            .or_else(|| {
-                req.object
-                    .pointer("/metadata/name")
-                    .and_then(|v| v.as_str())
-            })
+            .or_else(|| req.object.at("/metadata/name").and_then(|v| v.as_str()))
             .map_or_else(|| format!("~{}", req.uid), str::to_string);
         let key = object_key(resource, &namespace, &name);
         Some(Claim {

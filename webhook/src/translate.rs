@@ -7,6 +7,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
+use tenantry_cluster::json::At;
 
 use cedar_policy::{Entities, EntityTypeName, Request};
 use cedar_policy_core::ast::{
@@ -213,7 +214,7 @@ pub fn object_namespace(req: &AdmissionRequest) -> String {
     if req.resource.group.is_empty() && req.resource.resource == "namespaces" {
         let field = |f: &str| {
             req.subject()
-                .pointer(&format!("/metadata/{f}"))
+                .at(&format!("/metadata/{f}"))
                 .and_then(Value::as_str)
                 .filter(|n| !n.is_empty())
         };
@@ -460,7 +461,7 @@ pub fn translate(
         .name
         .as_deref()
         .filter(|n| !n.is_empty())
-        .or_else(|| object.pointer("/metadata/name").and_then(Value::as_str));
+        .or_else(|| object.at("/metadata/name").and_then(Value::as_str));
     // The object's id is only its handle in this request's entity store (its attributes say
     // what it is), and short: Cedar hashes it on every attribute access.
     let resource_uid = uid(&TYPES.object, "request");
