@@ -1,7 +1,8 @@
 //! AdmissionReview `admission.k8s.io/v1`, exactly the fields the API server sends and reads.
 //!
 //! Objects stay `serde_json::Value`: the webhook sees every kind, including CRDs, and parsing a
-//! review once into these types is the only parse a decision needs.
+//! review once into these types is the only parse a decision needs. Their own
+//! `metadata.managedFields` is skipped as it is read ([`bookkept`]).
 
 use std::collections::BTreeMap;
 
