@@ -32,7 +32,7 @@ $bin/tenantry certs generate --name 127.0.0.1 --out "$work" >/dev/null
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 wait_ready() { for _ in $(seq 2400); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "not ready" >&2; return 1; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+wait_port() { for _ in $(seq "${2:-200}"); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 
 # The review /validate receives: the fixture with the webhook's own mutation applied.
 python3 - "$work" <<'PY'
@@ -163,7 +163,7 @@ per_review() { # pid label port path body
 PROFILE=$callgrind start_webhook "$work/empty.yaml"
 $callgrind $bin/examples/echo_server 127.0.0.1:$parse_port "$work/tls.crt" "$work/tls.key" --parse 2>/dev/null &
 PARSE_PID=$!
-wait_port $parse_port
+wait_port $parse_port 2400 # valgrind starts slowly
 counts="$work/instructions.txt"
 {
   per_review $WEBHOOK_PID /validate "$WEBHOOK_PORT" /validate "$work/validate.json"
