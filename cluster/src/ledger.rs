@@ -13,7 +13,6 @@
 //! - Tenant pods' IPs, PersistentVolumes' claims and namespaces' tenant labels are kept so that
 //!   EndpointSlice addresses, claims naming a volume and self-service namespaces can be attributed.
 
-use crate::json::At;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::json::At;
 use crate::usage::{
     Amounts, ObjectRef, UsageView, VolumeClaim, count_key, host_covered, pod_ips, served_hosts,
 };

@@ -4,7 +4,6 @@
 //! The [`crate::ledger::Ledger`] keeps the counters, from a list of existing objects (`--state`,
 //! `tenantry review`) or from cluster watches.
 
-use crate::json::At;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,6 +11,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tenantry_tenancy::quantity::Unit;
 
+use crate::json::At;
 use crate::resources::{self, ResourceError};
 
 /// The quota dimensions a single object can add to; `count` is its `count/<resource>` key.

@@ -8,9 +8,9 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use tenantry_cluster::json::At;
 
 use serde_json::Value;
+use tenantry_cluster::json::At;
 use tenantry_tenancy::directory::NamespaceOwner;
 
 use crate::admission::{AdmissionRequest, Operation};

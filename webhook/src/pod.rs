@@ -7,9 +7,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use tenantry_cluster::json::At;
 
 use serde_json::{Map, Value, json};
+use tenantry_cluster::json::At;
 pub use tenantry_cluster::resources::{PodResources, ResourceError, pod_resources, quantity_value};
 use tenantry_tenancy::directory::Tier;
 use tenantry_tenancy::model::Toleration;

@@ -7,9 +7,9 @@
 //! have its labels or finalizers changed. The policies in `pods.cedar` decide with these facts.
 
 use std::collections::BTreeSet;
-use tenantry_cluster::json::At;
 
 use serde_json::Value;
+use tenantry_cluster::json::At;
 
 use crate::pod::{ENFORCER, ENFORCER_INIT};
 

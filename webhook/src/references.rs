@@ -9,9 +9,9 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use tenantry_cluster::json::At;
 
 use serde_json::Value;
+use tenantry_cluster::json::At;
 
 use crate::boundary::Cidr;
 use crate::translate::Inputs;

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
-use tenantry_cluster::json::At;
 
 use anyhow::{Context, Result};
 use axum::Router;
@@ -25,6 +24,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tenantry_certs::ReloadingCert;
+use tenantry_cluster::json::At;
 use tenantry_tenancy::{DirectoryStore, PolicyStore, PostgresSource, TenantSource};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};

@@ -7,7 +7,6 @@
 use std::collections::{BTreeSet, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
-use tenantry_cluster::json::At;
 
 use cedar_policy::{Entities, EntityTypeName, Request};
 use cedar_policy_core::ast::{
@@ -17,6 +16,7 @@ use cedar_policy_core::entities::{NoEntitiesSchema, TCComputation};
 use cedar_policy_core::extensions::Extensions;
 use serde_json::Value;
 use smol_str::SmolStr;
+use tenantry_cluster::json::At;
 use tenantry_tenancy::directory::{Membership, NamespaceOwner};
 use tenantry_tenancy::{Directory, PolicyEngine};
 use thiserror::Error;
