@@ -222,12 +222,11 @@ const ROWS: &[Row] = &[
     },
 ];
 
-#[test]
-fn manifests_yield_the_expected_facts() {
+/// Every row translated as written: its identity, namespace and manifest, as a CREATE, against
+/// the embedded directory and policies and `usage`.
+fn translate_rows(usage: &Ledger) -> Vec<(&'static Row, translate::Translation)> {
     let directory = embedded::directory().unwrap();
     let policies = embedded::policies().unwrap();
-    let state: Vec<Value> = serde_saphyr::from_multiple(embedded::STATE_YAML).unwrap();
-    let usage = Ledger::from_objects(&state).unwrap();
     let injection = InjectionConfig::default();
     let boundary = tenantry_webhook::Boundary::default();
     let view = usage.view(None);
@@ -238,25 +237,36 @@ fn manifests_yield_the_expected_facts() {
         injection: &injection,
         boundary: &boundary,
     };
-    for row in ROWS {
-        let object: Value =
-            serde_saphyr::from_str(row.manifest).unwrap_or_else(|e| panic!("{}: {e}", row.name));
-        let write = Write {
-            object,
-            old: None,
-            identity: Identity {
-                user: row.user.into(),
-                groups: row.groups.iter().map(|g| g.to_string()).collect(),
-            },
-            namespace: (!row.namespace.is_empty()).then(|| row.namespace.to_string()),
-            operation: Operation::Create,
-            dry_run: false,
-            subresource: None,
-            name: None,
-        };
-        let req = review::admission_request(&write, "uid").unwrap();
-        let translation =
-            translate::translate(&inputs, &req).unwrap_or_else(|e| panic!("{}: {e}", row.name));
+    ROWS.iter()
+        .map(|row| {
+            let object: Value = serde_saphyr::from_str(row.manifest)
+                .unwrap_or_else(|e| panic!("{}: {e}", row.name));
+            let write = Write {
+                object,
+                old: None,
+                identity: Identity {
+                    user: row.user.into(),
+                    groups: row.groups.iter().map(|g| g.to_string()).collect(),
+                },
+                namespace: (!row.namespace.is_empty()).then(|| row.namespace.to_string()),
+                operation: Operation::Create,
+                dry_run: false,
+                subresource: None,
+                name: None,
+            };
+            let req = review::admission_request(&write, "uid").unwrap();
+            let translation =
+                translate::translate(&inputs, &req).unwrap_or_else(|e| panic!("{}: {e}", row.name));
+            (row, translation)
+        })
+        .collect()
+}
+
+#[test]
+fn manifests_yield_the_expected_facts() {
+    let state: Vec<Value> = serde_saphyr::from_multiple(embedded::STATE_YAML).unwrap();
+    let usage = Ledger::from_objects(&state).unwrap();
+    for (row, translation) in translate_rows(&usage) {
         let tenants: Vec<String> = translation.tenants.iter().map(|t| t.to_string()).collect();
         eprintln!("row: {}", row.name);
         (row.check)(&translation.facts, &tenants);
@@ -266,37 +276,9 @@ fn manifests_yield_the_expected_facts() {
 #[test]
 fn translated_requests_conform_to_the_schema() {
     // The decision skips per-request schema checks for speed; this proves the shape once.
-    let directory = embedded::directory().unwrap();
     let policies = embedded::policies().unwrap();
-    let injection = InjectionConfig::default();
-    let boundary = tenantry_webhook::Boundary::default();
-    let usage = Ledger::new();
-    let view = usage.view(None);
-    let inputs = Inputs {
-        directory: &directory,
-        usage: &view,
-        policies: &policies,
-        injection: &injection,
-        boundary: &boundary,
-    };
-    for row in ROWS {
-        let object: Value = serde_saphyr::from_str(row.manifest).unwrap();
-        let write = Write {
-            object,
-            old: None,
-            identity: Identity {
-                user: row.user.into(),
-                groups: vec![],
-            },
-            namespace: (!row.namespace.is_empty()).then(|| row.namespace.to_string()),
-            operation: Operation::Create,
-            dry_run: false,
-            subresource: None,
-            name: None,
-        };
-        let req = review::admission_request(&write, "uid").unwrap();
-        let t = translate::translate(&inputs, &req).unwrap();
-        let schema = policies.schema();
+    let schema = policies.schema();
+    for (row, t) in translate_rows(&Ledger::new()) {
         cedar_policy::Request::new(
             t.request.principal().unwrap().clone(),
             t.request.action().unwrap().clone(),
@@ -312,4 +294,58 @@ fn translated_requests_conform_to_the_schema() {
         cedar_policy::Entities::from_entities(non_actions, Some(schema))
             .unwrap_or_else(|e| panic!("{}: entities do not match the schema: {e}", row.name));
     }
+}
+
+/// Translation hands Cedar its entity store as already closed (Cedar does not close it again
+/// per review), so closing it again must add nothing — in any build, not only the debug builds
+/// that check it as they translate. And the closure reaches the white-label client: a member of
+/// `acme` (client `globalcorp`) and an object of `acme` are `in` the client; a member of `globex`,
+/// which has none, is in no client.
+#[test]
+fn translated_hierarchies_are_already_closed() {
+    let ancestors = |store: &cedar_policy::Entities, uid: &cedar_policy::EntityUid| {
+        store
+            .ancestors(uid)
+            .map(|a| {
+                a.map(ToString::to_string)
+                    .collect::<std::collections::BTreeSet<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let client = "Client::\"globalcorp\"".to_string();
+    let (mut in_client, mut outside) = (0, 0);
+    for (row, t) in translate_rows(&Ledger::new()) {
+        let closed =
+            cedar_policy::Entities::from_entities(t.entities.iter().cloned(), None).unwrap();
+        for entity in t.entities.iter() {
+            assert_eq!(
+                ancestors(&t.entities, &entity.uid()),
+                ancestors(&closed, &entity.uid()),
+                "{}: {} was not closed",
+                row.name,
+                entity.uid()
+            );
+        }
+        let principal = ancestors(&t.entities, t.request.principal().unwrap());
+        match row.user {
+            "alice" => {
+                assert!(principal.contains(&client), "{}: {principal:?}", row.name);
+                in_client += 1;
+            }
+            "bob" => {
+                assert!(
+                    !principal.iter().any(|a| a.starts_with("Client::")),
+                    "{}: {principal:?}",
+                    row.name
+                );
+                outside += 1;
+            }
+            _ => {}
+        }
+        if t.facts.owner.as_deref() == Some("acme") {
+            let object = ancestors(&t.entities, t.request.resource().unwrap());
+            assert!(object.contains(&client), "{}: {object:?}", row.name);
+        }
+    }
+    assert!(in_client > 0 && outside > 0);
 }
