@@ -218,7 +218,7 @@ pub mod bookkept {
     }
 
     /// Where in the object a value is: only `metadata` of the object itself is pruned.
-    #[derive(Clone, Copy, PartialEq)]
+    #[derive(Clone, Copy)]
     enum Level {
         Object,
         Metadata,
