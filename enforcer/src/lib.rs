@@ -19,6 +19,7 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod redirect;
+pub mod upstream;
 pub mod view;
 
 use std::net::SocketAddr;

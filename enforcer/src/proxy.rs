@@ -32,10 +32,11 @@ use crate::identity::{self, IdentityError, JwtVerifier};
 use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel};
 use crate::policy::{self, Decision, ServiceSpec};
 use crate::ratelimit::{Limit, Limiter, Outcome};
+use crate::upstream::{Pooled, Upstream};
 
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<Pooled<UpstreamBody>, Full<Bytes>>;
 /// What goes upstream: the client's body, size-limited, trailers without identity headers.
-type UpstreamBody = MapFrame<Limited<Incoming>, fn(Frame<Bytes>) -> Frame<Bytes>>;
+pub type UpstreamBody = MapFrame<Limited<Incoming>, fn(Frame<Bytes>) -> Frame<Bytes>>;
 
 /// Why a request was not forwarded (or the forward failed).
 #[derive(Debug)]
@@ -163,7 +164,11 @@ pub struct State {
     pub max_body_bytes: u64,
     /// Peers whose forwarding headers are kept (a trusted ingress in front of the pod).
     pub trusted_proxies: Vec<Cidr>,
-    client_h1: Client<HttpConnector, UpstreamBody>,
+    /// `Host` for an HTTP/1.1 request that came without one: the application's address.
+    upstream_host: HeaderValue,
+    /// This worker's HTTP/1.1 connections to the application.
+    upstream_h1: Arc<Upstream<UpstreamBody>>,
+    /// HTTP/2 to the application (gRPC), multiplexed.
     client_h2: Client<HttpConnector, UpstreamBody>,
 }
 
@@ -187,8 +192,7 @@ impl State {
         upstream: SocketAddr,
         upstream_timeout: Duration,
         max_body_bytes: u64,
-    ) -> Result<State, http::uri::InvalidUri> {
-        let (client_h1, client_h2) = clients();
+    ) -> anyhow::Result<State> {
         let decisions = Arc::new(policy::DecisionCache::new(!policy::reads_context(
             &policies,
         )));
@@ -202,11 +206,12 @@ impl State {
             limiters,
             metrics,
             upstream: upstream.to_string().parse()?,
+            upstream_host: HeaderValue::from_str(&upstream.to_string())?,
             upstream_timeout,
             max_body_bytes,
             trusted_proxies: Vec::new(),
-            client_h1,
-            client_h2,
+            upstream_h1: Upstream::new(upstream),
+            client_h2: client_h2(),
         })
     }
 }
@@ -216,7 +221,6 @@ impl State {
     /// connection is driven by the runtime that opened it, so sharing one pool between
     /// thread-per-core workers would turn every request into a cross-thread wake-up.
     pub fn for_worker(&self) -> State {
-        let (client_h1, client_h2) = clients();
         State {
             directory: self.directory.clone(),
             policies: self.policies.clone(),
@@ -230,34 +234,24 @@ impl State {
             upstream_timeout: self.upstream_timeout,
             max_body_bytes: self.max_body_bytes,
             trusted_proxies: self.trusted_proxies.clone(),
-            client_h1,
-            client_h2,
+            upstream_host: self.upstream_host.clone(),
+            upstream_h1: Upstream::new(self.upstream_h1.addr()),
+            client_h2: client_h2(),
         }
     }
 }
 
-type Clients = (
-    Client<HttpConnector, UpstreamBody>,
-    Client<HttpConnector, UpstreamBody>,
-);
-
-fn clients() -> Clients {
+/// The HTTP/2 client to the application; HTTP/1.1 goes through [`Upstream`].
+fn client_h2() -> Client<HttpConnector, UpstreamBody> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client_h1 = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .build(connector.clone());
-    let client_h2 = Client::builder(TokioExecutor::new())
+    Client::builder(TokioExecutor::new())
         .http2_only(true)
         .pool_idle_timeout(Duration::from_secs(60))
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .build(connector);
-    (client_h1, client_h2)
+        .build(connector)
 }
 
 /// Headers that describe one hop and must not be forwarded.
@@ -271,24 +265,23 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if let Some(listed) = h
-        .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-    {
-        for name in listed.split(',') {
-            if let Ok(name) = HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()) {
-                h.remove(name);
-            }
-        }
-    }
-    for name in &HOP_BY_HOP {
-        h.remove(name);
-    }
+    let listed = h.get_all(header::CONNECTION);
     // gRPC needs `te: trailers`; anything else in `te` is per hop.
-    if h.get(header::TE).is_some_and(|v| v != "trailers") {
-        h.remove(header::TE);
-    }
+    let te_per_hop = h.get(header::TE).is_some_and(|v| v != "trailers");
+    let doomed = canonical::names_where(h, |name| {
+        HOP_BY_HOP.contains(name)
+            || (te_per_hop && name == header::TE)
+            || listed.iter().any(|v| connection_lists(v, name))
+    });
+    canonical::remove_all(h, doomed);
+}
+
+/// Whether a `Connection` header value names `name` as a header of this hop only.
+fn connection_lists(value: &HeaderValue, name: &HeaderName) -> bool {
+    value.to_str().is_ok_and(|v| {
+        v.split(',')
+            .any(|listed| listed.trim().eq_ignore_ascii_case(name.as_str()))
+    })
 }
 
 /// Handles one request from `peer`; never fails (every failure is a response).
@@ -406,19 +399,25 @@ async fn check_and_forward(
     let path = http::uri::PathAndQuery::try_from(path)
         .map_err(|_| Rejection::BadPath(PathError::BadEncoding))?;
     // The host the client asked for, before the URI is pointed at the application.
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        });
+    let host = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .filter(|v| v.to_str().is_ok())
+            .cloned(),
+    };
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(state.upstream.clone());
+    if h2 {
+        // HTTP/2 names the authority in the request itself (`:authority`).
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(state.upstream.clone());
+    } else if !req.headers().contains_key(header::HOST) {
+        // HTTP/1.1 needs a `Host` (an HTTP/1.0 client may have sent none).
+        let upstream_host = state.upstream_host.clone();
+        req.headers_mut().insert(header::HOST, upstream_host);
+    }
+    // Origin-form (`/path?query`) on HTTP/1.1.
     parts.path_and_query = Some(path);
     *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Rejection::BadGateway)?;
     *req.version_mut() = if h2 {
@@ -434,7 +433,7 @@ async fn check_and_forward(
     headers.insert(identity::TENANT_HEADER, tenant_value);
     headers.insert(identity::TIER_HEADER, tier_value);
     let trusted = state.trusted_proxies.iter().any(|c| c.contains(peer.ip()));
-    canonical::set_forwarding(headers, peer.ip(), trusted, host.as_deref());
+    canonical::set_forwarding(headers, peer.ip(), trusted, host);
 
     let strip: fn(Frame<Bytes>) -> Frame<Bytes> = canonical::strip_trailer_identity;
     let req = req.map(|b| {
@@ -444,13 +443,17 @@ async fn check_and_forward(
         )
         .map_frame(strip)
     });
-    let client = if h2 {
-        &state.client_h2
-    } else {
-        &state.client_h1
+    let forwarded = async {
+        if h2 {
+            let response = state.client_h2.request(req).await;
+            response
+                .map(|r| r.map(Pooled::unpooled))
+                .map_err(|e| e.to_string())
+        } else {
+            state.upstream_h1.send(req).await.map_err(|e| e.to_string())
+        }
     };
-    let mut response = match tokio::time::timeout(state.upstream_timeout, client.request(req)).await
-    {
+    let mut response = match tokio::time::timeout(state.upstream_timeout, forwarded).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             debug!(error = %e, "upstream request failed");

@@ -1,0 +1,213 @@
+//! The application's side of the proxy over HTTP/1.1: each worker keeps its own idle
+//! connections to the application and sends a request on one of them directly.
+//!
+//! hyper-util's pooled client did the same through a general pool: keyed by scheme and authority
+//! (a SipHash per checkout), a spawned task per request to hand the connection back, a select
+//! per connection. For one upstream address on one worker that is a fifth of a forwarded
+//! request's instructions; this pool is a `Vec` and hands a connection back when its response
+//! body is done with it. HTTP/2 to the application (gRPC) still goes through hyper-util's client,
+//! which multiplexes on one connection.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Frame, Incoming};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+/// How long establishing a connection to the application may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle connection unused this long is closed instead of reused: the application may have
+/// dropped it already, and a few sockets per worker is all a burst needs again.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections a worker keeps at most (one per concurrent request it has served).
+const MAX_IDLE: usize = 1024;
+
+/// Why a request did not get a response head from the application.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting to the application: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("connecting to the application: no connection within {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout,
+    #[error("the HTTP/1.1 handshake with the application: {0}")]
+    Handshake(#[source] hyper::Error),
+    #[error("the application's response: {0}")]
+    Response(#[source] hyper::Error),
+}
+
+/// One worker's HTTP/1.1 connections to the application.
+pub struct Upstream<B> {
+    addr: SocketAddr,
+    idle: Mutex<Vec<(SendRequest<B>, Instant)>>,
+}
+
+impl<B> std::fmt::Debug for Upstream<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl<B> Upstream<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    pub fn new(addr: SocketAddr) -> Arc<Upstream<B>> {
+        Arc::new(Upstream {
+            addr,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Sends `request` (origin-form URI, `Host` set) on an idle connection or a new one. The
+    /// response's body hands the connection back when it has been read to its end.
+    ///
+    /// A pooled connection the application closed before the request was written (its own idle
+    /// timeout) is not an error: the request goes out again on a new connection. Once written,
+    /// a request is never sent twice.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<B>,
+    ) -> Result<Response<Pooled<B>>, UpstreamError> {
+        loop {
+            let (mut sender, reused) = match self.checkout().await {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let back = Some((sender, self.clone()));
+                    return Ok(response.map(|inner| Pooled {
+                        inner,
+                        back,
+                        ended: false,
+                    }));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => {
+                        debug!(error = %e.error(), "pooled connection closed; reconnecting");
+                        request = unsent;
+                    }
+                    _ => return Err(UpstreamError::Response(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// An idle connection ready for a request, if one is left; closed and stale ones are dropped.
+    async fn checkout(&self) -> Option<SendRequest<B>> {
+        loop {
+            let (mut sender, since) = self.lock().pop()?;
+            if since.elapsed() >= IDLE_TIMEOUT {
+                continue;
+            }
+            // Ready at once unless the connection task has yet to see the last response end.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<B>, UpstreamError> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout)?
+            .map_err(UpstreamError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(error = %e, "connection to the application ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// The application's response body. From a pooled connection, it hands the connection back
+/// when it is dropped after its last frame; dropped before, the connection goes with it (hyper
+/// closes a connection whose response was not read to its end).
+pub struct Pooled<B> {
+    inner: Incoming,
+    back: Option<(SendRequest<B>, Arc<Upstream<B>>)>,
+    /// The body said it had no more frames (a chunked body's `is_end_stream` never does).
+    ended: bool,
+}
+
+impl<B> Pooled<B> {
+    /// A body that has no connection to hand back (HTTP/2, multiplexed).
+    pub fn unpooled(inner: Incoming) -> Pooled<B> {
+        Pooled {
+            inner,
+            back: None,
+            ended: false,
+        }
+    }
+}
+
+impl<B> http_body::Body for Pooled<B> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Pooled<B> {
+    fn drop(&mut self) {
+        if let Some((sender, upstream)) = self.back.take()
+            && (self.ended || http_body::Body::is_end_stream(&self.inner))
+        {
+            upstream.checkin(sender);
+        }
+    }
+}
+
+impl<B> Upstream<B> {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn checkin(&self, sender: SendRequest<B>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push((sender, Instant::now()));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(SendRequest<B>, Instant)>> {
+        // The list is valid whatever a panicking holder did to it: every entry is a connection.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
