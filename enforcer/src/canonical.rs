@@ -14,8 +14,6 @@
 //!   frameworks route or dispatch differently from what policy saw (`X-Original-URL`,
 //!   `X-Rewrite-URL`, `X-HTTP-Method-Override`, …) are removed.
 
-use std::net::IpAddr;
-
 use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
@@ -155,6 +153,20 @@ pub fn strip_identity(headers: &mut HeaderMap) {
     remove_all(headers, names);
 }
 
+const TENANT: HeaderName = HeaderName::from_static(crate::identity::TENANT_HEADER);
+const TIER: HeaderName = HeaderName::from_static(crate::identity::TIER_HEADER);
+
+/// Sets both identity headers to the enforcer's values, every other spelling removed. (The
+/// canonical spellings need no removal: inserting replaces all their values.)
+pub fn set_identity(headers: &mut HeaderMap, tenant: HeaderValue, tier: HeaderValue) {
+    let aliases = names_where(headers, |n| {
+        *n != TENANT && *n != TIER && identity_spelling(n.as_str()).is_some()
+    });
+    remove_all(headers, aliases);
+    headers.insert(TENANT, tenant);
+    headers.insert(TIER, tier);
+}
+
 /// Trailers may not carry an identity either: removed from every trailer frame.
 pub fn strip_trailer_identity(frame: Frame<Bytes>) -> Frame<Bytes> {
     match frame.into_trailers() {
@@ -197,7 +209,7 @@ const OVERRIDES: [&str; 6] = [
 /// `X-Forwarded-Host` the request's host.
 pub fn set_forwarding(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     trusted_peer: bool,
     host: Option<HeaderValue>,
 ) {
@@ -217,10 +229,12 @@ pub fn set_forwarding(
         None
     };
     let chain = match prior {
-        Some(list) => format!("{list}, {peer}"),
-        None => peer.to_string(),
+        Some(list) => {
+            HeaderValue::from_str(&format!("{list}, {}", peer.to_str().unwrap_or_default())).ok()
+        }
+        None => Some(peer.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
+    if let Some(v) = chain {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !trusted_peer || !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -306,7 +320,7 @@ mod tests {
 
     #[test]
     fn forwarding_comes_from_the_connection_unless_the_peer_is_trusted() {
-        let peer: IpAddr = "10.0.0.7".parse().unwrap();
+        let peer = HeaderValue::from_static("10.0.0.7");
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
@@ -316,7 +330,7 @@ mod tests {
         let mut untrusted = h.clone();
         set_forwarding(
             &mut untrusted,
-            peer,
+            &peer,
             false,
             Some(HeaderValue::from_static("shop.example")),
         );
@@ -334,7 +348,7 @@ mod tests {
         let mut trusted = h;
         set_forwarding(
             &mut trusted,
-            peer,
+            &peer,
             true,
             Some(HeaderValue::from_static("shop.example")),
         );

@@ -284,10 +284,31 @@ fn connection_lists(value: &HeaderValue, name: &HeaderName) -> bool {
     })
 }
 
+/// The client end of a connection, as forwarding headers describe it: worked out once per
+/// connection (formatting an address costs more per request than the policy check).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// A trusted proxy in front of the pod, whose forwarding headers are kept.
+    pub trusted: bool,
+    /// The peer's IP address as a header value.
+    pub address: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(state: &State, addr: SocketAddr) -> Peer {
+        let ip = addr.ip();
+        Peer {
+            trusted: state.trusted_proxies.iter().any(|c| c.contains(ip)),
+            address: HeaderValue::from_str(&ip.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        }
+    }
+}
+
 /// Handles one request from `peer`; never fails (every failure is a response).
 pub async fn handle(
     state: Arc<State>,
-    peer: SocketAddr,
+    peer: &Peer,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
@@ -327,7 +348,7 @@ pub async fn handle(
 
 async fn check_and_forward(
     state: &State,
-    peer: SocketAddr,
+    peer: &Peer,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Rejection> {
     let directory = state.directory.current();
@@ -429,11 +450,8 @@ async fn check_and_forward(
     let tier_value = HeaderValue::from_str(&caller.tier.name).map_err(|_| Rejection::BadGateway)?;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    canonical::strip_identity(headers);
-    headers.insert(identity::TENANT_HEADER, tenant_value);
-    headers.insert(identity::TIER_HEADER, tier_value);
-    let trusted = state.trusted_proxies.iter().any(|c| c.contains(peer.ip()));
-    canonical::set_forwarding(headers, peer.ip(), trusted, host);
+    canonical::set_identity(headers, tenant_value, tier_value);
+    canonical::set_forwarding(headers, &peer.address, peer.trusted, host);
 
     let strip: fn(Frame<Bytes>) -> Frame<Bytes> = canonical::strip_trailer_identity;
     let req = req.map(|b| {
@@ -785,8 +803,9 @@ async fn serve_connection(
     };
     let activity = Arc::new(Activity::new());
     let tracked = activity.clone();
+    let peer = Arc::new(Peer::new(&state, peer));
     let service = hyper::service::service_fn(move |req| {
-        let (state, activity) = (state.clone(), tracked.clone());
+        let (state, activity, peer) = (state.clone(), tracked.clone(), peer.clone());
         async move {
             activity.in_flight.fetch_add(1, Ordering::Relaxed);
             activity.head_since.store(0, Ordering::Relaxed);
@@ -794,7 +813,7 @@ async fn serve_connection(
             // Busy until the response body is sent (or dropped): a long download or a gRPC
             // stream is not an idle connection.
             let busy = Busy(activity);
-            let response = handle(state, peer, req).await;
+            let response = handle(state, &peer, req).await;
             response.map(|r| r.map(|inner| BusyBody { inner, _busy: busy }))
         }
     });
