@@ -32,6 +32,9 @@ pub struct Metrics {
     pub open_files_limit: Gauge,
     pub registry: Registry,
     pub requests: Family<OutcomeLabel, Counter>,
+    /// `requests{outcome="forwarded"}`, looked up once: the family's lookup hashes the label
+    /// set and takes a lock, on every request.
+    pub forwarded: Counter,
     pub duration: Histogram,
     pub redis_round_trips: Counter,
     pub redis_errors: Counter,
@@ -51,6 +54,11 @@ impl Metrics {
         let mut registry = Registry::with_prefix("tenantry_enforcer");
         let requests = Family::<OutcomeLabel, Counter>::default();
         registry.register("requests", "Requests by outcome", requests.clone());
+        let forwarded = requests
+            .get_or_create(&OutcomeLabel {
+                outcome: "forwarded",
+            })
+            .clone();
         let duration = Histogram::new([
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0,
         ]);
@@ -113,6 +121,7 @@ impl Metrics {
             open_files_limit,
             registry,
             requests,
+            forwarded,
             duration,
             redis_round_trips,
             redis_errors,

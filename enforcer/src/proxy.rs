@@ -131,19 +131,14 @@ impl Rejection {
     }
 }
 
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
 fn insert_ratelimit(h: &mut HeaderMap, limit: u64, remaining: u64, reset: u64) {
-    h.insert(
-        HeaderName::from_static("ratelimit-limit"),
-        HeaderValue::from(limit),
-    );
-    h.insert(
-        HeaderName::from_static("ratelimit-remaining"),
-        HeaderValue::from(remaining),
-    );
-    h.insert(
-        HeaderName::from_static("ratelimit-reset"),
-        HeaderValue::from(reset),
-    );
+    h.insert(RATELIMIT_LIMIT, HeaderValue::from(limit));
+    h.insert(RATELIMIT_REMAINING, HeaderValue::from(remaining));
+    h.insert(RATELIMIT_RESET, HeaderValue::from(reset));
 }
 
 /// Makes the rate limiter a worker uses (a new one per worker, or one shared).
@@ -314,13 +309,7 @@ pub async fn handle(
     let started = Instant::now();
     let response = match check_and_forward(&state, peer, req).await {
         Ok(r) => {
-            state
-                .metrics
-                .requests
-                .get_or_create(&OutcomeLabel {
-                    outcome: "forwarded",
-                })
-                .inc();
+            state.metrics.forwarded.inc();
             r
         }
         Err(rejection) => {
