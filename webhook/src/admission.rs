@@ -366,8 +366,8 @@ impl AdmissionResponse {
     }
 
     /// Attaches a JSON Patch (base64 in the response, as the API server wants it).
-    pub fn with_patch(mut self, patch: &json_patch::Patch) -> AdmissionResponse {
-        if !patch.0.is_empty() {
+    pub fn with_patch(mut self, patch: &[impl serde::Serialize]) -> AdmissionResponse {
+        if !patch.is_empty() {
             let json = serde_json::to_vec(patch).unwrap_or_default();
             self.patch = Some(base64::engine::general_purpose::STANDARD.encode(json));
             self.patch_type = Some("JSONPatch".to_string());

@@ -3,8 +3,7 @@
 //! Mutation is idempotent (its own output yields an empty patch), so the API server can re-invoke
 //! it after other webhooks (`reinvocationPolicy: IfNeeded`) without churn.
 
-use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
+use serde::Serialize;
 use serde_json::{Map, Value};
 use tenantry_cluster::json::At;
 
@@ -156,9 +155,9 @@ fn copy_path(from: &Value, to: &mut Value, path: &[&str]) {
 /// The JSON Patch that turns the object as sent (`old`) into the object with mutation's parts
 /// (`new`, as [`mutate`] returned them, or a whole object) in place. Only the paths under
 /// `WRITTEN` are compared.
-pub fn patch(old: &Value, new: &Value) -> Patch {
-    let mut patch = Patch(Vec::new());
-    let mut at = PointerBuf::root();
+pub fn patch<'a>(old: &'a Value, new: &'a Value) -> Patch<'a> {
+    let mut patch = Vec::new();
+    let mut at = Vec::new();
     if old.is_object() && new.is_object() {
         for path in WRITTEN {
             diff_under(old, new, path, &mut at, &mut patch);
@@ -171,84 +170,177 @@ pub fn patch(old: &Value, new: &Value) -> Patch {
 
 /// Follows `path` down both objects and diffs what is there; where either side stops being an
 /// object on the way, the two values at that point are diffed whole.
-fn diff_under(old: &Value, new: &Value, path: &[&str], at: &mut PointerBuf, patch: &mut Patch) {
+fn diff_under<'a>(
+    old: &'a Value,
+    new: &'a Value,
+    path: &[&'static str],
+    at: &mut Vec<Segment<'a>>,
+    patch: &mut Patch<'a>,
+) {
     let (Some((key, rest)), Some(o), Some(n)) =
         (path.split_first(), old.as_object(), new.as_object())
     else {
         return diff_into(old, new, at, patch);
     };
-    at.push_back(*key);
+    at.push(Segment::Key(key));
     match (o.get(*key), n.get(*key)) {
         (None, None) => {}
-        (Some(_), None) => patch.0.push(remove(at)),
-        (None, Some(v)) => patch.0.push(add(at, v)),
+        (Some(_), None) => patch.push(remove(at)),
+        (None, Some(v)) => patch.push(add(at, v)),
         (Some(a), Some(b)) => diff_under(a, b, rest, at, patch),
     }
-    at.pop_back();
+    at.pop();
 }
 
 /// A structural diff, as `json_patch::diff` makes, except that elements put in front of an
 /// array (the enforcer goes first) are added there instead of every element being rewritten
 /// one place along.
-fn diff_into(old: &Value, new: &Value, at: &mut PointerBuf, patch: &mut Patch) {
+fn diff_into<'a>(old: &'a Value, new: &'a Value, at: &mut Vec<Segment<'a>>, patch: &mut Patch<'a>) {
     match (old, new) {
         (Value::Object(o), Value::Object(n)) => {
             for (key, b) in n {
-                at.push_back(key);
+                at.push(Segment::Key(key));
                 match o.get(key) {
                     Some(a) => diff_into(a, b, at, patch),
-                    None => patch.0.push(add(at, b)),
+                    None => patch.push(add(at, b)),
                 }
-                at.pop_back();
+                at.pop();
             }
             for key in o.keys().filter(|k| !n.contains_key(*k)) {
-                at.push_back(key);
-                patch.0.push(remove(at));
-                at.pop_back();
+                at.push(Segment::Key(key));
+                patch.push(remove(at));
+                at.pop();
             }
         }
         (Value::Array(o), Value::Array(n)) => {
             let front = n.len().saturating_sub(o.len());
             if front > 0 && n[front..] == o[..] {
                 for (i, v) in n[..front].iter().enumerate() {
-                    at.push_back(i);
-                    patch.0.push(add(at, v));
-                    at.pop_back();
+                    at.push(Segment::Index(i));
+                    patch.push(add(at, v));
+                    at.pop();
                 }
                 return;
             }
             for (i, (a, b)) in o.iter().zip(n).enumerate() {
-                at.push_back(i);
+                at.push(Segment::Index(i));
                 diff_into(a, b, at, patch);
-                at.pop_back();
+                at.pop();
             }
             for (i, v) in n.iter().enumerate().skip(o.len()) {
-                at.push_back(i);
-                patch.0.push(add(at, v));
-                at.pop_back();
+                at.push(Segment::Index(i));
+                patch.push(add(at, v));
+                at.pop();
             }
             // Each removal shifts the rest down: the surplus goes one at a time from `n.len()`.
             for _ in n.len()..o.len() {
-                at.push_back(n.len());
-                patch.0.push(remove(at));
-                at.pop_back();
+                at.push(Segment::Index(n.len()));
+                patch.push(remove(at));
+                at.pop();
             }
         }
         _ if old == new => {}
-        _ => patch.0.push(PatchOperation::Replace(ReplaceOperation {
-            path: at.clone(),
-            value: new.clone(),
-        })),
+        _ => patch.push(Op::Replace {
+            path: pointer(at),
+            value: new,
+        }),
     }
 }
 
-fn add(at: &PointerBuf, value: &Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation {
-        path: at.clone(),
-        value: value.clone(),
-    })
+fn add<'a>(at: &[Segment<'_>], value: &'a Value) -> Op<'a> {
+    Op::Add {
+        path: pointer(at),
+        value,
+    }
 }
 
-fn remove(at: &PointerBuf) -> PatchOperation {
-    PatchOperation::Remove(RemoveOperation { path: at.clone() })
+fn remove<'a>(at: &[Segment<'_>]) -> Op<'a> {
+    Op::Remove { path: pointer(at) }
+}
+
+/// One step of the path the diff is at. The JSON Pointer is written only for an operation:
+/// keeping a `PointerBuf` up to date cost ~600 instructions a step, escaping and unescaping
+/// every key on the way down and up.
+#[derive(Debug, Clone, Copy)]
+enum Segment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// The JSON Pointer (RFC 6901) of `at`: `~` written `~0` and `/` written `~1`.
+fn pointer(at: &[Segment<'_>]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for segment in at {
+        out.push('/');
+        match segment {
+            Segment::Key(key) => {
+                for c in key.chars() {
+                    match c {
+                        '~' => out.push_str("~0"),
+                        '/' => out.push_str("~1"),
+                        c => out.push(c),
+                    }
+                }
+            }
+            Segment::Index(i) => {
+                let _ = write!(out, "{i}");
+            }
+        }
+    }
+    out
+}
+
+/// A JSON Patch (RFC 6902) as [`patch`] makes it.
+pub type Patch<'a> = Vec<Op<'a>>;
+
+/// One JSON Patch operation, serialised as `json_patch` serialises its own. The values it
+/// writes are borrowed from the mutated object: the patch is only ever serialised, and cloning
+/// every added subtree (the enforcer's container) cost as much as serialising it.
+#[derive(Debug, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Op<'a> {
+    Add { path: String, value: &'a Value },
+    Remove { path: String },
+    Replace { path: String, value: &'a Value },
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// The patch is written as `json_patch` writes its own operations, and reads back as them.
+    #[test]
+    fn operations_serialise_as_json_patch_does() {
+        let old = json!({
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "app"}], "gone": 1, "swap": "a"},
+        });
+        let new = json!({
+            "metadata": {"labels": {"app": "web", "tenantry.dev/t~x": "y"}},
+            "spec": {
+                "containers": [{"name": "tenantry-enforcer", "env": [{"name": "a~b/c"}]}, {"name": "app"}],
+                "swap": ["b"],
+            },
+        });
+        let ours = serde_json::to_value(patch(&old, &new)).unwrap();
+        let theirs: json_patch::Patch = serde_json::from_value(ours.clone()).unwrap();
+        assert_eq!(ours, serde_json::to_value(&theirs).unwrap());
+        assert_eq!(
+            ours,
+            json!([
+                {"op": "add", "path": "/metadata/labels/tenantry.dev~1t~0x", "value": "y"},
+                {"op": "add", "path": "/spec/containers/0", "value": {"name": "tenantry-enforcer", "env": [{"name": "a~b/c"}]}},
+                {"op": "replace", "path": "/spec/swap", "value": ["b"]},
+                {"op": "remove", "path": "/spec/gone"},
+            ])
+        );
+        let mut patched = old.clone();
+        json_patch::patch(&mut patched, &theirs).unwrap();
+        assert_eq!(patched, new);
+    }
 }
