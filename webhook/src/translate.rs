@@ -10,7 +10,8 @@ use std::sync::{Arc, LazyLock};
 
 use cedar_policy::{Entities, EntityTypeName, Request};
 use cedar_policy_core::ast::{
-    Context, Eid, Entity, EntityType, EntityUID, EntityUIDEntry, PartialValue, Value as CedarValue,
+    Context, Eid, Entity, EntityType, EntityUID, EntityUIDEntry, Literal, PartialValue,
+    Value as CedarValue,
 };
 use cedar_policy_core::entities::{NoEntitiesSchema, TCComputation};
 use cedar_policy_core::extensions::Extensions;
@@ -174,7 +175,13 @@ fn flag(b: bool) -> CedarValue {
 }
 
 fn strings<'a>(items: impl IntoIterator<Item = &'a String>) -> CedarValue {
-    CedarValue::set(items.into_iter().map(|s| string(s)), None)
+    set_of(items.into_iter().map(|s| Literal::from(s.as_str())))
+}
+
+/// A set of literals. Cedar's general `Value::set` collects its lookup table through an
+/// iterator that gives no size, growing it again and again; from literals it is sized once.
+fn set_of(lits: impl IntoIterator<Item = Literal>) -> CedarValue {
+    CedarValue::set_of_lits(lits, None)
 }
 
 fn record(fields: impl IntoIterator<Item = (&'static str, CedarValue)>) -> CedarValue {
@@ -355,12 +362,8 @@ fn tenant_entity(directory: &Directory, id: &str) -> Result<Option<Entity>, Tran
 fn security_record(f: &PodSecurity) -> [(&'static str, CedarValue); 19] {
     let b = |name: &'static str, v: bool| (name, flag(v));
     let strings = |name: &'static str, v: &BTreeSet<String>| (name, strings(v));
-    let longs = |name: &'static str, v: &BTreeSet<i64>| {
-        (
-            name,
-            CedarValue::set(v.iter().map(|n| CedarValue::from(*n)), None),
-        )
-    };
+    let longs =
+        |name: &'static str, v: &BTreeSet<i64>| (name, set_of(v.iter().map(|n| Literal::from(*n))));
     [
         b("privileged", f.privileged),
         b("host_process", f.host_process),
@@ -489,13 +492,12 @@ pub fn translate(
         ("self_service", flag(facts.self_service)),
         (
             "referenced_tenants",
-            CedarValue::set(
+            set_of(
                 facts
                     .references
                     .tenants
                     .iter()
-                    .map(|t| CedarValue::from(uid(&TYPES.tenant, t))),
-                None,
+                    .map(|t| Literal::from(uid(&TYPES.tenant, t))),
             ),
         ),
         ("references_any_tenant", flag(facts.references.any_tenant)),
