@@ -402,12 +402,18 @@ async fn check_and_forward(
     }
 
     let h2 = req.version() == Version::HTTP_2;
-    let path = match req.uri().query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path,
+    let path = match req.uri().path_and_query() {
+        // Already canonical, the common case: forwarded as received, not parsed again.
+        Some(received) if received.path() == path => received.clone(),
+        _ => {
+            let path = match req.uri().query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            http::uri::PathAndQuery::try_from(path)
+                .map_err(|_| Rejection::BadPath(PathError::BadEncoding))?
+        }
     };
-    let path = http::uri::PathAndQuery::try_from(path)
-        .map_err(|_| Rejection::BadPath(PathError::BadEncoding))?;
     // The host the client asked for, before the URI is pointed at the application.
     let host = match req.uri().authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
