@@ -3,7 +3,10 @@
 # (header check + Cedar policy + Redis-shared rate limit on, with a limit too high to reject),
 # through tenantry-enforcer with rate limiting off, and through Debian's nginx-light as a
 # keep-alive reverse proxy; at 1 and 32 keep-alive connections. Also the enforcer's resident
-# memory idle and under load (/proc/PID/status VmRSS). Prints JSON lines and a summary table.
+# memory idle and under load (/proc/PID/status VmRSS), each proxy's own CPU time per request
+# (user + system from /proc/PID/stat: steadier than throughput on a shared machine), and, when
+# valgrind is installed, the exact user-space instructions per request of the enforcer and of
+# nginx (callgrind, one connection; INSTRUCTIONS=0 skips them). Prints JSON lines and tables.
 #
 # On a machine with two or more cores the load generator is pinned to one core and every server
 # (upstream, proxies, Redis) to another, each proxy with one worker; the targets are measured in
@@ -48,7 +51,7 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 UP=18080 NGINX=18081 ENF=15001 ENF_NORL=15002 REDIS=16379
 
-"${SERVE_ON[@]}" "$BIN/tenantry-upstream" --listen 127.0.0.1:$UP --threads 1 & pids+=($!)
+"${SERVE_ON[@]}" "$BIN/tenantry-upstream" --listen 127.0.0.1:$UP --threads 1 & UP_PID=$!; pids+=("$UP_PID")
 "${SERVE_ON[@]}" redis-server --port $REDIS --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
 
 # A tenant whose tier allows far more than the harness can send, so nothing is rejected but every
@@ -97,16 +100,28 @@ http {
   }
 }
 NGINX
-"${SERVE_ON[@]}" nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" & pids+=($!)
+"${SERVE_ON[@]}" nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" & NGINX_PID=$!; pids+=("$NGINX_PID")
 
 for p in $UP $NGINX $ENF $ENF_NORL $REDIS 15021 15022; do wait_port $p; done
 sleep 0.5
 IDLE_RSS=$(rss_kb $ENF_PID)
+# nginx serves from its worker process, the master's child.
+NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1)
+declare -A SERVER_PID=([direct]=$UP_PID [nginx]=$NGINX_WORKER
+  [enforcer]=$ENF_PID [enforcer-no-ratelimit]=$ENF_NORL_PID)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system time of a process
 
 results="$tmp/results.jsonl"
 : > "$results"
 load() { # label url conns
-  "${LOAD_ON[@]}" "$BIN/tenantry-load" "$2" -c "$3" -d "$DURATION" --warmup 1 -H "X-Tenant-ID: bench" --label "$1" | tee -a "$results"
+  local pid=${SERVER_PID[$1]} before after out
+  before=$(cpu_ticks "$pid")
+  out=$("${LOAD_ON[@]}" "$BIN/tenantry-load" "$2" -c "$3" -d "$DURATION" --warmup 1 -H "X-Tenant-ID: bench" --label "$1")
+  after=$(cpu_ticks "$pid")
+  # The server's CPU time per request (the warm-up second's requests are not counted, so this
+  # overstates every target alike, by at most the warm-up's share).
+  python3 -c 'import json,sys,os; d=json.loads(sys.argv[1]); d.update(cpu_us=(int(sys.argv[3]) - int(sys.argv[2])) * 1e6
+    / os.sysconf("SC_CLK_TCK") / max(d["requests"], 1)); print(json.dumps(d))' "$out" "$before" "$after" | tee -a "$results"
 }
 PEAK_RSS=0
 for round in $(seq 1 "$ROUNDS"); do
@@ -149,15 +164,16 @@ def median(label, c):
     rs = sorted(rs, key=lambda r: r["requests_per_second"])
     m = rs[len(rs) // 2]
     return {**m, "p50_us": statistics.median(r["p50_us"] for r in rs),
-            "p99_us": statistics.median(r["p99_us"] for r in rs)}
+            "p99_us": statistics.median(r["p99_us"] for r in rs),
+            "cpu_us": statistics.median(r["cpu_us"] for r in rs)}
 labels = ["direct", "nginx", "enforcer-no-ratelimit", "enforcer"]
 conns = sorted({c for _, c in runs})
-print(f'{"target":24} {"conns":>5} {"req/s":>9} {"p50 us":>7} {"p99 us":>7} {"non-2xx":>7} {"errors":>6}  (median of {max(len(v) for v in runs.values())})')
+print(f'{"target":24} {"conns":>5} {"req/s":>9} {"p50 us":>7} {"p99 us":>7} {"CPU us/req":>10} {"non-2xx":>7} {"errors":>6}  (median of {max(len(v) for v in runs.values())})')
 for c in conns:
     for l in labels:
         r = median(l, c)
         if r:
-            print(f'{l:24} {c:>5} {r["requests_per_second"]:>9.0f} {r["p50_us"]:>7.0f} {r["p99_us"]:>7.0f} {r["non_2xx"]:>7} {r["errors"]:>6}')
+            print(f'{l:24} {c:>5} {r["requests_per_second"]:>9.0f} {r["p50_us"]:>7.0f} {r["p99_us"]:>7.0f} {r["cpu_us"]:>10.1f} {r["non_2xx"]:>7} {r["errors"]:>6}')
 print()
 for c in conns:
     d, n, e, o = (median(l, c) for l in ("direct", "nginx", "enforcer", "enforcer-no-ratelimit"))
@@ -167,5 +183,41 @@ for c in conns:
           f'(no rate limit {o["requests_per_second"]/n["requests_per_second"]:.2f}x); '
           f'ratelimit on/off {e["requests_per_second"]/o["requests_per_second"]:.2f}x; '
           f'added latency over direct p50 {e["p50_us"]-d["p50_us"]:.0f} us, p99 {e["p99_us"]-d["p99_us"]:.0f} us '
-          f'(nginx: p50 {n["p50_us"]-d["p50_us"]:.0f} us, p99 {n["p99_us"]-d["p99_us"]:.0f} us)')
+          f'(nginx: p50 {n["p50_us"]-d["p50_us"]:.0f} us, p99 {n["p99_us"]-d["p99_us"]:.0f} us); '
+          f'CPU per request nginx/enforcer {n["cpu_us"]/e["cpu_us"]:.2f}x ({n["cpu_us"]:.1f} vs {e["cpu_us"]:.1f} us)')
 PY
+
+if [ "${INSTRUCTIONS:-1}" = 1 ] && ! command -v valgrind >/dev/null; then
+  echo "instructions per request: skipped (valgrind not installed)"
+  exit 0
+fi
+[ "${INSTRUCTIONS:-1}" = 1 ] || exit 0
+# Exact user-space instructions per request, one connection, under callgrind: the enforcer with
+# rate limiting (as above) and nginx in one process (master_process off).
+callgrind="valgrind --tool=callgrind --callgrind-out-file=$tmp/callgrind.%p"
+per_request() { # label pid port
+  local out requests total
+  "$BIN/tenantry-load" "http://127.0.0.1:$3/" -c 1 -d 1 -H "X-Tenant-ID: bench" --label warm >/dev/null
+  callgrind_control -z "$2" >/dev/null 2>&1
+  out=$("$BIN/tenantry-load" "http://127.0.0.1:$3/" -c 1 -d 4 --warmup 0 -H "X-Tenant-ID: bench" --label "$1")
+  callgrind_control -d "$2" >/dev/null 2>&1
+  requests=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["requests"])' "$out")
+  total=$(awk '/^(summary|totals):/ {print $2}' "$tmp/callgrind.$2".* | sort -n | tail -1)
+  echo "$1 $(( total / requests ))"
+}
+CG_ENF=15003 CG_NGINX=18082
+TENANTRY_LOG=warn "${SERVE_ON[@]}" $callgrind "$BIN/tenantry-enforcer" run --tenant bench --tenants "$tmp/tenants.yaml" \
+  --workers 1 --listen 127.0.0.1:$CG_ENF --upstream 127.0.0.1:$UP --admin-listen 127.0.0.1:15023 \
+  --redis redis://127.0.0.1:$REDIS/ 2>/dev/null & CG_ENF_PID=$!; pids+=("$CG_ENF_PID")
+sed -e "s/^worker_processes .*/worker_processes 1; master_process off;/" -e "s/listen 127.0.0.1:$NGINX;/listen 127.0.0.1:$CG_NGINX;/" \
+  -e "s|pid $tmp/nginx/nginx.pid|pid $tmp/nginx/nginx-cg.pid|" "$tmp/nginx/nginx.conf" > "$tmp/nginx/nginx-cg.conf"
+"${SERVE_ON[@]}" $callgrind nginx -c "$tmp/nginx/nginx-cg.conf" -p "$tmp/nginx" 2>/dev/null & CG_NGINX_PID=$!; pids+=("$CG_NGINX_PID")
+wait_port $CG_ENF; wait_port $CG_NGINX
+ENF_INSTR=$(per_request enforcer $CG_ENF_PID $CG_ENF)
+NGINX_INSTR=$(per_request nginx $CG_NGINX_PID $CG_NGINX)
+echo
+echo "| proxy | user-space instructions per request (callgrind, 1 connection) |"
+echo "|---|---:|"
+echo "| enforcer | ${ENF_INSTR#* } |"
+echo "| nginx | ${NGINX_INSTR#* } |"
+echo "enforcer / nginx instructions: $(python3 -c "print(f'{${ENF_INSTR#* } / ${NGINX_INSTR#* }:.2f}x')")"
