@@ -32,7 +32,7 @@ use crate::identity::{self, IdentityError, JwtVerifier};
 use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel};
 use crate::policy::{self, Decision, ServiceSpec};
 use crate::ratelimit::{Limit, Limiter, Outcome};
-use crate::upstream::{Pooled, Upstream};
+use crate::upstream::{self, Pooled, Upstream};
 
 pub type Body = Either<Pooled<UpstreamBody>, Full<Bytes>>;
 /// What goes upstream: the client's body, size-limited, trailers without identity headers.
@@ -205,7 +205,7 @@ impl State {
             upstream_timeout,
             max_body_bytes,
             trusted_proxies: Vec::new(),
-            upstream_h1: Upstream::new(upstream),
+            upstream_h1: Upstream::new(upstream, upstream::IDLE_TIMEOUT),
             client_h2: client_h2(),
         })
     }
@@ -230,7 +230,7 @@ impl State {
             max_body_bytes: self.max_body_bytes,
             trusted_proxies: self.trusted_proxies.clone(),
             upstream_host: self.upstream_host.clone(),
-            upstream_h1: Upstream::new(self.upstream_h1.addr()),
+            upstream_h1: Upstream::new(self.upstream_h1.addr(), upstream::IDLE_TIMEOUT),
             client_h2: client_h2(),
         }
     }

@@ -8,6 +8,7 @@
 //! body is done with it. HTTP/2 to the application (gRPC) still goes through hyper-util's client,
 //! which multiplexes on one connection.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,7 +27,7 @@ use tracing::debug;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// An idle connection unused this long is closed instead of reused: the application may have
 /// dropped it already, and a few sockets per worker is all a burst needs again.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections a worker keeps at most (one per concurrent request it has served).
 const MAX_IDLE: usize = 1024;
 
@@ -46,7 +47,10 @@ pub enum UpstreamError {
 /// One worker's HTTP/1.1 connections to the application.
 pub struct Upstream<B> {
     addr: SocketAddr,
-    idle: Mutex<Vec<(SendRequest<B>, Instant)>>,
+    idle_timeout: Duration,
+    /// Idle connections and since when, oldest first: reused from the back (the most recent, the
+    /// likeliest still open), closed from the front once idle for `idle_timeout`.
+    idle: Mutex<VecDeque<(SendRequest<B>, Instant)>>,
 }
 
 impl<B> std::fmt::Debug for Upstream<B> {
@@ -62,10 +66,11 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    pub fn new(addr: SocketAddr) -> Arc<Upstream<B>> {
+    pub fn new(addr: SocketAddr, idle_timeout: Duration) -> Arc<Upstream<B>> {
         Arc::new(Upstream {
             addr,
-            idle: Mutex::new(Vec::new()),
+            idle_timeout,
+            idle: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -107,8 +112,8 @@ where
     /// An idle connection ready for a request, if one is left; closed and stale ones are dropped.
     async fn checkout(&self) -> Option<SendRequest<B>> {
         loop {
-            let (mut sender, since) = self.lock().pop()?;
-            if since.elapsed() >= IDLE_TIMEOUT {
+            let (mut sender, since) = self.lock().pop_back()?;
+            if since.elapsed() >= self.idle_timeout {
                 continue;
             }
             // Ready at once unless the connection task has yet to see the last response end.
@@ -196,18 +201,89 @@ impl<B> Upstream<B> {
         self.addr
     }
 
+    /// How many connections are idle in the pool.
+    pub fn idle(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Puts `sender` back, and closes (drops) the oldest idle connections that have waited out
+    /// the idle timeout or were closed by the application meanwhile.
     fn checkin(&self, sender: SendRequest<B>) {
-        if sender.is_closed() {
-            return;
-        }
+        let now = Instant::now();
         let mut idle = self.lock();
-        if idle.len() < MAX_IDLE {
-            idle.push((sender, Instant::now()));
+        while idle.front().is_some_and(|(s, since)| {
+            s.is_closed() || now.duration_since(*since) >= self.idle_timeout
+        }) {
+            idle.pop_front();
+        }
+        if !sender.is_closed() && idle.len() < MAX_IDLE {
+            idle.push_back((sender, now));
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(SendRequest<B>, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(SendRequest<B>, Instant)>> {
         // The list is valid whatever a panicking holder did to it: every entry is a connection.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::io::{BufRead, BufReader, Write};
+
+    use http_body_util::{BodyExt, Empty};
+
+    use super::*;
+
+    /// A keep-alive application answering every request with `ok`.
+    fn application() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut out = stream;
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                        if line == "\r\n"
+                            && out
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .is_err()
+                        {
+                            return;
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn get(upstream: &Arc<Upstream<Empty<Bytes>>>) {
+        let request = Request::get("/")
+            .header(http::header::HOST, "app")
+            .body(Empty::new())
+            .unwrap();
+        let response = upstream.send(request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "ok");
+    }
+
+    /// Connections a burst opened and steady traffic no longer needs are closed once idle for
+    /// the timeout, while the one in use stays.
+    #[tokio::test]
+    async fn connections_idle_past_the_timeout_are_closed() {
+        let upstream = Upstream::new(application(), Duration::from_millis(400));
+        tokio::join!(get(&upstream), get(&upstream), get(&upstream));
+        assert_eq!(upstream.idle(), 3);
+        for pause in [100, 100, 100, 150] {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            get(&upstream).await;
+        }
+        assert_eq!(upstream.idle(), 1);
     }
 }
