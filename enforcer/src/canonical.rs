@@ -61,18 +61,13 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
 /// Whether `normalize` would give `raw` back unchanged: ASCII, no escapes or backslashes, no
 /// empty segment but a trailing one, no dot segment. Most paths are; they skip the rewrite.
 fn is_canonical(raw: &str) -> bool {
-    let mut segments = raw.split('/').skip(1).peekable();
+    let without_trailing_slash = raw.strip_suffix('/').unwrap_or(raw);
     raw.is_ascii()
-        && !raw.bytes().any(|b| b == b'%' || b == b'\\')
-        && std::iter::from_fn(|| {
-            let segment = segments.next()?;
-            Some((segment, segments.peek().is_none()))
-        })
-        .all(|(segment, last)| match segment {
-            "" => last,
-            "." | ".." => false,
-            _ => true,
-        })
+        && !raw.contains(['%', '\\'])
+        && without_trailing_slash
+            .split('/')
+            .skip(1)
+            .all(|segment| !matches!(segment, "" | "." | ".."))
 }
 
 /// The rewrite `normalize_path` describes, for a path that starts with `/`.

@@ -159,8 +159,6 @@ pub struct State {
     pub max_body_bytes: u64,
     /// Peers whose forwarding headers are kept (a trusted ingress in front of the pod).
     pub trusted_proxies: Vec<Cidr>,
-    /// `Host` for an HTTP/1.1 request that came without one: the application's address.
-    upstream_host: HeaderValue,
     /// This worker's HTTP/1.1 connections to the application.
     upstream_h1: Arc<Upstream<UpstreamBody>>,
     /// HTTP/2 to the application (gRPC), multiplexed.
@@ -187,7 +185,7 @@ impl State {
         upstream: SocketAddr,
         upstream_timeout: Duration,
         max_body_bytes: u64,
-    ) -> anyhow::Result<State> {
+    ) -> Result<State, http::uri::InvalidUri> {
         let decisions = Arc::new(policy::DecisionCache::new(!policy::reads_context(
             &policies,
         )));
@@ -201,7 +199,6 @@ impl State {
             limiters,
             metrics,
             upstream: upstream.to_string().parse()?,
-            upstream_host: HeaderValue::from_str(&upstream.to_string())?,
             upstream_timeout,
             max_body_bytes,
             trusted_proxies: Vec::new(),
@@ -229,7 +226,6 @@ impl State {
             upstream_timeout: self.upstream_timeout,
             max_body_bytes: self.max_body_bytes,
             trusted_proxies: self.trusted_proxies.clone(),
-            upstream_host: self.upstream_host.clone(),
             upstream_h1: Upstream::new(self.upstream_h1.addr(), upstream::IDLE_TIMEOUT),
             client_h2: client_h2(),
         }
@@ -428,10 +424,11 @@ async fn check_and_forward(
         // HTTP/2 names the authority in the request itself (`:authority`).
         parts.scheme = Some(http::uri::Scheme::HTTP);
         parts.authority = Some(state.upstream.clone());
-    } else if !req.headers().contains_key(header::HOST) {
-        // HTTP/1.1 needs a `Host` (an HTTP/1.0 client may have sent none).
-        let upstream_host = state.upstream_host.clone();
-        req.headers_mut().insert(header::HOST, upstream_host);
+    } else if !req.headers().contains_key(header::HOST)
+        && let Ok(upstream) = HeaderValue::from_str(state.upstream.as_str())
+    {
+        // HTTP/1.1 needs a `Host` (an HTTP/1.0 client may have sent none): the application's.
+        req.headers_mut().insert(header::HOST, upstream);
     }
     // Origin-form (`/path?query`) on HTTP/1.1.
     parts.path_and_query = Some(path);

@@ -202,7 +202,8 @@ impl<B> Upstream<B> {
     }
 
     /// How many connections are idle in the pool.
-    pub fn idle(&self) -> usize {
+    #[cfg(test)]
+    fn idle(&self) -> usize {
         self.lock().len()
     }
 

@@ -161,14 +161,8 @@ fn a_response_left_unread_is_not_followed_by_another_on_its_connection() {
 fn a_request_without_host_reaches_the_application_with_its_address() {
     let app = echo_upstream();
     let e = Enforcer::start("acme", app, &[]);
-    let mut s = TcpStream::connect(e.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // HTTP/1.0 needs no Host; the application speaks HTTP/1.1, which does.
-    s.write_all(b"GET /hello HTTP/1.0\r\nX-Tenant-ID: acme\r\n\r\n")
-        .unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let (status, _, body) = parse_response(&buf);
+    let (status, _, body) = send(e.addr, b"GET /hello HTTP/1.0\r\nX-Tenant-ID: acme\r\n\r\n");
     assert_eq!(status, 200, "{body}");
     let seen = seen(&body);
     assert_eq!(

@@ -11,18 +11,30 @@ pub type Reply = (u16, Vec<(String, String)>, String);
 /// Sends `request_line`, `Host` and `Connection: close`, then `headers` (whole lines without
 /// CRLF); `Err` when nothing listens.
 pub fn try_raw(addr: SocketAddr, request_line: &str, headers: &[&str]) -> std::io::Result<Reply> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut req = format!("{request_line}\r\nHost: test\r\nConnection: close\r\n");
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
+    try_send(addr, req.as_bytes())
+}
+
+/// Writes `bytes` exactly as given on a new connection and reads the reply until the server
+/// closes it; `Err` when nothing listens.
+pub fn try_send(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(bytes)?;
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     Ok(parse_response(&buf))
+}
+
+/// [`try_send`] for a server that must be listening.
+#[allow(clippy::panic)] // a test helper: failing loudly is its job
+pub fn send(addr: SocketAddr, bytes: &[u8]) -> Reply {
+    try_send(addr, bytes).unwrap_or_else(|e| panic!("cannot send to {addr}: {e}"))
 }
 
 /// [`try_raw`] for a server that must be listening.

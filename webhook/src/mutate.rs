@@ -3,6 +3,7 @@
 //! Mutation is idempotent (its own output yields an empty patch), so the API server can re-invoke
 //! it after other webhooks (`reinvocationPolicy: IfNeeded`) without churn.
 
+use json_patch::jsonptr::{PointerBuf, Token};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tenantry_cluster::json::At;
@@ -267,28 +268,12 @@ enum Segment<'a> {
     Index(usize),
 }
 
-/// The JSON Pointer (RFC 6901) of `at`: `~` written `~0` and `/` written `~1`.
-fn pointer(at: &[Segment<'_>]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    for segment in at {
-        out.push('/');
-        match segment {
-            Segment::Key(key) => {
-                for c in key.chars() {
-                    match c {
-                        '~' => out.push_str("~0"),
-                        '/' => out.push_str("~1"),
-                        c => out.push(c),
-                    }
-                }
-            }
-            Segment::Index(i) => {
-                let _ = write!(out, "{i}");
-            }
-        }
-    }
-    out
+/// The JSON Pointer (RFC 6901) of `at`, keys escaped by `jsonptr`.
+fn pointer(at: &[Segment<'_>]) -> PointerBuf {
+    PointerBuf::from_tokens(at.iter().map(|segment| match *segment {
+        Segment::Key(key) => Token::from(key),
+        Segment::Index(i) => Token::from(i),
+    }))
 }
 
 /// A JSON Patch (RFC 6902) as [`patch`] makes it.
@@ -300,9 +285,9 @@ pub type Patch<'a> = Vec<Op<'a>>;
 #[derive(Debug, Serialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Op<'a> {
-    Add { path: String, value: &'a Value },
-    Remove { path: String },
-    Replace { path: String, value: &'a Value },
+    Add { path: PointerBuf, value: &'a Value },
+    Remove { path: PointerBuf },
+    Replace { path: PointerBuf, value: &'a Value },
 }
 
 #[cfg(test)]

@@ -123,7 +123,7 @@ pub fn echo_upstream() -> SocketAddr {
 
 // Each test binary uses some of these.
 #[allow(unused_imports)]
-pub use tenantry_tests::raw_http::{get, header, parse_response, raw};
+pub use tenantry_tests::raw_http::{get, header, parse_response, raw, send};
 
 /// What the echo application saw, as JSON.
 pub fn seen(body: &str) -> serde_json::Value {
