@@ -1,6 +1,6 @@
 //! The decision function on a typical Pod CREATE review (kubectl apply, as the API server sends
-//! it), beside a serde_json parse of the same review; and with 10 versus 1,000 tenants in the
-//! directory and in the policies.
+//! it) and mutation of a Pod UPDATE, each beside a serde_json parse of the same review; and
+//! with 10 versus 1,000 tenants in the directory and in the policies.
 //!
 //! cargo bench -p tenantry-webhook --bench decision
 
@@ -18,6 +18,8 @@ use tenantry_webhook::{
 };
 
 const POD_CREATE: &[u8] = include_bytes!("../tests/fixtures/pod-create.json");
+/// A Pod UPDATE (a label changed by `kubectl apply`): mutation stamps labels only.
+const POD_UPDATE: &[u8] = include_bytes!("../tests/fixtures/pod-update.json");
 
 /// The example directory plus `extra` synthetic tenants, each with its own namespace, member
 /// and a tenant-scoped policy.
@@ -95,6 +97,18 @@ fn pod_create(c: &mut Criterion) {
     });
     g.bench_function("validate", |b| {
         b.iter(|| decide::validate(&inputs, std::hint::black_box(&final_object)))
+    });
+    g.finish();
+
+    let update = AdmissionReview::parse_request(POD_UPDATE).unwrap();
+    let mut g = c.benchmark_group("pod_update");
+    g.bench_function("serde_json_parse", |b| {
+        b.iter(|| {
+            serde_json::from_slice::<serde_json::Value>(std::hint::black_box(POD_UPDATE)).unwrap()
+        })
+    });
+    g.bench_function("mutate", |b| {
+        b.iter(|| decide::mutate(&inputs, std::hint::black_box(&update)))
     });
     g.finish();
 }

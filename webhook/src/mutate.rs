@@ -15,11 +15,28 @@ use crate::translate::{self, Inputs, STAMPED_LABELS, TranslateError};
 /// What mutation changed (if anything) and warnings for the user.
 #[derive(Debug, Default)]
 pub struct Mutation {
-    /// The parts of the object mutation may write (`WRITTEN`), as they are to be stored; the
-    /// rest of the object stays as sent. [`patch`] turns the sent object into this.
-    pub object: Option<Value>,
+    pub object: Option<Written>,
     pub warnings: Vec<String>,
 }
+
+/// The parts of an object mutation may write, as they are to be stored; the rest of the object
+/// stays as sent. [`patch`] turns the sent object into this.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// `paths` of the object, in the objects that hold them (`{"metadata": {"labels": …}}`).
+    pub parts: Value,
+    /// Where mutation may write in this request: [`POD_CREATE`] or [`LABELS`].
+    pub paths: Paths,
+}
+
+/// Paths into an object, each a list of keys.
+pub type Paths = &'static [&'static [&'static str]];
+
+/// Where mutation writes on a Pod CREATE: the labels it stamps and the pod spec (scheduling,
+/// the enforcer).
+pub const POD_CREATE: Paths = &[&["metadata", "labels"], &["spec"]];
+/// Where mutation writes on every other request: the labels it stamps.
+pub const LABELS: Paths = &[&["metadata", "labels"]];
 
 /// Computes the object Tenantry wants stored. `None` when the request is left as it is.
 pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Mutation, TranslateError> {
@@ -35,9 +52,14 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Mutation, T
             "the request carries no object to mutate".into(),
         ));
     }
-    // Mutation works on a copy of only what it may change (`WRITTEN`): the rest of the object
-    // (managedFields, annotations, status) is neither copied nor diffed, and cannot be written.
-    let mut object = written_parts(&req.object);
+    // Mutation works on a copy of only what it may change: the rest of the object
+    // (managedFields, annotations, status, and the spec of anything but a new Pod) is neither
+    // copied nor diffed, and cannot be written.
+    let pod_create = req.operation == Operation::Create
+        && req.resource.group.is_empty()
+        && req.resource.resource == "pods";
+    let paths = if pod_create { POD_CREATE } else { LABELS };
+    let mut object = written_parts(&req.object, paths);
     let mut changed = false;
     let mut warnings = Vec::new();
 
@@ -68,8 +90,7 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Mutation, T
         changed = true;
     }
 
-    let is_pod = req.resource.group.is_empty() && req.resource.resource == "pods";
-    if is_pod && req.operation == Operation::Create {
+    if pod_create {
         let tier = &owner.tenant.tier;
         if pod::scheduling_state_on_create(object.get("spec").unwrap_or(&Value::Null), tier)
             != pod::SchedulingState::Tier
@@ -92,7 +113,10 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Mutation, T
     }
 
     Ok(Mutation {
-        object: changed.then_some(object),
+        object: changed.then_some(Written {
+            parts: object,
+            paths,
+        }),
         warnings,
     })
 }
@@ -120,17 +144,15 @@ fn ensure_object(value: &mut Value) -> &mut Map<String, Value> {
     }
 }
 
-/// Where [`mutate`] writes, and so where its patch is looked for: the labels it stamps and the
-/// pod spec (scheduling, the enforcer). Diffing the whole object would walk what mutation never
-/// touches — `managedFields`, the last-applied annotation, `status` — which was half of a Pod
-/// CREATE's mutation cost. A test holds this list to what the code above writes.
-const WRITTEN: [&[&str]; 2] = [&["metadata", "labels"], &["spec"]];
-
-/// A copy of the parts of `object` under `WRITTEN`, in the objects that hold them. Where a
+/// A copy of the parts of `object` under `paths`, in the objects that hold them. Where a
 /// part of a path is not an object, that value is copied as it is (mutation replaces it).
-fn written_parts(object: &Value) -> Value {
+///
+/// Copying and diffing the whole object would walk what mutation never touches —
+/// `managedFields`, the last-applied annotation, `status` — which was half of a Pod CREATE's
+/// mutation cost. A test holds the paths to what [`mutate`] writes.
+fn written_parts(object: &Value, paths: Paths) -> Value {
     let mut parts = Value::Object(Map::new());
-    for path in WRITTEN {
+    for path in paths {
         copy_path(object, &mut parts, path);
     }
     parts
@@ -154,17 +176,16 @@ fn copy_path(from: &Value, to: &mut Value, path: &[&str]) {
 }
 
 /// The JSON Patch that turns the object as sent (`old`) into the object with mutation's parts
-/// (`new`, as [`mutate`] returned them, or a whole object) in place. Only the paths under
-/// `WRITTEN` are compared.
-pub fn patch<'a>(old: &'a Value, new: &'a Value) -> Patch<'a> {
+/// (`new.parts`) in place. Only the paths mutation may write (`new.paths`) are compared.
+pub fn patch<'a>(old: &'a Value, new: &'a Written) -> Patch<'a> {
     let mut patch = Vec::new();
     let mut at = Vec::new();
-    if old.is_object() && new.is_object() {
-        for path in WRITTEN {
-            diff_under(old, new, path, &mut at, &mut patch);
+    if old.is_object() && new.parts.is_object() {
+        for path in new.paths {
+            diff_under(old, &new.parts, path, &mut at, &mut patch);
         }
     } else {
-        diff_into(old, new, &mut at, &mut patch);
+        diff_into(old, &new.parts, &mut at, &mut patch);
     }
     patch
 }
@@ -312,7 +333,11 @@ mod tests {
                 "swap": ["b"],
             },
         });
-        let ours = serde_json::to_value(patch(&old, &new)).unwrap();
+        let written = Written {
+            parts: new.clone(),
+            paths: POD_CREATE,
+        };
+        let ours = serde_json::to_value(patch(&old, &written)).unwrap();
         let theirs: json_patch::Patch = serde_json::from_value(ours.clone()).unwrap();
         assert_eq!(ours, serde_json::to_value(&theirs).unwrap());
         assert_eq!(

@@ -10,7 +10,7 @@ use tenantry_webhook::admission::ReviewError;
 use tenantry_webhook::pod::SidecarMode;
 use tenantry_webhook::usage::NoUsage;
 use tenantry_webhook::{
-    AdmissionRequest, AdmissionReview, Decision, InjectionConfig, Inputs, decide, embedded,
+    AdmissionRequest, AdmissionReview, Decision, InjectionConfig, Inputs, decide, embedded, mutate,
 };
 
 struct World {
@@ -560,7 +560,7 @@ fn policies_can_read_a_members_role() {
     );
 }
 
-/// Mutation writes only labels and the pod spec, and its patch says exactly what it wrote. Over
+/// Mutation writes only labels and a new pod's spec, and its patch says exactly what it wrote. Over
 /// every fixture and the shapes mutation rewrites (no labels, no metadata, labels that are not a
 /// map, a pod that brought its own `tenantry-enforcer`, init containers already there, each
 /// sidecar mode and the redirect): mutation wrote nothing else, and the patch, applied to the
@@ -610,18 +610,32 @@ fn the_mutation_patch_covers_every_change_mutation_makes() {
     let mut redirect = World::new();
     redirect.injection.redirect = true;
     let worlds = [World::new(), container_mode, redirect];
-    let mut mutated = 0;
+    let (mut mutated, mut labels_only) = (0, 0);
     for w in &worlds {
         for (req, sent) in &corpus {
             let m = w.mutate(req);
-            let Some(parts) = &m.mutated else { continue };
+            let Some(written) = &m.mutated else { continue };
             mutated += 1;
-            // Mutation wrote nothing but labels and the spec (anything else would be lost).
-            let mut outside = parts.clone();
+            let pod_create = req.resource.group.is_empty()
+                && req.resource.resource == "pods"
+                && req.operation == tenantry_webhook::Operation::Create;
+            // Only a new pod has its spec written (and copied); everything else, its labels.
+            let written_pointers: &[&str] = if pod_create {
+                assert_eq!(written.paths, mutate::POD_CREATE, "{}", req.uid);
+                &["/metadata/labels", "/spec"]
+            } else {
+                assert_eq!(written.paths, mutate::LABELS, "{}", req.uid);
+                labels_only += 1;
+                &["/metadata/labels"]
+            };
+            // Mutation wrote nothing but those (anything else would be lost).
+            let mut outside = written.parts.clone();
             if let Some(metadata) = outside.get_mut("metadata").and_then(Value::as_object_mut) {
                 metadata.remove("labels");
             }
-            outside.as_object_mut().unwrap().remove("spec");
+            if pod_create {
+                outside.as_object_mut().unwrap().remove("spec");
+            }
             assert!(
                 outside == json!({}) || outside == json!({"metadata": {}}),
                 "mutation of {} wrote {outside}, which its patch does not carry",
@@ -629,17 +643,17 @@ fn the_mutation_patch_covers_every_change_mutation_makes() {
             );
             let mut patched = sent.clone();
             json_patch::patch(&mut patched, &m.response.decoded_patch().unwrap()).unwrap();
-            for pointer in ["/metadata/labels", "/spec"] {
+            for pointer in written_pointers {
                 assert_eq!(
                     patched.pointer(pointer),
-                    parts.pointer(pointer),
+                    written.parts.pointer(pointer),
                     "{pointer} of {} as patched is not what mutation made",
                     req.uid
                 );
             }
             for op in json_patch::diff(sent, &patched).0 {
                 let path = op.path().to_string();
-                let written = ["/metadata/labels", "/spec"]
+                let written = written_pointers
                     .iter()
                     .any(|p| path == *p || path.starts_with(&format!("{p}/")));
                 assert!(
@@ -664,6 +678,7 @@ fn the_mutation_patch_covers_every_change_mutation_makes() {
         }
     }
     assert!(mutated >= 20, "only {mutated} requests were mutated");
+    assert!(labels_only > 0, "no request but a Pod CREATE was mutated");
 }
 
 /// The enforcer goes in front of the pod's containers: the patch adds it there, instead of
