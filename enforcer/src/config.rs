@@ -226,6 +226,17 @@ pub struct RunArgs {
         default_value_t = 30_000
     )]
     pub upstream_timeout_ms: u64,
+    /// How long a connection to the application may wait idle before it is closed instead of
+    /// reused, in milliseconds. Keep it below the application's own keep-alive timeout
+    /// (gunicorn 2 s, Node.js and uvicorn 5 s by default): a connection the application closes
+    /// just as a request is written to it fails that request with a 502.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTRY_UPSTREAM_IDLE_TIMEOUT_MS",
+        default_value_t = 1_000
+    )]
+    pub upstream_idle_timeout_ms: u64,
     /// How long SIGTERM waits for in-flight requests, in milliseconds.
     #[arg(
         long,
@@ -339,6 +350,7 @@ pub struct Config {
     pub connections: ConnectionLimits,
     pub trusted_proxies: Vec<Cidr>,
     pub upstream_timeout: Duration,
+    pub upstream_idle_timeout: Duration,
     pub drain_timeout: Duration,
     pub log_format: Option<LogFormat>,
     /// Worker threads; 0 serves on the caller's runtime (in-process use).
@@ -418,6 +430,7 @@ impl RunArgs {
             return Err(ConfigError::Zero("upstream-timeout-ms"));
         }
         for (flag, value) in [
+            ("upstream-idle-timeout-ms", self.upstream_idle_timeout_ms),
             ("header-timeout-ms", self.header_timeout_ms),
             ("idle-timeout-ms", self.idle_timeout_ms),
             ("max-connections", self.max_connections as u64),
@@ -461,6 +474,7 @@ impl RunArgs {
             },
             trusted_proxies: self.trusted_proxies,
             upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
+            upstream_idle_timeout: Duration::from_millis(self.upstream_idle_timeout_ms),
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
             log_format: self.log_format,
             workers: self
@@ -504,6 +518,7 @@ impl Config {
             connections: ConnectionLimits::default(),
             trusted_proxies: Vec::new(),
             upstream_timeout: Duration::from_secs(30),
+            upstream_idle_timeout: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(20),
             log_format: None,
             workers: 0,
@@ -535,6 +550,24 @@ mod tests {
         .unwrap();
         assert!(matches!(cli.command, Some(Command::Run)));
         assert_eq!(cli.run.into_config().unwrap().tenant, "acme");
+    }
+
+    /// Timeouts and limits of zero are refused by name; the upstream idle timeout defaults
+    /// below common applications' keep-alive timeouts (gunicorn's is 2 s).
+    #[test]
+    fn zero_timeouts_are_refused_and_the_upstream_idle_timeout_defaults_below_2s() {
+        let base = ["--tenant", "a", "--tenants", "example"];
+        for flag in [
+            "--upstream-idle-timeout-ms",
+            "--upstream-timeout-ms",
+            "--header-timeout-ms",
+        ] {
+            let err = parse(&[&base[..], &[flag, "0"]].concat()).unwrap_err();
+            assert_eq!(err, format!("`{flag}` must be greater than zero"));
+        }
+        let config = parse(&[&base[..], &["--upstream-idle-timeout-ms", "250"]].concat()).unwrap();
+        assert_eq!(config.upstream_idle_timeout, Duration::from_millis(250));
+        assert!(parse(&base).unwrap().upstream_idle_timeout < Duration::from_secs(2));
     }
 
     #[test]

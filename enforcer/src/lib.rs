@@ -186,6 +186,7 @@ pub async fn start_with(
         metrics.clone(),
         config.upstream,
         config.upstream_timeout,
+        config.upstream_idle_timeout,
         config.max_body_bytes,
     )
     .context("the upstream address")?;

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub duration: Histogram,
     pub redis_round_trips: Counter,
     pub redis_errors: Counter,
+    /// Requests sent again on a new connection: the pooled one to the application closed
+    /// before they were written.
+    pub upstream_resent: Counter,
     pub fallback_decisions: Family<ModeLabel, Counter>,
     pub circuit_open: Gauge,
     pub directory_version: Gauge,
@@ -78,6 +81,12 @@ impl Metrics {
             "ratelimit_store_errors",
             "Lease requests that failed (timeout, error, circuit open)",
             redis_errors.clone(),
+        );
+        let upstream_resent = Counter::default();
+        registry.register(
+            "upstream_resent",
+            "Requests sent again on a new connection because the pooled connection to the application closed before they were written",
+            upstream_resent.clone(),
         );
         let fallback_decisions = Family::<ModeLabel, Counter>::default();
         registry.register(
@@ -125,6 +134,7 @@ impl Metrics {
             duration,
             redis_round_trips,
             redis_errors,
+            upstream_resent,
             fallback_decisions,
             circuit_open,
             directory_version,

@@ -32,7 +32,7 @@ use crate::identity::{self, IdentityError, JwtVerifier};
 use crate::metrics::{Metrics, OutcomeLabel, ReasonLabel};
 use crate::policy::{self, Decision, ServiceSpec};
 use crate::ratelimit::{Limit, Limiter, Outcome};
-use crate::upstream::{self, Pooled, Upstream};
+use crate::upstream::{Pooled, Upstream};
 
 pub type Body = Either<Pooled<UpstreamBody>, Full<Bytes>>;
 /// What goes upstream: the client's body, size-limited, trailers without identity headers.
@@ -184,6 +184,7 @@ impl State {
         metrics: Arc<Metrics>,
         upstream: SocketAddr,
         upstream_timeout: Duration,
+        upstream_idle_timeout: Duration,
         max_body_bytes: u64,
     ) -> Result<State, http::uri::InvalidUri> {
         let decisions = Arc::new(policy::DecisionCache::new(!policy::reads_context(
@@ -197,12 +198,16 @@ impl State {
             jwt: jwt.map(Arc::new),
             limiter: limiters(),
             limiters,
-            metrics,
             upstream: upstream.to_string().parse()?,
             upstream_timeout,
             max_body_bytes,
             trusted_proxies: Vec::new(),
-            upstream_h1: Upstream::new(upstream, upstream::IDLE_TIMEOUT),
+            upstream_h1: Upstream::new(
+                upstream,
+                upstream_idle_timeout,
+                metrics.upstream_resent.clone(),
+            ),
+            metrics,
             client_h2: client_h2(),
         })
     }
@@ -226,7 +231,11 @@ impl State {
             upstream_timeout: self.upstream_timeout,
             max_body_bytes: self.max_body_bytes,
             trusted_proxies: self.trusted_proxies.clone(),
-            upstream_h1: Upstream::new(self.upstream_h1.addr(), upstream::IDLE_TIMEOUT),
+            upstream_h1: Upstream::new(
+                self.upstream_h1.addr(),
+                self.upstream_h1.idle_timeout(),
+                self.metrics.upstream_resent.clone(),
+            ),
             client_h2: client_h2(),
         }
     }

@@ -20,14 +20,12 @@ use http::{Request, Response};
 use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpStream;
 use tracing::debug;
 
 /// How long establishing a connection to the application may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// An idle connection unused this long is closed instead of reused: the application may have
-/// dropped it already, and a few sockets per worker is all a burst needs again.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections a worker keeps at most (one per concurrent request it has served).
 const MAX_IDLE: usize = 1024;
 
@@ -51,6 +49,8 @@ pub struct Upstream<B> {
     /// Idle connections and since when, oldest first: reused from the back (the most recent, the
     /// likeliest still open), closed from the front once idle for `idle_timeout`.
     idle: Mutex<VecDeque<(SendRequest<B>, Instant)>>,
+    /// Requests sent again because their pooled connection closed before they were written.
+    resent: Counter,
 }
 
 impl<B> std::fmt::Debug for Upstream<B> {
@@ -66,11 +66,12 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    pub fn new(addr: SocketAddr, idle_timeout: Duration) -> Arc<Upstream<B>> {
+    pub fn new(addr: SocketAddr, idle_timeout: Duration, resent: Counter) -> Arc<Upstream<B>> {
         Arc::new(Upstream {
             addr,
             idle_timeout,
             idle: Mutex::new(VecDeque::new()),
+            resent,
         })
     }
 
@@ -101,6 +102,7 @@ where
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => {
                         debug!(error = %e.error(), "pooled connection closed; reconnecting");
+                        self.resent.inc();
                         request = unsent;
                     }
                     _ => return Err(UpstreamError::Response(e.into_error())),
@@ -201,6 +203,11 @@ impl<B> Upstream<B> {
         self.addr
     }
 
+    /// How long a connection may wait idle before it is closed instead of reused.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
     /// How many connections are idle in the pool.
     #[cfg(test)]
     fn idle(&self) -> usize {
@@ -274,11 +281,105 @@ mod tests {
         assert_eq!(body, "ok");
     }
 
+    /// An application whose first connection answers one request and is then closed when the
+    /// test says so (`close`, acknowledged on the returned receiver); later connections answer
+    /// every request. `served` counts the requests each connection read, in accept order.
+    fn closing_application(
+        close: std::sync::mpsc::Receiver<()>,
+        served: Arc<Mutex<Vec<usize>>>,
+    ) -> (SocketAddr, std::sync::mpsc::Receiver<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closed_tx, closed) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut close = Some(close);
+            for stream in listener.incoming().flatten() {
+                let index = {
+                    let mut served = served.lock().unwrap();
+                    served.push(0);
+                    served.len() - 1
+                };
+                let (served, close, closed_tx) = (served.clone(), close.take(), closed_tx.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut out = stream;
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                        if line == "\r\n" {
+                            served.lock().unwrap()[index] += 1;
+                            out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .unwrap();
+                            if let Some(close) = &close {
+                                close.recv().unwrap();
+                                out.shutdown(std::net::Shutdown::Both).unwrap();
+                                closed_tx.send(()).unwrap();
+                                return;
+                            }
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        });
+        (addr, closed)
+    }
+
+    /// A pooled connection the application closed after the pool last looked at it (ready, not
+    /// known to be closed) gives its request back unwritten; the request goes out once, on a
+    /// new connection.
+    ///
+    /// That is the case where the close and the next request reach the worker in the same turn
+    /// of its event loop, the request first: the request's task checks the connection out
+    /// before the connection's task has read the close. The test arranges exactly that on this
+    /// current-thread runtime: with the runtime's only thread blocked, a byte wakes the
+    /// "request" (a socket the test waits on) and then the application closes, so one poll of
+    /// the event loop sees both, in that order.
+    #[tokio::test]
+    async fn a_request_given_back_unwritten_by_a_closed_connection_goes_out_once_on_a_new_one() {
+        let (close, close_rx) = std::sync::mpsc::channel();
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let (addr, closed) = closing_application(close_rx, served.clone());
+        let resent = Counter::default();
+        let upstream = Upstream::new(addr, Duration::from_secs(60), resent.clone());
+        get(&upstream).await;
+        // Let the connection's task take in the end of the response and wait for the next.
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(upstream.idle(), 1);
+
+        let (mut wake, request_arrives) = std::os::unix::net::UnixStream::pair().unwrap();
+        request_arrives.set_nonblocking(true).unwrap();
+        let request_arrives = tokio::net::UnixStream::from_std(request_arrives).unwrap();
+        wake.write_all(b"x").unwrap();
+        close.send(()).unwrap();
+        closed.recv().unwrap(); // blocks the runtime: the event loop sees both events at once
+        request_arrives.readable().await.unwrap();
+        assert!(
+            upstream
+                .lock()
+                .iter()
+                .all(|(sender, _)| !sender.is_closed()),
+            "the connection's task ran first: the pool knows the connection is closed"
+        );
+        get(&upstream).await;
+        assert_eq!(resent.get(), 1, "the request was given back and sent again");
+        assert_eq!(
+            *served.lock().unwrap(),
+            [1, 1],
+            "requests read per connection"
+        );
+    }
+
     /// Connections a burst opened and steady traffic no longer needs are closed once idle for
     /// the timeout, while the one in use stays.
     #[tokio::test]
     async fn connections_idle_past_the_timeout_are_closed() {
-        let upstream = Upstream::new(application(), Duration::from_millis(400));
+        let upstream = Upstream::new(
+            application(),
+            Duration::from_millis(400),
+            Counter::default(),
+        );
         tokio::join!(get(&upstream), get(&upstream), get(&upstream));
         assert_eq!(upstream.idle(), 3);
         for pause in [100, 100, 100, 150] {

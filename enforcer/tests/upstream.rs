@@ -1,6 +1,6 @@
 //! The enforcer's HTTP/1.1 connections to the application, through the real binary: reused
-//! while the application keeps them open, replaced when it closes them, never reused after a
-//! response that was not read to its end.
+//! while the application keeps them open and they are not idle too long, replaced when it
+//! closes them, never reused after a response that was not read to its end.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -123,6 +123,20 @@ fn one_connection_carries_one_request_after_another() {
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
+}
+
+/// A connection idle past `--upstream-idle-timeout-ms` (1 s by default, below the keep-alive
+/// timeouts applications ship with) is not reused: the application could be closing it just
+/// as a request is written to it. Within the timeout it is.
+#[test]
+fn a_connection_idle_past_the_upstream_idle_timeout_is_not_reused() {
+    let (addr, accepted) = app(App::KeepAlive);
+    let e = Enforcer::start("acme", addr, &["--workers", "1"]);
+    assert_eq!(body_of(&e, "/"), "conn 1");
+    assert_eq!(body_of(&e, "/"), "conn 1");
+    std::thread::sleep(Duration::from_millis(1_300));
+    assert_eq!(body_of(&e, "/"), "conn 2");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
 
 #[test]
