@@ -22,8 +22,9 @@ pub struct Decision {
     pub audited: Vec<String>,
     /// The tenant owning the object's namespace, if any.
     pub tenant: Option<Arc<str>>,
-    /// When mutation changed the object: the parts it writes (labels, a new pod's spec) as they
-    /// are to be stored; the patch in `response` applies them to the object as sent.
+    /// When mutation changed the object: the parts it writes (labels; in a new pod, scheduling's
+    /// spec fields and the container lists) as they are to be stored; the patch in `response`
+    /// applies them to the object as sent.
     pub mutated: Option<mutate::Written>,
 }
 

@@ -32,9 +32,19 @@ pub struct Written {
 /// Paths into an object, each a list of keys.
 pub type Paths = &'static [&'static [&'static str]];
 
-/// Where mutation writes on a Pod CREATE: the labels it stamps and the pod spec (scheduling,
-/// the enforcer).
-pub const POD_CREATE: Paths = &[&["metadata", "labels"], &["spec"]];
+/// Where mutation writes on a Pod CREATE: the labels it stamps, the spec fields the tier's
+/// scheduling sets (and `nodeName`, which it reads) and the container lists the enforcer goes
+/// into. The rest of the spec (volumes, the security context, …) is neither copied nor diffed.
+pub const POD_CREATE: Paths = &[
+    &["metadata", "labels"],
+    &["spec", "nodeName"],
+    &["spec", "priorityClassName"],
+    &["spec", "priority"],
+    &["spec", "nodeSelector"],
+    &["spec", "tolerations"],
+    &["spec", "initContainers"],
+    &["spec", "containers"],
+];
 /// Where mutation writes on every other request: the labels it stamps.
 pub const LABELS: Paths = &[&["metadata", "labels"]];
 
@@ -53,8 +63,8 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Mutation, T
         ));
     }
     // Mutation works on a copy of only what it may change: the rest of the object
-    // (managedFields, annotations, status, and the spec of anything but a new Pod) is neither
-    // copied nor diffed, and cannot be written.
+    // (managedFields, annotations, status, most of a pod's spec, all of any other object's) is
+    // neither copied nor diffed, and cannot be written.
     let pod_create = req.operation == Operation::Create
         && req.resource.group.is_empty()
         && req.resource.resource == "pods";
@@ -92,7 +102,7 @@ pub fn mutate(inputs: &Inputs<'_>, req: &AdmissionRequest) -> Result<Mutation, T
 
     if pod_create {
         let tier = &owner.tenant.tier;
-        if pod::scheduling_state_on_create(object.get("spec").unwrap_or(&Value::Null), tier)
+        if pod::scheduling_state_on_create(req.object.get("spec").unwrap_or(&Value::Null), tier)
             != pod::SchedulingState::Tier
             && let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut)
         {
@@ -335,7 +345,7 @@ mod tests {
         });
         let written = Written {
             parts: new.clone(),
-            paths: POD_CREATE,
+            paths: &[&["metadata", "labels"], &["spec"]],
         };
         let ours = serde_json::to_value(patch(&old, &written)).unwrap();
         let theirs: json_patch::Patch = serde_json::from_value(ours.clone()).unwrap();

@@ -560,7 +560,8 @@ fn policies_can_read_a_members_role() {
     );
 }
 
-/// Mutation writes only labels and a new pod's spec, and its patch says exactly what it wrote. Over
+/// Mutation writes only labels and, in a new pod, the spec fields of scheduling and the
+/// enforcer's container lists, and its patch says exactly what it wrote. Over
 /// every fixture and the shapes mutation rewrites (no labels, no metadata, labels that are not a
 /// map, a pod that brought its own `tenantry-enforcer`, init containers already there, each
 /// sidecar mode and the redirect): mutation wrote nothing else, and the patch, applied to the
@@ -619,31 +620,46 @@ fn the_mutation_patch_covers_every_change_mutation_makes() {
             let pod_create = req.resource.group.is_empty()
                 && req.resource.resource == "pods"
                 && req.operation == tenantry_webhook::Operation::Create;
-            // Only a new pod has its spec written (and copied); everything else, its labels.
-            let written_pointers: &[&str] = if pod_create {
-                assert_eq!(written.paths, mutate::POD_CREATE, "{}", req.uid);
-                &["/metadata/labels", "/spec"]
-            } else {
-                assert_eq!(written.paths, mutate::LABELS, "{}", req.uid);
-                labels_only += 1;
-                &["/metadata/labels"]
-            };
+            // Only a new pod has parts of its spec written (and copied); everything else, its
+            // labels.
+            assert_eq!(
+                written.paths,
+                if pod_create {
+                    mutate::POD_CREATE
+                } else {
+                    labels_only += 1;
+                    mutate::LABELS
+                },
+                "{}",
+                req.uid
+            );
+            let written_pointers: Vec<String> = written
+                .paths
+                .iter()
+                .map(|path| path.iter().map(|key| format!("/{key}")).collect())
+                .collect();
             // Mutation wrote nothing but those (anything else would be lost).
             let mut outside = written.parts.clone();
-            if let Some(metadata) = outside.get_mut("metadata").and_then(Value::as_object_mut) {
-                metadata.remove("labels");
-            }
-            if pod_create {
-                outside.as_object_mut().unwrap().remove("spec");
+            for pointer in &written_pointers {
+                let (parent, key) = pointer.rsplit_once('/').unwrap();
+                if let Some(map) = outside.pointer_mut(parent).and_then(Value::as_object_mut) {
+                    map.remove(key);
+                }
             }
             assert!(
-                outside == json!({}) || outside == json!({"metadata": {}}),
+                [
+                    json!({}),
+                    json!({"metadata": {}}),
+                    json!({"spec": {}}),
+                    json!({"metadata": {}, "spec": {}})
+                ]
+                .contains(&outside),
                 "mutation of {} wrote {outside}, which its patch does not carry",
                 req.uid
             );
             let mut patched = sent.clone();
             json_patch::patch(&mut patched, &m.response.decoded_patch().unwrap()).unwrap();
-            for pointer in written_pointers {
+            for pointer in &written_pointers {
                 assert_eq!(
                     patched.pointer(pointer),
                     written.parts.pointer(pointer),
