@@ -423,13 +423,9 @@ impl RunArgs {
                 })
             }
         };
-        if self.redis_timeout_ms == 0 {
-            return Err(ConfigError::Zero("redis-timeout-ms"));
-        }
-        if self.upstream_timeout_ms == 0 {
-            return Err(ConfigError::Zero("upstream-timeout-ms"));
-        }
         for (flag, value) in [
+            ("redis-timeout-ms", self.redis_timeout_ms),
+            ("upstream-timeout-ms", self.upstream_timeout_ms),
             ("upstream-idle-timeout-ms", self.upstream_idle_timeout_ms),
             ("header-timeout-ms", self.header_timeout_ms),
             ("idle-timeout-ms", self.idle_timeout_ms),
@@ -560,6 +556,7 @@ mod tests {
         for flag in [
             "--upstream-idle-timeout-ms",
             "--upstream-timeout-ms",
+            "--redis-timeout-ms",
             "--header-timeout-ms",
         ] {
             let err = parse(&[&base[..], &[flag, "0"]].concat()).unwrap_err();

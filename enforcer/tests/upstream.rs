@@ -89,6 +89,13 @@ fn serve(stream: TcpStream, n: usize, kind: App) {
     }
 }
 
+/// A scripted application of `kind` behind an enforcer with one worker (one upstream pool),
+/// and the application's count of accepted connections.
+fn enforcer_before(kind: App) -> (Enforcer, Arc<AtomicUsize>) {
+    let (addr, accepted) = app(kind);
+    (Enforcer::start("acme", addr, &["--workers", "1"]), accepted)
+}
+
 fn body_of(e: &Enforcer, path: &str) -> String {
     let (status, headers, body) = get(e.addr, path, &["X-Tenant-ID: acme"]);
     assert_eq!(status, 200, "{path}: {body}");
@@ -115,8 +122,7 @@ fn dechunk(mut body: &str) -> String {
 #[test]
 fn one_connection_carries_one_request_after_another() {
     for kind in [App::KeepAlive, App::Chunked] {
-        let (addr, accepted) = app(kind);
-        let e = Enforcer::start("acme", addr, &["--workers", "1"]);
+        let (e, accepted) = enforcer_before(kind);
         for _ in 0..5 {
             // Each request on a new client connection: only the application's side is pooled.
             assert_eq!(body_of(&e, "/"), "conn 1");
@@ -130,8 +136,7 @@ fn one_connection_carries_one_request_after_another() {
 /// as a request is written to it. Within the timeout it is.
 #[test]
 fn a_connection_idle_past_the_upstream_idle_timeout_is_not_reused() {
-    let (addr, accepted) = app(App::KeepAlive);
-    let e = Enforcer::start("acme", addr, &["--workers", "1"]);
+    let (e, accepted) = enforcer_before(App::KeepAlive);
     assert_eq!(body_of(&e, "/"), "conn 1");
     assert_eq!(body_of(&e, "/"), "conn 1");
     std::thread::sleep(Duration::from_millis(1_300));
@@ -141,8 +146,7 @@ fn a_connection_idle_past_the_upstream_idle_timeout_is_not_reused() {
 
 #[test]
 fn a_connection_the_application_closed_is_replaced_not_reported() {
-    let (addr, accepted) = app(App::CloseAfterEach);
-    let e = Enforcer::start("acme", addr, &["--workers", "1"]);
+    let (e, accepted) = enforcer_before(App::CloseAfterEach);
     for i in 1..=5 {
         assert_eq!(body_of(&e, "/"), format!("conn {i}"));
     }
@@ -151,8 +155,7 @@ fn a_connection_the_application_closed_is_replaced_not_reported() {
 
 #[test]
 fn a_response_left_unread_is_not_followed_by_another_on_its_connection() {
-    let (addr, accepted) = app(App::KeepAlive);
-    let e = Enforcer::start("acme", addr, &["--workers", "1"]);
+    let (e, accepted) = enforcer_before(App::KeepAlive);
     assert_eq!(body_of(&e, "/"), "conn 1");
     // A client that reads the head of an endless download and goes away.
     let mut client = TcpStream::connect(e.addr).unwrap();

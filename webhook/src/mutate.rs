@@ -21,7 +21,7 @@ pub struct Mutation {
 
 /// The parts of an object mutation may write, as they are to be stored; the rest of the object
 /// stays as sent. [`patch`] turns the sent object into this.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Written {
     /// `paths` of the object, in the objects that hold them (`{"metadata": {"labels": …}}`).
     pub parts: Value,
