@@ -318,8 +318,10 @@ fn connections_that_say_nothing_or_stall_are_closed_and_do_not_keep_others_out()
         "an idle HTTP/1.1 keep-alive connection stayed open"
     );
     assert!(
-        e.metric("tenantry_enforcer_connections_closed_by_enforcer_total{reason=\"silent\"}")
-            >= 60.0
+        e.counter_reaching(
+            "tenantry_enforcer_connections_closed_by_enforcer_total{reason=\"silent\"}",
+            60.0
+        ) >= 60.0
     );
     assert!(e.metric("tenantry_enforcer_open_files_limit") > 0.0);
 }
@@ -353,8 +355,9 @@ fn a_request_head_trickled_after_a_keep_alive_request_is_cut_at_the_header_timeo
     let cut = cut.expect("a head trickled for longer than the header timeout was never cut");
     assert!(cut < Duration::from_secs(3), "cut only after {cut:?}");
     assert!(
-        e.metric(
-            "tenantry_enforcer_connections_closed_by_enforcer_total{reason=\"header_timeout\"}"
+        e.counter_reaching(
+            "tenantry_enforcer_connections_closed_by_enforcer_total{reason=\"header_timeout\"}",
+            1.0
         ) >= 1.0
     );
 
@@ -423,8 +426,10 @@ fn past_the_connection_cap_new_connections_are_refused_clearly() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
-        e.metric("tenantry_enforcer_connections_closed_by_enforcer_total{reason=\"over_limit\"}")
-            >= 1.0
+        e.counter_reaching(
+            "tenantry_enforcer_connections_closed_by_enforcer_total{reason=\"over_limit\"}",
+            1.0
+        ) >= 1.0
     );
 }
 

@@ -330,38 +330,24 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> Result<RedisCluster> {
-        let ports = (0..3).map(|_| free_port()).collect::<Result<Vec<u16>>>()?;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "tenantry-redis-cluster-{}-{}",
             std::process::id(),
-            ports[0]
+            STARTED.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let mut cluster = RedisCluster {
             nodes: Vec::new(),
-            ports: ports.clone(),
-            dir: dir.clone(),
+            ports: Vec::new(),
+            dir,
         };
-        for port in &ports {
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                .args(["--dir", &dir.to_string_lossy()])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context(
-                    "cannot start redis-server: install it (apt-get install -y redis-server)",
-                )?;
-            cluster.nodes.push(child);
-            wait_for_port(
-                SocketAddr::from(([127, 0, 0, 1], *port)),
-                Duration::from_secs(10),
-            )?;
+        while cluster.nodes.len() < 3 {
+            cluster.start_node()?;
         }
+        let ports = cluster.ports.clone();
         let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -392,6 +378,49 @@ impl RedisCluster {
             }
         }
         Ok(cluster)
+    }
+
+    /// Starts one more node. A node also listens on its cluster bus port (its port + 10000,
+    /// fixed by Redis), which another test's server or an outgoing connection may hold: a node
+    /// that exits instead of listening is started again on other ports.
+    fn start_node(&mut self) -> Result<()> {
+        for _ in 0..5 {
+            let port = free_port()?;
+            let bus_free = port
+                .checked_add(10_000)
+                .is_some_and(|bus| TcpListener::bind(("127.0.0.1", bus)).is_ok());
+            if !bus_free || self.ports.contains(&port) {
+                continue;
+            }
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args(["--dir", &self.dir.to_string_lossy()])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context(
+                    "cannot start redis-server: install it (apt-get install -y redis-server)",
+                )?;
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                    self.nodes.push(child);
+                    self.ports.push(port);
+                    return Ok(());
+                }
+                if child.try_wait()?.is_some() {
+                    break; // a port taken meanwhile: try others
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        bail!("no Redis Cluster node would start on a free port pair (port, port + 10000)")
     }
 
     /// `redis+cluster://` with every node, as `--redis` takes it.

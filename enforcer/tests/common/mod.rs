@@ -79,6 +79,20 @@ impl Enforcer {
             .sum()
     }
 
+    /// The counter `name` once it reaches `at_least` (or its value after two seconds): the
+    /// enforcer counts a connection it closed after closing it, so a client that has seen the
+    /// close may read the counter a moment before it moves.
+    pub fn counter_reaching(&self, name: &str, at_least: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let value = self.metric(name);
+            if value >= at_least || Instant::now() >= deadline {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn rss_kb(&self) -> u64 {
         rss_kb(self.pid())
     }
